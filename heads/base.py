@@ -1,0 +1,96 @@
+"""The contract every similarity head follows, and the head registry.
+
+A head turns cached backbone point sets into a representation per input (``encode_image`` /
+``encode_text``) and scores every image against every text (``score``). The same ``score``
+gives the logits for the InfoNCE loss and the rankings for evaluation, so what is trained is
+exactly what is measured.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.registry import Registry
+
+HEADS: Registry[type["SimilarityHead"]] = Registry("head")
+
+
+def register_head(name: str):
+    """Class decorator: ``@register_head("my_head")`` on a ``SimilarityHead`` subclass."""
+    inner = HEADS.register(name)
+
+    def decorator(cls):
+        if not (isinstance(cls, type) and issubclass(cls, SimilarityHead)):
+            raise TypeError(f"@register_head({name!r}) must decorate a SimilarityHead subclass, got {cls!r}.")
+        return inner(cls)
+
+    return decorator
+
+
+def get_head(name: str) -> type["SimilarityHead"]:
+    return HEADS.get(name)
+
+
+def list_heads() -> list[str]:
+    return HEADS.names()
+
+
+class SimilarityHead(nn.Module):
+    """Base class. Subclasses set the metadata below and implement the three methods.
+
+    Inputs are point sets ``[n, p, dim]`` with an optional boolean mask ``[n, p]`` (True marks a
+    real point); the last real point of each set is the backbone's own pooled embedding.
+    """
+
+    name: str = ""
+    version: int = 1
+    description: str = ""
+    trainable: bool = True
+
+    def __init__(self, image_dim: int, text_dim: int):
+        super().__init__()
+        if int(image_dim) <= 0 or int(text_dim) <= 0:
+            raise ValueError(f"{type(self).__name__}: image_dim and text_dim must be positive, got {image_dim}, {text_dim}.")
+        self.image_dim = int(image_dim)
+        self.text_dim = int(text_dim)
+        self.options: dict[str, Any] = {}
+
+    # -- the contract -------------------------------------------------------------------
+    def encode_image(self, points: torch.Tensor, mask: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def encode_text(self, points: torch.Tensor, mask: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def score(self, image_rep, text_rep) -> torch.Tensor:
+        """``[n_images, n_texts]`` logits."""
+        raise NotImplementedError
+
+    def combine_prompts(self, text_rep, n_classes: int, n_prompts: int):
+        """One class representation from ``n_prompts`` prompt representations per class.
+
+        ``text_rep`` holds ``n_classes * n_prompts`` texts, class-major. Heads whose
+        representation is a mean embedding average it (that is exact for a mean embedding);
+        the default asks the representation to do so.
+        """
+        return text_rep.mean_over_groups(n_classes, n_prompts)
+
+    # -- helpers ------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, version={self.version}, options={self.options}"
+
+    @staticmethod
+    def check_points(points: torch.Tensor, mask: torch.Tensor | None, dim: int, side: str) -> torch.Tensor:
+        """Validate shapes early so a wrong feature file fails with a message, not deep in a matmul."""
+        if points.dim() != 3 or points.shape[-1] != dim:
+            raise ValueError(f"{side} points must have shape [n, p, {dim}], got {tuple(points.shape)}.")
+        if mask is None:
+            return torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
+        if mask.shape != points.shape[:2]:
+            raise ValueError(f"{side} mask must have shape {tuple(points.shape[:2])}, got {tuple(mask.shape)}.")
+        mask = mask.to(device=points.device, dtype=torch.bool)
+        if points.shape[0] and not bool(mask.any(dim=1).all()):
+            raise ValueError(f"every {side} point set needs at least one real point (mask row all False).")
+        return mask

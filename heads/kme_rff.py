@@ -1,0 +1,151 @@
+"""KME-CLIP with random features: mean embeddings become explicit D-vectors.
+
+With a feature map phi such that E[phi(u).phi(v)] matches the Gaussian kernel, mu_x =
+sum_i a_i phi(u_i) is a plain vector, so scoring is one matrix product (and retrieval can use
+any maximum-inner-product index). Two maps are offered:
+
+* ``positive`` (default): phi_r(u) = exp(w_r.u / sigma - |u|^2 / (2 sigma^2)) / sqrt(D), with
+  w_r ~ N(0, I) drawn in orthogonal blocks. E[phi(u).phi(v)] = exp(u.v / sigma^2), so
+  k(u, v) = exp(-1/sigma^2) E[phi(u).phi(v)] for unit points. Features are positive, the inner
+  product is positive, and the log is always defined. Mean embeddings are stored as
+  ``features * exp(log_scale)`` with the largest feature 1, so nothing overflows at small sigma.
+* ``fourier``: phi(u) = sqrt(2/D) cos(w.u / sigma + b), unbiased for k itself but able to go
+  negative. The score is log(max(<mu_x, mu_y>, fourier_floor)); the floor (default 1e-4, i.e. a
+  kernel value no pair of points near each other falls under) is what keeps the log defined,
+  and its gradient is zero below it.
+
+Draws are seeded buffers: saved with the head, never redrawn, identical at evaluation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from heads.base import SimilarityHead, register_head
+from heads.pointsets import Bandwidth, PointSetEncoder, PointSetRep, chunk_sizes
+
+_TINY = 1e-30
+
+
+@dataclass
+class FeatureRep:
+    """Mean embedding ``features * exp(log_scale)``: ``features`` ``[n, D]``, ``log_scale`` ``[n]``."""
+
+    features: torch.Tensor
+    log_scale: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def mean_over_groups(self, n_groups: int, group_size: int) -> "FeatureRep":
+        f = self.features.reshape(n_groups, group_size, -1)
+        c = self.log_scale.reshape(n_groups, group_size)
+        top = c.max(dim=1, keepdim=True).values
+        mean = (f * (c - top).exp().unsqueeze(-1)).mean(dim=1)
+        return FeatureRep(mean, top.squeeze(1))
+
+
+def orthogonal_gaussian(rows: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Rows distributed as N(0, I) marginally, exactly orthogonal within each block of ``dim``."""
+    blocks = []
+    for start in range(0, rows, dim):
+        q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+        q = q * torch.sign(torch.diagonal(r))  # uniform (Haar) orientation
+        norms = torch.randn(dim, dim, generator=generator, dtype=torch.float64).norm(dim=1)  # chi_dim
+        blocks.append((q.T * norms.unsqueeze(1))[: rows - start])
+    return torch.cat(blocks).float()
+
+
+@register_head("kme_rff")
+class KmeRffHead(SimilarityHead):
+    version = 1
+    description = "KME-CLIP with explicit random features (positive orthogonal by default): mean embeddings are D-vectors."
+    trainable = True
+
+    def __init__(self, image_dim: int, text_dim: int, num_features: int = 1024, features: str = "positive",
+                 orthogonal: bool = True, seed: int = 0, sigma: float = math.sqrt(0.07),
+                 max_inverse_sigma2: float = 100.0, learn_sigma: bool = True, points_used: int | None = None,
+                 fourier_floor: float = 1e-4, memory_budget_mb: float = 256.0):
+        super().__init__(image_dim, text_dim)
+        if features not in ("positive", "fourier"):
+            raise ValueError(f"kme_rff: features must be 'positive' or 'fourier', got {features!r}.")
+        if int(num_features) < 1:
+            raise ValueError(f"kme_rff: num_features must be a positive integer, got {num_features!r}.")
+        if sigma <= 0 or 1 / sigma**2 > max_inverse_sigma2:
+            raise ValueError(f"kme_rff: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
+        if not fourier_floor > 0:
+            raise ValueError(f"kme_rff: fourier_floor must be positive, got {fourier_floor}.")
+        self.options = {"num_features": int(num_features), "features": features, "orthogonal": orthogonal,
+                        "seed": seed, "sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2,
+                        "learn_sigma": learn_sigma, "points_used": points_used,
+                        "fourier_floor": fourier_floor, "memory_budget_mb": memory_budget_mb}
+        out_dim = max(image_dim, text_dim)
+        self.image_encoder = PointSetEncoder(image_dim, out_dim, points_used)
+        self.text_encoder = PointSetEncoder(text_dim, out_dim, points_used)
+        self.bandwidth = Bandwidth(sigma, max_inverse_sigma2, learnable=learn_sigma)
+        self.kind = features
+        self.num_features = int(num_features)
+        self.fourier_floor = float(fourier_floor)
+        self.memory_budget_mb = float(memory_budget_mb)
+        gen = torch.Generator().manual_seed(int(seed))
+        if orthogonal:
+            omega = orthogonal_gaussian(self.num_features, out_dim, gen)
+        else:
+            omega = torch.randn(self.num_features, out_dim, generator=gen)
+        self.register_buffer("omega", omega)
+        self.register_buffer("phase", torch.rand(self.num_features, generator=gen) * 2 * math.pi)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        return self.bandwidth()
+
+    # -- feature map ----------------------------------------------------------------------
+    def _log_features(self, points: torch.Tensor) -> torch.Tensor:
+        sigma = self.sigma
+        proj = points @ self.omega.T / sigma
+        return proj - points.pow(2).sum(-1, keepdim=True) / (2 * sigma**2) - 0.5 * math.log(self.num_features)
+
+    def _fourier_features(self, points: torch.Tensor) -> torch.Tensor:
+        proj = points @ self.omega.T / self.sigma + self.phase
+        return math.sqrt(2.0 / self.num_features) * torch.cos(proj)
+
+    def feature_map(self, points: torch.Tensor) -> torch.Tensor:
+        """phi(points): ``[n, m, d] -> [n, m, D]`` (for verification; scoring stays in log space)."""
+        if self.kind == "positive":
+            return self._log_features(points).exp()
+        return self._fourier_features(points)
+
+    def _embed(self, rep: PointSetRep) -> FeatureRep:
+        n, m, _ = rep.points.shape
+        # Encode in row blocks so [n, m, D] temporaries stay under the memory budget.
+        rows, _ = chunk_sizes(n, 1, bytes_per_pair=8.0 * m * self.num_features,
+                              budget_bytes=self.memory_budget_mb * 2**20)
+        feats, scales = [], []
+        for r in range(0, n, rows):
+            pts, lw = rep.points[r:r + rows], rep.log_weights[r:r + rows]
+            if self.kind == "positive":
+                log_mu = torch.logsumexp(self._log_features(pts) + lw.unsqueeze(-1), dim=1)
+                top = log_mu.max(dim=1).values
+                feats.append((log_mu - top.unsqueeze(1)).exp())
+                scales.append(top)
+            else:
+                feats.append((self._fourier_features(pts) * lw.exp().unsqueeze(-1)).sum(dim=1))
+                scales.append(torch.zeros(pts.shape[0], device=pts.device))
+        return FeatureRep(torch.cat(feats), torch.cat(scales))
+
+    def encode_image(self, points, mask=None) -> FeatureRep:
+        mask = self.check_points(points, mask, self.image_dim, "image")
+        return self._embed(self.image_encoder(points.float(), mask))
+
+    def encode_text(self, points, mask=None) -> FeatureRep:
+        mask = self.check_points(points, mask, self.text_dim, "text")
+        return self._embed(self.text_encoder(points.float(), mask))
+
+    def score(self, image_rep: FeatureRep, text_rep: FeatureRep) -> torch.Tensor:
+        inner = image_rep.features @ text_rep.features.T
+        if self.kind == "positive":
+            return (inner.clamp(min=_TINY).log() + image_rep.log_scale.unsqueeze(1)
+                    + text_rep.log_scale.unsqueeze(0) - self.sigma.pow(-2))
+        return inner.clamp(min=self.fourier_floor).log()
