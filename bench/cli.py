@@ -1,0 +1,142 @@
+"""Command line: parse, hand over to bench, exit with a clear status.
+
+Exit codes: 0 success; 1 a regression against the baseline, or a head failed; 2 bad input
+(unknown name, bad config, missing file), reported in one message that says how to fix it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_bench.py", description="Compare similarity heads under one protocol.")
+    p.add_argument("--suite", default="synthetic", help="suite to run (default: synthetic); see --list-suites")
+    p.add_argument("--heads", default=None, help="comma-separated heads (default: every registered head)")
+    p.add_argument("--head-module", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="import this .py file or dotted module first, so the heads it registers can run (repeatable)")
+    p.add_argument("--config", default=None, help="YAML file with seed / train / heads / suites sections")
+    p.add_argument("--out", default="results", help="output folder (default: results/)")
+    p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--check", default=None, metavar="BASELINE", help="compare with this baseline; exit 1 on a regression")
+    p.add_argument("--update-baseline", default=None, nargs="?", const="", metavar="BASELINE",
+                   help="rewrite the baseline (default: the --check path, else results/baselines/SUITE.json)")
+    p.add_argument("--force", action="store_true", help="recompute cells whose results already exist")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--list-heads", action="store_true", help="list registered heads and exit")
+    p.add_argument("--list-suites", action="store_true", help="list registered suites and exit")
+    return p
+
+
+class UsageError(Exception):
+    pass
+
+
+def import_head_module(spec: str) -> None:
+    """Import a user's head module by file path or dotted name; errors name the file and the cause."""
+    path = Path(spec)
+    try:
+        if spec.endswith(".py") or path.exists():
+            if not path.is_file():
+                raise UsageError(f"--head-module {spec!r}: no such file.")
+            module_spec = importlib.util.spec_from_file_location(f"simbench_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[module_spec.name] = module
+            module_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except UsageError:
+        raise
+    except Exception as exc:  # a user's file can raise anything; say which file and what
+        raise UsageError(f"--head-module {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+def _listing(kind: str) -> str:
+    import pandas as pd
+
+    if kind == "heads":
+        import heads
+
+        rows = [{"head": n, "version": c.version, "trainable": c.trainable, "description": c.description}
+                for n in heads.list_heads() for c in [heads.get_head(n)]]
+    else:
+        import suites
+
+        rows = [{"suite": n, "version": c.version, "main metric": c.main_metric, "description": c.description}
+                for n in suites.list_suites() for c in [suites.get_suite(n)]]
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+def _main(args) -> int:
+    from bench import config, leaderboard, provenance, regression, runner
+    import heads
+    import suites
+
+    for spec in args.head_module:
+        import_head_module(spec)
+    if args.list_heads or args.list_suites:
+        if args.list_heads:
+            print(_listing("heads"))
+        if args.list_suites:
+            print(_listing("suites"))
+        return EXIT_OK
+    try:
+        suites.get_suite(args.suite)
+        user = config.load_yaml(args.config)
+        if args.seed is not None:
+            user["seed"] = args.seed
+        cfg = config.resolve(user)
+        head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
+        if not head_names:
+            raise UsageError("--heads is empty; name at least one head (see --list-heads).")
+        runner.plan(args.suite, head_names, cfg)  # every name and option checked before any work
+        device = provenance.resolve_device(args.device)
+        baseline = regression.load(args.check) if args.check else None
+    except (KeyError, ValueError) as exc:
+        raise UsageError(exc.args[0] if exc.args else str(exc)) from None
+
+    summary = runner.run_suite(args.suite, head_names, cfg, Path(args.out), device,
+                               force=args.force, progress=not args.no_progress)
+    print()
+    print(leaderboard.build(Path(args.out), warn=lambda m: print(m, file=sys.stderr)))
+    status = EXIT_FAILED if summary.failed else EXIT_OK
+    if summary.failed:
+        print(f"\n{len(summary.failed)} head(s) failed: {', '.join(summary.failed)} (see the result files).", file=sys.stderr)
+
+    if args.update_baseline is not None:
+        target = args.update_baseline or args.check or f"{args.out}/baselines/{args.suite}.json"
+        previous = regression.load(target) if Path(target).is_file() else None
+        try:
+            regression.write(Path(target), regression.make(summary.records, previous))
+        except regression.BaselineError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"\nbaseline rewritten: {target}")
+    elif baseline is not None:
+        try:
+            found = regression.compare(summary.records, baseline)
+        except regression.BaselineError as exc:
+            raise UsageError(str(exc)) from None
+        if found:
+            print(f"\nREGRESSION: {len(found)} metric(s) worse than {args.check} by more than their tolerance:\n")
+            print(regression.report(found))
+            return EXIT_FAILED
+        print(f"\nregression check passed against {args.check}: no metric dropped beyond its tolerance.")
+    return status

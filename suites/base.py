@@ -1,0 +1,87 @@
+"""What a suite is: data to train heads on, test sets, and the metrics it reports.
+
+Metadata is data: each suite declares its name, version, main metric and the direction of every
+metric, so leaderboards, plots and the regression check need no per-suite code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from bench.registry import Registry
+
+SUITES: Registry[type["Suite"]] = Registry("suite")
+
+
+def register_suite(name: str):
+    return SUITES.register(name)
+
+
+def get_suite(name: str) -> type["Suite"]:
+    return SUITES.get(name)
+
+
+def list_suites() -> list[str]:
+    return SUITES.names()
+
+
+@dataclass
+class PointSets:
+    """Paired point sets: row i of ``images`` goes with row i of ``texts``."""
+
+    images: torch.Tensor
+    texts: torch.Tensor
+    image_mask: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.images.shape[0] != self.texts.shape[0]:
+            raise ValueError(f"paired point sets need as many images as texts, got {self.images.shape[0]} and {self.texts.shape[0]}.")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class SuiteData:
+    train: PointSets
+    image_dim: int
+    text_dim: int
+    test: Any                      # suite-specific test data
+    identity: dict = field(default_factory=dict)  # what identifies the test set in result files
+
+
+class Suite:
+    name: str = ""
+    version: int = 1
+    description: str = ""
+    main_metric: str = ""
+    metrics: dict[str, bool] = {}       # metric -> higher is better
+    headline_metrics: tuple[str, ...] = ()  # what the plot shows
+    defaults_file: str | None = None    # YAML beside the module with the default parameters
+
+    @classmethod
+    def default_params(cls) -> dict:
+        if cls.defaults_file is None:
+            return {}
+        import importlib
+
+        module_dir = Path(importlib.import_module(cls.__module__).__file__).parent
+        return yaml.safe_load((module_dir / cls.defaults_file).read_text()) or {}
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def build(self, seed: int) -> SuiteData:
+        raise NotImplementedError
+
+    def evaluate(self, head, data: SuiteData, device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+    def references(self, data: SuiteData) -> dict[str, dict[str, float]]:
+        """Rows that are not heads (e.g. an oracle ceiling), name -> metrics."""
+        return {}
