@@ -53,6 +53,5 @@ def load_all(out_dir: Path, warn=print) -> list[dict]:
         if record["schema_version"] != SCHEMA_VERSION:
             warn(f"warning: {path} has schema_version {record['schema_version']} (current {SCHEMA_VERSION}); left out.")
             continue
-        record["_path"] = str(path)
         records.append(record)
     return records

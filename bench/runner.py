@@ -48,6 +48,10 @@ def plan(suite_name: str, head_names: list[str], cfg: dict):
     for name in head_names:
         cls = head_registry.get_head(name)
         options = config.head_options(cls, cfg["heads"].get(name) or {}, f"heads.{name}")
+        try:  # values are checked by the constructor: build once on tiny dims, before any real work
+            cls(4, 4, **options)
+        except (ValueError, TypeError) as exc:
+            raise config.ConfigError(f"heads.{name}: {exc}") from None
         cell_cfg = {**protocol, "head": name, "head_version": cls.version, "head_options": options}
         cells.append(Cell(name, options, config.config_hash(cell_cfg)))
     return suite_cls, params, protocol, cells

@@ -82,7 +82,7 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
         loss = symmetric_infonce(head.score(head.encode_image(img, im), head.encode_text(txt, tm)))
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"head {label!r}: training loss is {float(loss)} at step {step}. Lower train.lr "
+                f"head {label!r}: training loss is {float(loss.detach())} at step {step}. Lower train.lr "
                 f"(now {train_cfg['lr']}) or check the head's score() for overflow; nothing was saved for this head."
             )
         opt.zero_grad(set_to_none=True)

@@ -72,10 +72,16 @@ class SimilarityHead(nn.Module):
         """One class representation from ``n_prompts`` prompt representations per class.
 
         ``text_rep`` holds ``n_classes * n_prompts`` texts, class-major. Heads whose
-        representation is a mean embedding average it (that is exact for a mean embedding);
-        the default asks the representation to do so.
+        representation is a mean embedding average it (that is exact for a mean embedding).
+        The default asks the representation (``mean_over_groups``) and, for a plain tensor,
+        averages over the prompts; override it when averaging is wrong for your head.
         """
-        return text_rep.mean_over_groups(n_classes, n_prompts)
+        if hasattr(text_rep, "mean_over_groups"):
+            return text_rep.mean_over_groups(n_classes, n_prompts)
+        if isinstance(text_rep, torch.Tensor):
+            return text_rep.reshape(n_classes, n_prompts, *text_rep.shape[1:]).mean(dim=1)
+        raise TypeError(f"{type(self).__name__}: cannot combine prompts of a {type(text_rep).__name__}; "
+                        f"give it a mean_over_groups method or override combine_prompts.")
 
     # -- helpers ------------------------------------------------------------------------
     def extra_repr(self) -> str:

@@ -1,0 +1,273 @@
+"""The whole loop on the synthetic suite: run, result files, leaderboard, regression check, CLI."""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import heads
+from bench import SCHEMA_VERSION, leaderboard, regression, results
+from bench.cli import main
+from bench.config import ConfigError, resolve
+from bench.train import TrainingDiverged, train_head
+from helpers import small_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args) -> int:
+    return main([*map(str, args), "--no-progress"])
+
+
+def metrics_of(out: Path) -> dict:
+    return {r["head"]["name"]: r["metrics"] for r in results.load_all(out)}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("small")
+    cfg = small_config(tmp)
+    assert run("--config", cfg, "--out", tmp / "a") == 0
+    return tmp, cfg
+
+
+def test_same_seed_gives_identical_metrics(small_run):
+    tmp, cfg = small_run
+    assert run("--config", cfg, "--out", tmp / "b") == 0
+    a, b = metrics_of(tmp / "a"), metrics_of(tmp / "b")
+    assert set(a) == {"oracle", "clip_frozen", "cosine", "kme_rbf", "kme_rff"}
+    assert a == b  # bit-identical on the same CPU
+
+
+def test_a_different_seed_changes_trained_heads_only(small_run, tmp_path):
+    tmp, cfg = small_run
+    assert run("--config", cfg, "--out", tmp_path, "--seed", 1, "--heads", "cosine,clip_frozen") == 0
+    a, c = metrics_of(tmp / "a"), metrics_of(tmp_path)
+    assert a["cosine"] != c["cosine"]
+    assert a["clip_frozen"] == c["clip_frozen"] and a["oracle"] == c["oracle"]  # same world and test set
+
+
+def test_result_file_is_self_describing_and_round_trips(small_run):
+    tmp, _ = small_run
+    path = results.run_path(tmp / "a", "synthetic", "kme_rbf")
+    record = results.read(path)
+    assert record["schema_version"] == SCHEMA_VERSION and record["status"] == "ok"
+    for key in ("package_version", "git_commit", "git_dirty", "created_utc", "config", "seed", "metrics",
+                "timing", "memory", "device", "libraries"):
+        assert key in record, key
+    assert record["head"] == {"name": "kme_rbf", "version": 1, "kind": "head", "trainable": True,
+                              "description": heads.get_head("kme_rbf").description, "options": {}}
+    assert record["suite"]["name"] == "synthetic" and record["suite"]["test_set"]["test_pairs"] == 150
+    assert record["config"]["resolved"]["train"]["steps"] == 20 and len(record["config"]["hash"]) == 16
+    assert record["timing"]["train_seconds"] > 0 and record["memory"]["peak_rss_mb"] > 0
+    assert {"torch", "open_clip_torch", "numpy"} <= set(record["libraries"])
+    assert all(math.isfinite(v) for v in record["metrics"].values())
+    results.write(tmp / "copy", record)
+    assert results.read(results.run_path(tmp / "copy", "synthetic", "kme_rbf")) == record
+    # trained weights are saved, loadable and give the same head
+    from safetensors.torch import load_file
+    state = load_file(str(results.weights_path(tmp / "a", "synthetic", "kme_rbf")))
+    head = heads.get_head("kme_rbf")(16, 16)
+    head.load_state_dict(state)
+    assert not torch.equal(head.image_encoder.map.weight, torch.eye(16))  # it was trained
+
+
+def test_rerun_reuses_finished_cells_and_force_recomputes(small_run, capsys):
+    tmp, cfg = small_run
+    out = tmp / "reuse"
+    shutil.copytree(tmp / "a", out)
+    before = results.read(results.run_path(out, "synthetic", "cosine"))["created_utc"]
+    assert run("--config", cfg, "--out", out, "--heads", "cosine") == 0
+    assert "cosine: reused" in capsys.readouterr().out
+    assert results.read(results.run_path(out, "synthetic", "cosine"))["created_utc"] == before
+    assert run("--config", cfg, "--out", out, "--heads", "cosine", "--force") == 0
+    assert "reused" not in capsys.readouterr().out
+
+
+def fixture_record(head, suite_version=1, protocol="p1", value=0.5, status="ok", kind="head", created="2026-01-01T00:00:00+00:00"):
+    return {
+        "schema_version": SCHEMA_VERSION, "package_version": "0", "git_commit": "abc", "git_dirty": False,
+        "created_utc": created, "status": status, "error": None if status == "ok" else "loss is nan at step 3",
+        "suite": {"name": "toy", "version": suite_version, "main_metric": "acc",
+                  "metric_directions": [["acc", "higher"], ["loss", "lower"]], "headline_metrics": ["acc"], "test_set": {}},
+        "head": {"name": head, "version": 1, "kind": kind, "trainable": True, "description": "", "options": {}},
+        "config": {"resolved": {}, "hash": f"h-{head}", "protocol_hash": protocol}, "seed": 0,
+        "metrics": {} if status != "ok" else {"acc": value, "loss": 1 - value},
+        "timing": {}, "memory": {}, "device": "cpu", "libraries": {},
+    }
+
+
+def test_leaderboard_from_fixture_files_marks_best_and_never_mixes_versions(tmp_path):
+    recs = [fixture_record("good", value=0.9), fixture_record("bad", value=0.4),
+            fixture_record("ceiling", value=1.0, kind="reference"), fixture_record("broken", status="failed"),
+            fixture_record("old", suite_version=0, value=0.99, created="2025-01-01T00:00:00+00:00"),
+            fixture_record("other_protocol", protocol="p0", value=0.95, created="2025-06-01T00:00:00+00:00")]
+    for r in recs:
+        results.write(tmp_path, r)
+    legacy = fixture_record("legacy_schema") | {"schema_version": SCHEMA_VERSION + 99}
+    (tmp_path / "runs" / "toy" / "legacy_schema.json").write_text(json.dumps(legacy))
+    warnings = []
+    md = leaderboard.build(tmp_path, warn=warnings.append)
+    table = md.split("## toy")[1]
+    assert "**0.9000**" in table and "**0.6000**" not in table and "**0.1000**" in table  # acc up, loss down
+    assert "| ceiling" in table and "**1.0000**" not in table  # reference rows are not contestants
+    assert "failed" in table and "loss is nan" in md
+    for excluded in ("| old", "| other_protocol", "legacy_schema |"):
+        assert excluded not in table
+    assert "left out old, other_protocol" in md
+    assert any("schema_version" in w for w in warnings)
+    csv = (tmp_path / "leaderboard.csv").read_text().splitlines()
+    assert csv[0].startswith("suite,") and len(csv) == 1 + 4
+    assert (tmp_path / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_regression_check_passes_on_committed_baseline_and_fails_when_raised(tmp_path, capsys):
+    committed = REPO / "results" / "baselines" / "synthetic.json"
+    out = tmp_path / "out"
+    assert run("--out", out, "--check", committed) == 0
+    assert "regression check passed" in capsys.readouterr().out
+
+    raised = json.loads(committed.read_text())
+    raised["scores"]["kme_rbf"]["pmi_pearson"] += 0.1        # higher is better: now a drop
+    raised["scores"]["cosine"]["infonce_excess"] -= 0.2      # lower is better: now a rise
+    raised_path = tmp_path / "raised.json"
+    raised_path.write_text(json.dumps(raised))
+    assert run("--out", out, "--check", raised_path) == 1
+    text = capsys.readouterr().out
+    assert "REGRESSION: 2 metric(s)" in text and "pmi_pearson" in text and "infonce_excess" in text
+
+
+def test_baseline_is_produced_by_the_code(tmp_path):
+    committed = json.loads((REPO / "results" / "baselines" / "synthetic.json").read_text())
+    assert set(committed["scores"]) >= {"oracle", "clip_frozen", "cosine", "kme_rbf", "kme_rff"}
+    assert committed["generated_by"]["git_commit"]
+
+
+def test_update_baseline_then_check_with_a_small_config(small_run, tmp_path):
+    tmp, cfg = small_run
+    base = tmp_path / "base.json"
+    assert run("--config", cfg, "--out", tmp / "a", "--update-baseline", base) == 0
+    saved = json.loads(base.read_text())
+    assert saved["tolerances"]["pmi_rmse"] == regression.METRIC_TOLERANCES["pmi_rmse"]
+    assert run("--config", cfg, "--out", tmp / "a", "--check", base) == 0
+    # A baseline made under another protocol is refused with a reason, not compared.
+    assert run("--config", cfg, "--out", tmp_path / "o", "--seed", 3, "--heads", "cosine", "--check", base) == 2
+
+
+HEAD_FILE = '''
+import torch
+from heads import SimilarityHead, register_head
+
+@register_head("user_dot")
+class UserDot(SimilarityHead):
+    version = 1
+    description = "a user's head loaded with --head-module"
+
+    def __init__(self, image_dim, text_dim, scale: float = 10.0):
+        super().__init__(image_dim, text_dim)
+        self.options = {"scale": scale}
+        self.map = torch.nn.Linear(image_dim, text_dim, bias=False)
+
+    def encode_image(self, points, mask=None):
+        return self.map(points[:, -1])
+
+    def encode_text(self, points, mask=None):
+        return points[:, -1]
+
+    def score(self, a, b):
+        return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T * self.options["scale"]
+'''
+
+
+def test_head_from_head_module_appears_in_the_leaderboard(small_run, tmp_path):
+    _, cfg = small_run
+    path = tmp_path / "my_head.py"
+    path.write_text(HEAD_FILE)
+    try:
+        assert run("--config", cfg, "--out", tmp_path / "o", "--head-module", path, "--heads", "user_dot,cosine") == 0
+        assert "| user_dot" in (tmp_path / "o" / "leaderboard.md").read_text()
+    finally:
+        heads.HEADS.unregister("user_dot")
+
+
+def test_a_head_returning_nan_fails_alone(small_run, tmp_path, capsys):
+    _, cfg = small_run
+
+    @heads.register_head("nan_head")
+    class NanHead(heads.get_head("clip_frozen")):
+        description = "returns NaN"
+
+        def score(self, a, b):
+            return super().score(a, b) * float("nan")
+
+    try:
+        assert run("--config", cfg, "--out", tmp_path, "--heads", "nan_head,cosine") == 1
+        assert results.read(results.run_path(tmp_path, "synthetic", "nan_head"))["status"] == "failed"
+        assert results.read(results.run_path(tmp_path, "synthetic", "cosine"))["status"] == "ok"
+        assert "failed" in (tmp_path / "leaderboard.md").read_text()
+        assert "NaN" in capsys.readouterr().out
+    finally:
+        heads.HEADS.unregister("nan_head")
+
+
+def test_nan_loss_names_the_head_and_step():
+    from suites import PointSets
+
+    head = heads.get_head("cosine")(4, 4)
+    data = PointSets(torch.full((8, 2, 4), float("nan")), torch.randn(8, 2, 4))
+    cfg = resolve({"train": {"steps": 3, "batch_size": 4}})["train"]
+    with pytest.raises(TrainingDiverged, match="'cosine'.*step 0"):
+        train_head(head, data, cfg, 0, torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--heads", "kme_rfb"], "'kme_rbf'"),
+    (["--suite", "synthetc"], "Did you mean: 'synthetic'"),
+    (["--head-module", "no/such/file.py"], "no such file"),
+])
+def test_bad_names_fail_fast_with_suggestions(args, message, tmp_path, capsys):
+    assert run(*args, "--out", tmp_path) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"train": {"stpes": 3}}, "Did you mean: 'steps'"),
+    ({"heads": {"kme_rbf": {"sigmaa": 0.3}}}, "Did you mean: 'sigma'"),
+    ({"suites": {"synthetic": {"topic": 3}}}, "Did you mean: 'topics'"),
+    ({"train": {"steps": "many"}}, "must be of type int"),
+    ({"heads": {"kme_rff": {"features": "gaussian"}}}, "'positive' or 'fourier'"),
+])
+def test_bad_config_fails_before_any_work(content, message, tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(content))
+    assert run("--config", cfg, "--out", tmp_path / "o") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_head_module_that_raises_is_named():
+    bad = Path(__file__).parent / "_broken_head_module.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    try:
+        from bench.cli import UsageError, import_head_module
+        with pytest.raises(UsageError, match="_broken_head_module.py.*RuntimeError: boom"):
+            import_head_module(str(bad))
+    finally:
+        bad.unlink()
+
+
+def test_listing(capsys):
+    assert run("--list-heads", "--list-suites") == 0
+    out = capsys.readouterr().out
+    assert "kme_rff" in out and "synthetic" in out and "infonce_excess" in out
+
+
+def test_config_rejects_unknown_top_level_key():
+    with pytest.raises(ConfigError, match="Did you mean: 'train'"):
+        resolve({"trian": {}})
