@@ -94,6 +94,9 @@ class PointSetEncoder(nn.Module):
         self.points_used = None if points_used is None else int(points_used)
 
     def forward(self, points: torch.Tensor, mask: torch.Tensor) -> PointSetRep:
+        if self.points_used is not None and bool(mask.all()):
+            # Unpadded sets: drop unused points instead of masking them, so they cost nothing.
+            points, mask = points[:, -self.points_used:], mask[:, -self.points_used:]
         mask = keep_last(mask, self.points_used)
         safe = points.masked_fill(~mask.unsqueeze(-1), 0.0)  # garbage in padding never reaches a gradient
         unit = nn.functional.normalize(self.map(safe), dim=-1, eps=1e-12)

@@ -77,6 +77,18 @@ def test_points_used_keeps_only_the_last_points():
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_points_used_counts_real_points_when_sets_are_padded():
+    head = get_head("kme_rbf")(8, 8, points_used=2)
+    x, y = torch.randn(3, 4, 8), torch.randn(5, 4, 8)
+    # set 0: real points 0,1,2 (pad at 3); set 1: all real; set 2: real points 0,1 (pads at 2,3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        got = head.score(head.encode_image(x, mask), head.encode_text(y))
+        rows = [head.score(head.encode_image(x[i:i + 1, idx]), head.encode_text(y))
+                for i, idx in enumerate(([1, 2], [2, 3], [0, 1]))]
+    assert torch.allclose(got, torch.cat(rows), atol=1e-5)
+
+
 def rff_error(num_features: int, seed: int = 0) -> float:
     sigma = 0.5
     rff = get_head("kme_rff")(16, 16, num_features=num_features, sigma=sigma, seed=seed)

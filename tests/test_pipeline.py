@@ -271,3 +271,13 @@ def test_listing(capsys):
 def test_config_rejects_unknown_top_level_key():
     with pytest.raises(ConfigError, match="Did you mean: 'train'"):
         resolve({"trian": {}})
+
+
+def test_the_readme_example_head_runs_through_head_module(small_run, tmp_path):
+    _, cfg = small_run
+    try:
+        assert run("--config", cfg, "--out", tmp_path, "--head-module", REPO / "examples" / "my_head.py",
+                   "--heads", "my_bilinear") == 0
+        assert results.read(results.run_path(tmp_path, "synthetic", "my_bilinear"))["status"] == "ok"
+    finally:
+        heads.HEADS.unregister("my_bilinear")
