@@ -35,10 +35,18 @@ def kme_log_inner(image_rep: PointSetRep, text_rep: PointSetRep, inv_sigma2: tor
     n_img, m, d = U.shape
     n_txt, n = V.shape[:2]
 
+    differentiable = torch.is_grad_enabled() and (U.requires_grad or V.requires_grad)
+
     def block(rs: slice, cs: slice) -> torch.Tensor:
         u, v = U[rs], V[cs]
         logits = (u.reshape(-1, d) @ v.reshape(-1, d).T).view(u.shape[0], m, v.shape[0], n)
-        return torch.logsumexp(logits, dim=(1, 3))
+        if differentiable:
+            return torch.logsumexp(logits, dim=(1, 3))
+        # Evaluation: the same log-sum-exp in place, one reduced dim at a time (~2.5x less
+        # overhead on top of the GEMM than the generic multi-dim reduction, measured on CPU).
+        top = logits.amax(dim=3, keepdim=True).amax(dim=1, keepdim=True)
+        logits.sub_(top).exp_()
+        return logits.sum(dim=3).sum(dim=1).log_() + top.view(u.shape[0], v.shape[0])
 
     # The [rows*m, cols*n] logits plus log-sum-exp temporaries: about three float32 copies.
     out = chunked_score(block, n_img, n_txt, bytes_per_pair=12.0 * m * n,

@@ -356,3 +356,14 @@ def run_contract(name):
 @pytest.mark.parametrize("name", list_heads())
 def test_every_registered_head_meets_the_contract(name):
     run_contract(name)
+
+
+def test_training_and_evaluation_paths_of_kme_rbf_agree():
+    """score() takes an in-place path without autograd; both must give the same numbers."""
+    head = get_head("kme_rbf")(8, 8, memory_budget_mb=0.01)
+    x, y = torch.randn(20, 5, 8), torch.randn(30, 3, 8)
+    with_grad = head.score(head.encode_image(x), head.encode_text(y))
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        without = head.score(head.encode_image(x), head.encode_text(y))
+    assert torch.allclose(with_grad.detach(), without, atol=1e-5)
