@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(args)
     except UsageError as exc:
+        from bench import distributed
+
+        if not distributed.is_main():
+            return EXIT_USAGE
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -86,9 +90,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from bench import config, leaderboard, provenance, regression, runner
+    from bench import config, distributed, leaderboard, provenance, regression, runner
     import heads
     import suites
+
+    try:
+        return _run(args, config, distributed, leaderboard, provenance, regression, runner, heads, suites)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args, config, distributed, leaderboard, provenance, regression, runner, heads, suites) -> int:
 
     for spec in args.head_module:
         import_head_module(spec)
@@ -108,13 +120,15 @@ def _main(args) -> int:
         if not head_names:
             raise UsageError("--heads is empty; name at least one head (see --list-heads).")
         runner.plan(args.suite, head_names, cfg)  # every name and option checked before any work
-        device = provenance.resolve_device(args.device)
+        device = distributed.init(args.device) or provenance.resolve_device(args.device)
         baseline = regression.load(args.check) if args.check else None
     except (KeyError, ValueError) as exc:
         raise UsageError(exc.args[0] if exc.args else str(exc)) from None
 
     summary = runner.run_suite(args.suite, head_names, cfg, Path(args.out), device,
                                force=args.force, progress=not args.no_progress)
+    if not distributed.is_main():  # rank 0 reports, rewrites baselines and checks regressions
+        return EXIT_FAILED if summary.failed else EXIT_OK
     print()
     print(leaderboard.build(Path(args.out), warn=lambda m: print(m, file=sys.stderr)))
     status = EXIT_FAILED if summary.failed else EXIT_OK

@@ -14,7 +14,7 @@ import torch
 
 import heads as head_registry
 import suites as suite_registry
-from bench import SCHEMA_VERSION, atomic, config, provenance, results
+from bench import SCHEMA_VERSION, atomic, config, distributed, provenance, results
 from bench.scoring import ScoreError
 from bench.train import TrainingDiverged, train_head
 
@@ -95,6 +95,9 @@ def _reusable(out_dir: Path, suite: str, cell: Cell) -> dict | None:
 def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, device: torch.device,
               force: bool = False, progress: bool = True, log=print) -> RunSummary:
     out_dir = Path(out_dir)
+    main = distributed.is_main()
+    if not main:
+        log = lambda *a, **k: None  # noqa: E731 (one voice under torchrun)
     suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg)
     suite = suite_cls(params)
     summary = RunSummary(suite_name)
@@ -106,6 +109,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             summary.records.append(_reusable(out_dir, suite_name, cell))
             summary.reused.append(cell.head)
 
+    distributed.barrier()  # every rank has decided what to reuse before rank 0 writes anything
     t0 = time.perf_counter()
     data = suite.build(cfg["seed"])
     build_seconds = time.perf_counter() - t0
@@ -117,7 +121,8 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
                 "description": f"{suite_name} reference row", "options": {}}
         record = _record(suite_cls, data, protocol, ref_hash, meta, ref_metrics, "ok", None,
                          {"build_seconds": build_seconds}, device, cfg)
-        results.write(out_dir, record)
+        if main:
+            results.write(out_dir, record)
         summary.records.append(record)
 
     for cell in todo:
@@ -134,6 +139,9 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             timings.update(train_seconds=round(stats.seconds, 3), train_steps=stats.steps,
                            train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
                            final_train_loss=stats.final_loss)
+            if not main:  # rank 0 alone evaluates and writes; the others wait for the next cell
+                distributed.barrier()
+                continue
             if head.trainable:
                 atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head), head.state_dict(),
                                     {"head": cell.head, "version": cls.version, "config_hash": cell.hash})
@@ -145,8 +153,9 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             log(f"[{suite_name}] {cell.head}: FAILED: {error}")
         record = _record(suite_cls, data, protocol, cell.hash, meta, metrics, "failed" if error else "ok", error,
                          timings, device, cfg)
-        path = results.write(out_dir, record)
+        path = results.write(out_dir, record) if main else None
         summary.records.append(record)
+        distributed.barrier()
         if error:
             summary.failed.append(cell.head)
         else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from bench import distributed
 from suites.base import PointSets
 
 
@@ -73,13 +74,17 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_schedule(train_cfg["warmup_steps"], train_cfg["steps"]))
     loss_value = None
     start = time.perf_counter()
-    bar = tqdm(order, desc=f"train {label}", unit="step", disable=None if progress else True, leave=False)
-    for step, idx in enumerate(bar):
+    show = progress and distributed.is_main()
+    bar = tqdm(order, desc=f"train {label}", unit="step", disable=None if show else True, leave=False)
+    for step, global_idx in enumerate(bar):
+        idx = distributed.local_slice(global_idx)
         img = data.images[idx].to(device, non_blocking=True)
         txt = data.texts[idx].to(device, non_blocking=True)
         im = None if data.image_mask is None else data.image_mask[idx].to(device)
         tm = None if data.text_mask is None else data.text_mask[idx].to(device)
-        loss = symmetric_infonce(head.score(head.encode_image(img, im), head.encode_text(txt, tm)))
+        image_rep = distributed.gather(head.encode_image(img, im))
+        text_rep = distributed.gather(head.encode_text(txt, tm))
+        loss = symmetric_infonce(head.score(image_rep, text_rep))
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"head {label!r}: training loss is {float(loss.detach())} at step {step}. Lower train.lr "
@@ -87,6 +92,7 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(params)
         if train_cfg["grad_clip"] > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, train_cfg["grad_clip"])
             if not torch.isfinite(norm):

@@ -1,0 +1,103 @@
+"""torchrun support: one process per GPU (or per CPU worker with gloo), one global batch.
+
+Each rank encodes its slice of every global batch; the representations are gathered with
+gradients, so every rank computes the InfoNCE loss over the whole batch with the same negatives a
+single process would see (as open_clip's ClipLoss does with gather_with_grad). Gradients are then
+averaged across ranks, which makes a step equal to the single-process step up to float rounding.
+Rank 0 alone evaluates and writes files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import fields, is_dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device_name: str | None) -> torch.device | None:
+    """Start the process group when run under torchrun; return this rank's device (None if not)."""
+    if not launched() or dist.is_initialized():
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device_name in (None, "", "auto") or str(device_name).startswith("cuda"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice.
+
+    Written with all_reduce rather than reduce_scatter because gloo (the CPU backend) lacks the latter.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor):
+        parts = [torch.empty_like(tensor) for _ in range(world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rank, ctx.n = rank(), tensor.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather(rep):
+    """Gather a representation (a tensor or a dataclass of tensors) from all ranks, in rank order."""
+    if world_size() == 1:
+        return rep
+    if isinstance(rep, torch.Tensor):
+        return _GatherWithGrad.apply(rep)
+    if is_dataclass(rep):
+        return type(rep)(**{f.name: gather(getattr(rep, f.name)) for f in fields(rep)})
+    raise TypeError(f"cannot gather a {type(rep).__name__} across ranks; use tensors or a dataclass of tensors.")
+
+
+def average_gradients(params) -> None:
+    if world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()
+
+
+def local_slice(indices: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous share of a global batch (ranks in order rebuild the batch)."""
+    w = world_size()
+    if w == 1:
+        return indices
+    if indices.shape[0] % w:
+        raise ValueError(f"train.batch_size={indices.shape[0]} must be divisible by the number of processes ({w}).")
+    return indices.view(w, -1)[rank()]
