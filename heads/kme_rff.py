@@ -145,7 +145,11 @@ class KmeRffHead(SimilarityHead):
 
     def score(self, image_rep: FeatureRep, text_rep: FeatureRep) -> torch.Tensor:
         inner = image_rep.features @ text_rep.features.T
-        if self.kind == "positive":
-            return (inner.clamp(min=_TINY).log() + image_rep.log_scale.unsqueeze(1)
-                    + text_rep.log_scale.unsqueeze(0) - self.sigma.pow(-2))
-        return inner.clamp(min=self.fourier_floor).log()
+        floor = _TINY if self.kind == "positive" else self.fourier_floor
+        if self.kind != "positive":
+            return inner.clamp(min=floor).log()
+        row_offset = image_rep.log_scale.unsqueeze(1) - self.sigma.pow(-2)
+        if torch.is_grad_enabled() and inner.requires_grad:
+            return inner.clamp(min=floor).log() + row_offset + text_rep.log_scale.unsqueeze(0)
+        # Evaluation: in place, so an [N, M] matrix is allocated once, not four times.
+        return inner.clamp_(min=floor).log_().add_(row_offset).add_(text_rep.log_scale.unsqueeze(0))

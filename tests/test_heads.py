@@ -367,3 +367,12 @@ def test_training_and_evaluation_paths_of_kme_rbf_agree():
     with torch.no_grad():
         without = head.score(head.encode_image(x), head.encode_text(y))
     assert torch.allclose(with_grad.detach(), without, atol=1e-5)
+
+
+def test_training_and_evaluation_paths_of_kme_rff_agree():
+    head = get_head("kme_rff")(8, 8)
+    x, y = torch.randn(20, 5, 8), torch.randn(30, 3, 8)
+    with_grad = head.score(head.encode_image(x), head.encode_text(y))
+    with torch.no_grad():
+        without = head.score(head.encode_image(x), head.encode_text(y))
+    assert with_grad.requires_grad and torch.allclose(with_grad.detach(), without, atol=1e-5)
