@@ -60,3 +60,47 @@ def test_spec_parsing():
     assert BackboneSpec.parse("ViT-B-32:openai") == BackboneSpec("ViT-B-32", "openai")
     assert BackboneSpec.parse("ViT-B-32") == BackboneSpec("ViT-B-32", None)
     assert str(BackboneSpec.parse("RN50:/ckpt/x.pt")) == "RN50:/ckpt/x.pt"
+
+
+def test_dataset_features_go_through_the_cache_and_match_the_model(tiny_backbone, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from bench import features
+    from bench.feature_cache import FeatureCache
+
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"img{i}.jpg"
+        Image.new("RGB", (40 + i, 36), color=(40 * i, 80, 160)).save(p)
+        paths.append(p)
+    texts = ["a red square", "a blue square", "a green thing"]
+    calls = {"image": 0, "text": 0}
+    real_image, real_text = tiny_backbone.image_points, tiny_backbone.text_points
+
+    def count_image(x):
+        calls["image"] += 1
+        return real_image(x)
+
+    def count_text(t):
+        calls["text"] += 1
+        return real_text(t)
+
+    monkeypatch.setattr(tiny_backbone, "image_points", count_image)
+    monkeypatch.setattr(tiny_backbone, "text_points", count_text)
+    cache = FeatureCache(tmp_path / "cache")
+    img, cached = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    txt, _ = features.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False)
+    assert not cached and img.shape == (5, 3, 32) and txt.shape == (3, 3, 32)
+    assert calls == {"image": 3, "text": 2}
+    img2, cached = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    txt2, _ = features.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False)
+    assert cached and calls == {"image": 3, "text": 2}  # no forward pass the second time
+    assert torch.equal(img, img2) and torch.equal(txt, txt2)
+    with torch.no_grad():
+        from PIL import Image as I
+        pre = torch.stack([tiny_backbone.preprocess(I.open(p).convert("RGB")) for p in paths])
+        assert torch.allclose(img[:, -1], tiny_backbone.model.encode_image(pre), atol=1e-5)
+    # touching an image changes the fingerprint: the entry is rebuilt, not reused
+    Image.new("RGB", (50, 50)).save(paths[0])
+    features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    assert calls["image"] == 6

@@ -1,0 +1,111 @@
+"""On-disk cache of backbone point sets: safetensors shards plus a manifest checked on load.
+
+The cache key is a hash of everything that changes the features (backbone identity: model, weights
+tag or checkpoint hash, open_clip version, preprocessing, L; dataset, split, a fingerprint of the
+data, and the side). A folder is only ever published whole: shards are written into a temporary
+folder, each shard's sha256 goes into the manifest, and the folder is renamed into place last.
+On load, a missing, truncated or altered shard (or a manifest whose key differs) means the entry is
+stale: it is rebuilt, never silently reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from bench import atomic
+
+log = logging.getLogger(__name__)
+CACHE_SCHEMA = 1
+
+
+def cache_key(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    def __init__(self, root: str | os.PathLike, shard_rows: int = 50_000):
+        self.root = Path(root)
+        self.shard_rows = int(shard_rows)
+
+    def path(self, fields: dict) -> Path:
+        return self.root / cache_key(fields)
+
+    def problem(self, fields: dict) -> str | None:
+        """Why the entry for ``fields`` cannot be used (None when it can)."""
+        folder = self.path(fields)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            return "no manifest" if folder.exists() else "not cached"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            return "manifest is not valid JSON"
+        if manifest.get("schema") != CACHE_SCHEMA or manifest.get("fields") != json.loads(json.dumps(fields, default=str)):
+            return "manifest was written for other settings"
+        for shard in manifest.get("shards", []):
+            f = folder / shard["file"]
+            if not f.is_file():
+                return f"shard {shard['file']} is missing"
+            if f.stat().st_size != shard["bytes"] or _sha256(f) != shard["sha256"]:
+                return f"shard {shard['file']} is truncated or altered (checksum mismatch)"
+        return None
+
+    def load(self, fields: dict) -> torch.Tensor:
+        from safetensors.torch import load_file
+
+        folder = self.path(fields)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        parts = [load_file(str(folder / s["file"]))["points"] for s in manifest["shards"]]
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    def get_or_build(self, fields: dict, produce: Callable[[], Iterable[torch.Tensor]]) -> tuple[torch.Tensor, bool]:
+        """Cached points for ``fields``, or build them from ``produce()`` batches. Returns (points, was_cached)."""
+        why = self.problem(fields)
+        if why is None:
+            return self.load(fields), True
+        if why != "not cached":
+            log.warning("feature cache %s is stale (%s); rebuilding it.", self.path(fields), why)
+        points = self._build(fields, produce)
+        return points, False
+
+    def _build(self, fields: dict, produce) -> torch.Tensor:
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path(fields)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=self.root))
+        try:
+            chunks = [b.detach().float().cpu() for b in produce()]
+            points = torch.cat(chunks) if chunks else torch.empty(0)
+            shards = []
+            for i, start in enumerate(range(0, len(points), self.shard_rows)):
+                name = f"shard-{i:05d}.safetensors"
+                save_file({"points": points[start:start + self.shard_rows].contiguous()}, str(tmp / name))
+                shards.append({"file": name, "rows": int(min(self.shard_rows, len(points) - start)),
+                               "bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)})
+            manifest = {"schema": CACHE_SCHEMA, "fields": fields, "rows": len(points),
+                        "shape": list(points.shape), "shards": shards}
+            atomic.write_json(tmp / "manifest.json", json.loads(json.dumps(manifest, default=str)))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return points

@@ -1,0 +1,86 @@
+"""Feature cache: second run does no forward pass; stale, partial or altered entries are rebuilt."""
+import json
+
+import pytest
+import torch
+
+from bench.feature_cache import FeatureCache
+
+FIELDS = {"backbone": {"model": "tiny", "weights": "random:seed0", "layers": 2}, "dataset": "toy", "split": "test",
+          "fingerprint": "abc", "side": "image"}
+
+
+class Producer:
+    """Stands in for the backbone and counts forward passes (batches)."""
+
+    def __init__(self, n=25, batch=10):
+        self.calls, self.n, self.batch = 0, n, batch
+
+    def __call__(self):
+        g = torch.Generator().manual_seed(0)
+        for start in range(0, self.n, self.batch):
+            self.calls += 1
+            yield torch.randn(min(self.batch, self.n - start), 2, 4, generator=g)
+
+
+def test_second_run_does_no_forward_pass(tmp_path):
+    cache, produce = FeatureCache(tmp_path, shard_rows=10), Producer()
+    first, cached = cache.get_or_build(FIELDS, produce)
+    assert not cached and produce.calls == 3 and first.shape == (25, 2, 4)
+    again, cached = cache.get_or_build(FIELDS, produce)
+    assert cached and produce.calls == 3 and torch.equal(first, again)
+    assert len(list(cache.path(FIELDS).glob("shard-*.safetensors"))) == 3
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_any_change_of_key_fields_misses(tmp_path):
+    cache, produce = FeatureCache(tmp_path), Producer()
+    cache.get_or_build(FIELDS, produce)
+    for key, value in [("fingerprint", "abd"), ("split", "train"), ("side", "text")]:
+        cache.get_or_build({**FIELDS, key: value}, produce)
+    cache.get_or_build({**FIELDS, "backbone": {**FIELDS["backbone"], "layers": 3}}, produce)
+    assert produce.calls == 5 * 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "alter", "delete", "manifest"])
+def test_damaged_cache_is_detected_and_rebuilt(tmp_path, damage, caplog):
+    cache, produce = FeatureCache(tmp_path, shard_rows=10), Producer()
+    good, _ = cache.get_or_build(FIELDS, produce)
+    shard = cache.path(FIELDS) / "shard-00001.safetensors"
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-7])
+    elif damage == "alter":
+        data = bytearray(shard.read_bytes())
+        data[-3] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    elif damage == "delete":
+        shard.unlink()
+    else:
+        (cache.path(FIELDS) / "manifest.json").write_text("{not json")
+    assert cache.problem(FIELDS) is not None
+    rebuilt, cached = cache.get_or_build(FIELDS, produce)
+    assert not cached and produce.calls == 6 and torch.equal(rebuilt, good)
+    assert "stale" in caplog.text
+    assert cache.problem(FIELDS) is None
+
+
+def test_interrupted_build_leaves_nothing_usable_behind(tmp_path):
+    cache = FeatureCache(tmp_path)
+
+    def boom():
+        yield torch.randn(3, 2, 4)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_build(FIELDS, boom)
+    assert cache.problem(FIELDS) == "not cached"
+    assert not list(tmp_path.iterdir())
+
+
+def test_manifest_records_shape_and_checksums(tmp_path):
+    cache = FeatureCache(tmp_path, shard_rows=10)
+    cache.get_or_build(FIELDS, Producer())
+    manifest = json.loads((cache.path(FIELDS) / "manifest.json").read_text())
+    assert manifest["rows"] == 25 and manifest["shape"] == [25, 2, 4]
+    assert [s["rows"] for s in manifest["shards"]] == [10, 10, 5]
+    assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
