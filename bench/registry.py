@@ -34,11 +34,7 @@ class Registry(Generic[T]):
                     f"pick another name or bump the existing class's version instead."
                 )
             self._items[name] = obj
-            if getattr(obj, "name", None) in (None, "", NotImplemented) or isinstance(obj, type):
-                try:
-                    obj.name = name  # metadata as data: the class carries its registered name
-                except (AttributeError, TypeError):
-                    pass
+            obj.name = name  # metadata as data: the class carries its registered name
             return obj
 
         return decorator

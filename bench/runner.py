@@ -102,12 +102,15 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
     suite = suite_cls(params)
     summary = RunSummary(suite_name)
 
-    todo = [c for c in cells if force or _reusable(out_dir, suite_name, c) is None]
+    todo = []
     for cell in cells:
-        if cell not in todo:
-            log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head)} (same config hash {cell.hash}); --force recomputes")
-            summary.records.append(_reusable(out_dir, suite_name, cell))
-            summary.reused.append(cell.head)
+        previous = None if force else _reusable(out_dir, suite_name, cell)
+        if previous is None:
+            todo.append(cell)
+            continue
+        log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head)} (same config hash {cell.hash}); --force recomputes")
+        summary.records.append(previous)
+        summary.reused.append(cell.head)
 
     distributed.barrier()  # every rank has decided what to reuse before rank 0 writes anything
     t0 = time.perf_counter()
