@@ -29,6 +29,10 @@ def parser() -> argparse.ArgumentParser:
                    help="rewrite the baseline (default: the --check path, else results/baselines/SUITE.json)")
     p.add_argument("--force", action="store_true", help="recompute cells whose results already exist")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--data-root", default=None,
+                   help="datasets folder (default: $SIMBENCH_DATA, else ./data), one folder per dataset")
+    p.add_argument("--check-data", action="store_true",
+                   help="print which datasets are ready under the data root (exit 1 if any is not) and exit")
     p.add_argument("--list-heads", action="store_true", help="list registered heads and exit")
     p.add_argument("--list-suites", action="store_true", help="list registered suites and exit")
     return p
@@ -73,6 +77,24 @@ def _listing(kind: str) -> str:
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
+def data_root(arg: str | None) -> Path:
+    import os
+
+    return Path(arg or os.environ.get("SIMBENCH_DATA") or "data")
+
+
+def _check_data(args) -> int:
+    import pandas as pd
+
+    from bench import retrieval_data
+
+    root = data_root(args.data_root)
+    rows = retrieval_data.check_all(root)
+    print(f"data root: {root.resolve()}")
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    return EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -104,6 +126,8 @@ def _run(args, config, distributed, leaderboard, provenance, regression, runner,
 
     for spec in args.head_module:
         import_head_module(spec)
+    if args.check_data:
+        return _check_data(args)
     if args.list_heads or args.list_suites:
         if args.list_heads:
             print(_listing("heads"))

@@ -1,0 +1,153 @@
+"""Image-caption datasets in clip_benchmark's on-disk layouts, validated before any work.
+
+clip_benchmark's builder downloads what is missing and, offline, leaves empty files behind; so the
+layout is checked here first, and a missing or partial dataset fails with the exact layout expected
+and where to get it, writing nothing into the data root. The files are read directly in the same
+formats clip_benchmark reads (COCO-style Karpathy JSON; Flickr ``image.jpg,caption`` text), which
+avoids a pycocotools dependency and lets a reader name every missing image.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+class DataError(ValueError):
+    """Missing or malformed data; the message names the files and how to fix them."""
+
+
+@dataclass
+class RetrievalSet:
+    name: str
+    split: str
+    image_paths: list[Path]
+    captions: list[str]
+    caption_image: list[int]   # for each caption, the index of its image
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{self.name}|{self.split}".encode())
+        for p in self.image_paths:
+            st = p.stat()
+            h.update(f"{p.name}|{st.st_size}\n".encode())
+        h.update("\n".join(self.captions).encode())
+        h.update(",".join(map(str, self.caption_image)).encode())
+        return h.hexdigest()[:16]
+
+
+def _check_images(paths: list[Path], dataset: str, limit: int = 5) -> None:
+    missing = [p for p in paths if not p.is_file()]
+    empty = [p for p in paths if p.is_file() and p.stat().st_size == 0]
+    if missing or empty:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(str(p) for p in missing[:limit])})")
+        if empty:
+            parts.append(f"{len(empty)} empty (e.g. {', '.join(str(p) for p in empty[:limit])}; "
+                         f"an interrupted download leaves these: delete and fetch them again)")
+        raise DataError(f"{dataset}: of {len(paths)} images, " + "; ".join(parts) + ".")
+
+
+def _require(path: Path, dataset: str, layout: str) -> None:
+    if not path.is_file() or path.stat().st_size == 0:
+        state = "is empty" if path.is_file() else "is missing"
+        raise DataError(f"{dataset}: {path} {state}. Expected layout:\n{layout}")
+
+
+def read_coco(root: Path, split: str) -> RetrievalSet:
+    folder = root / ("train2014" if split == "train" else "val2014")
+    ann = root / f"coco_{split}_karpathy.json"
+    _require(ann, "mscoco_captions", DATASETS["mscoco_captions"].layout)
+    try:
+        data = json.loads(ann.read_text())
+        images = {img["id"]: img["file_name"] for img in data["images"]}
+        anns = [(a["image_id"], a["caption"]) for a in data["annotations"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"mscoco_captions: {ann} is not a COCO-style caption file ({type(exc).__name__}: {exc}).") from None
+    order = sorted(images)
+    index = {image_id: i for i, image_id in enumerate(order)}
+    captions, caption_image = [], []
+    for image_id, caption in anns:
+        if image_id not in index:
+            raise DataError(f"mscoco_captions: {ann} has a caption for unknown image id {image_id}.")
+        if not str(caption).strip():
+            raise DataError(f"mscoco_captions: {ann} has an empty caption for image id {image_id}.")
+        captions.append(str(caption).strip())
+        caption_image.append(index[image_id])
+    paths = [folder / Path(images[i]).name for i in order]
+    _check_images(paths, "mscoco_captions")
+    return RetrievalSet("mscoco_captions", split, paths, captions, caption_image)
+
+
+def read_flickr(root: Path, split: str) -> RetrievalSet:
+    ann = root / f"flickr30k_{split}_karpathy.txt"
+    _require(ann, "flickr30k", DATASETS["flickr30k"].layout)
+    images: dict[str, int] = {}
+    captions, caption_image = [], []
+    lines = ann.read_text().splitlines()[1:]  # header line, as clip_benchmark skips it
+    for n, line in enumerate(lines, start=2):
+        line = line.strip()
+        if not line:
+            continue
+        if ".jpg," not in line:
+            raise DataError(f"flickr30k: {ann} line {n} is not 'image.jpg,caption': {line[:80]!r}.")
+        name, caption = line.split(".jpg,", 1)
+        if not caption.strip():
+            raise DataError(f"flickr30k: {ann} line {n} has an empty caption.")
+        idx = images.setdefault(name + ".jpg", len(images))
+        captions.append(caption.strip())
+        caption_image.append(idx)
+    paths = [root / name for name in images]
+    _check_images(paths, "flickr30k")
+    return RetrievalSet("flickr30k", split, paths, captions, caption_image)
+
+
+@dataclass
+class DatasetInfo:
+    reader: Callable[[Path, str], RetrievalSet]
+    layout: str
+    source: str
+
+
+DATASETS = {
+    "mscoco_captions": DatasetInfo(
+        read_coco,
+        "  DATA_ROOT/mscoco_captions/coco_test_karpathy.json   (COCO-style: images[id, file_name], annotations[image_id, caption])\n"
+        "  DATA_ROOT/mscoco_captions/val2014/COCO_val2014_*.jpg (train split: coco_train_karpathy.json + train2014/)",
+        "images: cocodataset.org val2014.zip / train2014.zip; Karpathy annotations: mehdidc/retrieval_annotations release 1.0.0",
+    ),
+    "flickr30k": DatasetInfo(
+        read_flickr,
+        "  DATA_ROOT/flickr30k/flickr30k_test_karpathy.txt (header line, then 'NAME.jpg,caption' lines)\n"
+        "  DATA_ROOT/flickr30k/NAME.jpg                     (all images in one flat folder)",
+        "images: the Flickr30k dataset (e.g. Kaggle 'flickr30k'); annotations: mehdidc/retrieval_annotations release 1.0.0",
+    ),
+}
+
+
+def load(data_root: Path, name: str, split: str) -> RetrievalSet:
+    if name not in DATASETS:
+        from bench.registry import suggest
+
+        raise DataError(f"unknown dataset {name!r}.{suggest(name, DATASETS)} Known: {', '.join(DATASETS)}.")
+    root = Path(data_root) / name
+    if not root.is_dir():
+        info = DATASETS[name]
+        raise DataError(f"{name}: folder {root} does not exist. Expected layout:\n{info.layout}\nGet it from: {info.source}")
+    return DATASETS[name].reader(root, split)
+
+
+def check_all(data_root: Path, split: str = "test") -> list[dict]:
+    """One row per dataset: ready or not, and for a missing one the layout and where to get it."""
+    rows = []
+    for name, info in DATASETS.items():
+        try:
+            ds = load(data_root, name, split)
+            rows.append({"dataset": name, "split": split, "ready": True,
+                         "detail": f"{len(ds.image_paths)} images, {len(ds.captions)} captions"})
+        except DataError as exc:
+            rows.append({"dataset": name, "split": split, "ready": False,
+                         "detail": str(exc).split("\n")[0] + f" | layout: {info.layout.strip()} | source: {info.source}"})
+    return rows

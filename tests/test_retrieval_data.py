@@ -1,0 +1,99 @@
+"""Retrieval datasets in the real on-disk formats, made by the tests; bad data fails clearly."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bench import retrieval_data
+from bench.retrieval_data import DataError
+
+
+def make_coco(root: Path, n_images=4, per=5, split="test"):
+    folder = root / "mscoco_captions" / ("train2014" if split == "train" else "val2014")
+    folder.mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n_images):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        Image.new("RGB", (32, 24), color=(30 * i, 60, 90)).save(folder / name)
+        images.append({"id": 100 + i, "file_name": name})
+        anns += [{"image_id": 100 + i, "id": 1000 + i * per + j, "caption": f"image {i} caption {j}"} for j in range(per)]
+    (root / "mscoco_captions" / f"coco_{split}_karpathy.json").write_text(json.dumps({"images": images, "annotations": anns}))
+
+
+def make_flickr(root: Path, n_images=3, per=5):
+    folder = root / "flickr30k"
+    folder.mkdir(parents=True)
+    lines = ["image,caption"]
+    for i in range(n_images):
+        Image.new("RGB", (20, 30)).save(folder / f"{1000 + i}.jpg")
+        lines += [f"{1000 + i}.jpg,a caption, with a comma {j}" for j in range(per)]
+    (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_coco_and_flickr_are_read_with_every_caption(tmp_path):
+    make_coco(tmp_path)
+    make_flickr(tmp_path)
+    coco = retrieval_data.load(tmp_path, "mscoco_captions", "test")
+    assert len(coco.image_paths) == 4 and len(coco.captions) == 20
+    assert coco.caption_image[:6] == [0, 0, 0, 0, 0, 1]
+    flickr = retrieval_data.load(tmp_path, "flickr30k", "test")
+    assert len(flickr.image_paths) == 3 and flickr.captions[0] == "a caption, with a comma 0"
+    assert flickr.fingerprint() == retrieval_data.load(tmp_path, "flickr30k", "test").fingerprint()
+
+
+def test_flickr_reader_agrees_with_clip_benchmark(tmp_path):
+    from clip_benchmark.datasets.flickr import Flickr
+
+    make_flickr(tmp_path)
+    ours = retrieval_data.load(tmp_path, "flickr30k", "test")
+    theirs = Flickr(str(tmp_path / "flickr30k"), str(tmp_path / "flickr30k" / "flickr30k_test_karpathy.txt"))
+    assert [Path(p).name for p, _ in theirs.data] == [p.name for p in ours.image_paths]
+    assert [c for _, caps in theirs.data for c in caps] == ours.captions
+
+
+def test_missing_partial_and_malformed_data_fail_clearly_and_write_nothing(tmp_path):
+    with pytest.raises(DataError, match="does not exist. Expected layout"):
+        retrieval_data.load(tmp_path, "flickr30k", "test")
+    make_coco(tmp_path)
+    folder = tmp_path / "mscoco_captions" / "val2014"
+    (folder / "COCO_val2014_000000000001.jpg").unlink()
+    (folder / "COCO_val2014_000000000002.jpg").write_bytes(b"")
+    before = sorted(os.listdir(folder))
+    with pytest.raises(DataError, match=r"1 missing .*000000000001.*1 empty"):
+        retrieval_data.load(tmp_path, "mscoco_captions", "test")
+    assert sorted(os.listdir(folder)) == before
+    (tmp_path / "mscoco_captions" / "coco_test_karpathy.json").write_text("{\"images\": 3}")
+    with pytest.raises(DataError, match="not a COCO-style caption file"):
+        retrieval_data.load(tmp_path, "mscoco_captions", "test")
+    with pytest.raises(DataError, match="Did you mean: 'flickr30k'"):
+        retrieval_data.load(tmp_path, "flickr30", "test")
+
+
+def test_empty_caption_is_named(tmp_path):
+    make_flickr(tmp_path)
+    ann = tmp_path / "flickr30k" / "flickr30k_test_karpathy.txt"
+    ann.write_text(ann.read_text() + "1000.jpg,   \n")
+    with pytest.raises(DataError, match="empty caption"):
+        retrieval_data.load(tmp_path, "flickr30k", "test")
+
+
+def test_check_all_reports_ready_and_missing(tmp_path):
+    make_flickr(tmp_path)
+    rows = {r["dataset"]: r for r in retrieval_data.check_all(tmp_path)}
+    assert rows["flickr30k"]["ready"] and "3 images, 15 captions" in rows["flickr30k"]["detail"]
+    assert not rows["mscoco_captions"]["ready"] and "coco_test_karpathy.json" in rows["mscoco_captions"]["detail"]
+
+
+def test_check_data_command(tmp_path, capsys, monkeypatch):
+    from bench.cli import main
+
+    make_coco(tmp_path)
+    make_flickr(tmp_path)
+    assert main(["--check-data", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mscoco_captions" in out and "True" in out
+    monkeypatch.setenv("SIMBENCH_DATA", str(tmp_path / "nowhere"))
+    assert main(["--check-data"]) == 1
+    assert "does not exist" in capsys.readouterr().out
