@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
                    help="rewrite the baseline (default: the --check path, else results/baselines/SUITE.json)")
     p.add_argument("--force", action="store_true", help="recompute cells whose results already exist")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--backbone", default=None, metavar="NAME[:PRETRAINED]",
+                   help="open_clip model name or config JSON, optionally :tag or :checkpoint (real-data suites)")
     p.add_argument("--data-root", default=None,
                    help="datasets folder (default: $SIMBENCH_DATA, else ./data), one folder per dataset")
     p.add_argument("--check-data", action="store_true",
@@ -140,6 +142,13 @@ def _run(args, config, distributed, leaderboard, provenance, regression, runner,
         if args.seed is not None:
             user["seed"] = args.seed
         cfg = config.resolve(user)
+        suite_defaults = suites.get_suite(args.suite).default_params()
+        for flag, key, value in (("--backbone", "backbone", args.backbone), ("--data-root", "data_root", args.data_root)):
+            if value is None:
+                continue
+            if key not in suite_defaults:
+                raise UsageError(f"{flag} does not apply to suite {args.suite!r} (it has no {key!r} parameter).")
+            cfg["suites"].setdefault(args.suite, {})[key] = str(data_root(value)) if key == "data_root" else value
         head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
         if not head_names:
             raise UsageError("--heads is empty; name at least one head (see --list-heads).")
@@ -149,8 +158,14 @@ def _run(args, config, distributed, leaderboard, provenance, regression, runner,
     except (KeyError, ValueError) as exc:
         raise UsageError(exc.args[0] if exc.args else str(exc)) from None
 
-    summary = runner.run_suite(args.suite, head_names, cfg, Path(args.out), device,
-                               force=args.force, progress=not args.no_progress)
+    from bench.backbone import BackboneError
+    from bench.retrieval_data import DataError
+
+    try:
+        summary = runner.run_suite(args.suite, head_names, cfg, Path(args.out), device,
+                                   force=args.force, progress=not args.no_progress)
+    except (DataError, BackboneError) as exc:
+        raise UsageError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None
     if not distributed.is_main():  # rank 0 reports, rewrites baselines and checks regressions
         return EXIT_FAILED if summary.failed else EXIT_OK
     print()

@@ -42,7 +42,8 @@ def plan(suite_name: str, head_names: list[str], cfg: dict):
         suite_registry.get_suite(name)  # unknown suite names in the config fail too
     for name in cfg["heads"]:
         head_registry.get_head(name)
-    protocol = {"suite": suite_name, "suite_version": suite_cls.version, "suite_params": params,
+    hashed = {k: v for k, v in params.items() if k not in suite_cls.non_protocol_params}
+    protocol = {"suite": suite_name, "suite_version": suite_cls.version, "suite_params": hashed,
                 "train": cfg["train"], "seed": cfg["seed"]}
     cells = []
     for name in head_names:
@@ -100,6 +101,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
         log = lambda *a, **k: None  # noqa: E731 (one voice under torchrun)
     suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg)
     suite = suite_cls(params)
+    suite.device = device
     summary = RunSummary(suite_name)
 
     todo = []

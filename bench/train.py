@@ -78,9 +78,10 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
     bar = tqdm(order, desc=f"train {label}", unit="step", disable=None if show else True, leave=False)
     for step, global_idx in enumerate(bar):
         idx = distributed.local_slice(global_idx)
-        img = data.images[idx].to(device, non_blocking=True)
+        rows = data.image_rows(idx)
+        img = data.images[rows].to(device, non_blocking=True)
         txt = data.texts[idx].to(device, non_blocking=True)
-        im = None if data.image_mask is None else data.image_mask[idx].to(device)
+        im = None if data.image_mask is None else data.image_mask[rows].to(device)
         tm = None if data.text_mask is None else data.text_mask[idx].to(device)
         image_rep = distributed.gather(head.encode_image(img, im))
         text_rep = distributed.gather(head.encode_text(txt, tm))

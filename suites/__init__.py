@@ -8,6 +8,7 @@ from suites.base import SUITES, PointSets, Suite, SuiteData, get_suite, list_sui
 # The one place that decides which suites ship with the package.
 BUILTIN_MODULES = (
     "suites.synthetic",
+    "suites.retrieval",
 )
 
 for _module in BUILTIN_MODULES:

@@ -37,13 +37,20 @@ class PointSets:
     texts: torch.Tensor
     image_mask: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    # Pair i is (images[image_of_pair[i]], texts[i]) when set: several captions share one image
+    # without copying its points once per caption.
+    image_of_pair: torch.Tensor | None = None
 
     def __post_init__(self):
-        if self.images.shape[0] != self.texts.shape[0]:
-            raise ValueError(f"paired point sets need as many images as texts, got {self.images.shape[0]} and {self.texts.shape[0]}.")
+        n_img = self.images.shape[0] if self.image_of_pair is None else self.image_of_pair.shape[0]
+        if n_img != self.texts.shape[0]:
+            raise ValueError(f"paired point sets need as many images as texts, got {n_img} and {self.texts.shape[0]}.")
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.texts.shape[0]
+
+    def image_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx if self.image_of_pair is None else self.image_of_pair[idx]
 
 
 @dataclass
@@ -63,6 +70,9 @@ class Suite:
     metrics: dict[str, bool] = {}       # metric -> higher is better
     headline_metrics: tuple[str, ...] = ()  # what the plot shows
     defaults_file: str | None = None    # YAML beside the module with the default parameters
+    # Parameters that change where or how fast, never what, is computed: left out of the protocol hash.
+    non_protocol_params: tuple[str, ...] = ()
+    device: torch.device = torch.device("cpu")  # set by the runner before build()
 
     @classmethod
     def default_params(cls) -> dict:

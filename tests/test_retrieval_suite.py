@@ -1,0 +1,104 @@
+"""The retrieval suite end to end on fixture data and a tiny random-weight open_clip model,
+cross-checked against clip_benchmark's own retrieval evaluation."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from bench import results
+from bench.cli import main
+from test_backbone import TINY
+from test_retrieval_data import make_coco, make_flickr
+
+
+def noisy_images(folder, names, seed):
+    g = torch.Generator().manual_seed(seed)
+    for name in names:
+        arr = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(folder / name)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_coco(root, n_images=12, per=5, split="test")
+    make_coco_train(root)
+    make_flickr(root, n_images=8, per=5)
+    noisy_images(root / "mscoco_captions" / "val2014", [p.name for p in (root / "mscoco_captions" / "val2014").iterdir()], 1)
+    noisy_images(root / "flickr30k", [p.name for p in (root / "flickr30k").glob("*.jpg")], 2)
+    cfg = root / "simbench-tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    small = root / "small.yaml"
+    small.write_text("train: {steps: 5, batch_size: 16, warmup_steps: 1}\nheads: {kme_rff: {num_features: 64}}\n"
+                     "suites: {retrieval: {layers: 2, workers: 0, batch_size: 8}}\n")
+    return root, cfg, small
+
+
+def make_coco_train(root):
+    folder = root / "mscoco_captions" / "train2014"
+    folder.mkdir(parents=True)
+    images, anns = [], []
+    for i in range(10):
+        name = f"COCO_train2014_{i:012d}.jpg"
+        images.append({"id": i, "file_name": name})
+        anns += [{"image_id": i, "id": i * 3 + j, "caption": f"train image {i} words {j}"} for j in range(3)]
+    noisy_images(folder, [im["file_name"] for im in images], 3)
+    (root / "mscoco_captions" / "coco_train_karpathy.json").write_text(json.dumps({"images": images, "annotations": anns}))
+
+
+def run_retrieval(root, cfg, small, out, heads="clip_frozen,cosine,kme_rbf,kme_rff"):
+    return main(["--suite", "retrieval", "--backbone", str(cfg), "--data-root", str(root), "--config", str(small),
+                 "--heads", heads, "--out", str(out), "--no-progress", "--device", "cpu"])
+
+
+def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
+    root, cfg, small = data
+    assert run_retrieval(root, cfg, small, tmp_path / "a") == 0
+    recs = {r["head"]["name"]: r for r in results.load_all(tmp_path / "a")}
+    assert set(recs) == {"clip_frozen", "cosine", "kme_rbf", "kme_rff"}
+    m = recs["kme_rbf"]["metrics"]
+    assert 0 <= m["flickr30k/text_retrieval_recall@1"] <= 1 and m["mscoco_captions/recall_sum"] > 0
+    ident = recs["cosine"]["suite"]["test_set"]
+    assert ident["backbone"]["weights"] == "random:seed0" and ident["train"]["pairs"] == 30
+    assert ident["datasets"]["flickr30k"]["captions"] == 40
+    shards = list((root / ".simbench-cache").rglob("shard-*.safetensors"))
+    assert len(shards) == 6  # train, coco test, flickr test; images and texts
+    stamps = {p: p.stat().st_mtime_ns for p in shards}
+    assert run_retrieval(root, cfg, small, tmp_path / "b", heads="clip_frozen") == 0
+    assert {p: p.stat().st_mtime_ns for p in shards} == stamps  # features came from the cache
+    b = results.read(results.run_path(tmp_path / "b", "retrieval", "clip_frozen"))
+    assert b["metrics"] == recs["clip_frozen"]["metrics"]
+
+
+def test_clip_frozen_equals_clip_benchmark_retrieval(data, tmp_path):
+    from clip_benchmark.datasets.builder import get_dataset_collate_fn
+    from clip_benchmark.datasets.flickr import Flickr
+    from clip_benchmark.metrics import zeroshot_retrieval
+
+    from bench.backbone import Backbone, BackboneSpec
+
+    root, cfg, small = data
+    assert run_retrieval(root, cfg, small, tmp_path, heads="clip_frozen") == 0
+    ours = results.read(results.run_path(tmp_path, "retrieval", "clip_frozen"))["metrics"]
+    bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=0)  # same seed: same random weights
+    ds = Flickr(str(root / "flickr30k"), str(root / "flickr30k" / "flickr30k_test_karpathy.txt"), transform=bb.preprocess)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=get_dataset_collate_fn("flickr30k"))
+    theirs = zeroshot_retrieval.evaluate(bb.model, loader, bb.tokenizer, "cpu", amp=False, recall_k_list=[1, 5])  # its topk needs k <= 8 images
+    for key, value in theirs.items():
+        assert ours[f"flickr30k/{key}"] == pytest.approx(value, abs=1e-6), key
+
+
+def test_missing_data_fails_before_any_work(data, tmp_path, capsys):
+    _, cfg, small = data
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_retrieval(empty, cfg, small, tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "does not exist. Expected layout" in err and "--check-data" in err
+    assert not (tmp_path / "o").exists() and list(empty.iterdir()) == []
+
+
+def test_backbone_flag_is_refused_by_the_synthetic_suite(tmp_path, capsys):
+    assert main(["--backbone", "ViT-B-32", "--out", str(tmp_path)]) == 2
+    assert "does not apply to suite 'synthetic'" in capsys.readouterr().err
