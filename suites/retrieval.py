@@ -50,7 +50,8 @@ class RetrievalSuite(Suite):
     def _roots(self) -> tuple[Path, Path]:
         p = self.params
         root = Path(p["data_root"] or os.environ.get("SIMBENCH_DATA") or "data")
-        return root, Path(p["cache_dir"]) if p["cache_dir"] else root / ".simbench-cache"
+        cache = p["cache_dir"] or os.environ.get("SIMBENCH_CACHE") or Path.home() / ".cache" / "simbench" / "features"
+        return root, Path(cache)  # never inside the data root, which may be read-only or shared
 
     def build(self, seed: int) -> SuiteData:
         p = self.params

@@ -31,7 +31,7 @@ def data(tmp_path_factory):
     cfg.write_text(json.dumps(TINY))
     small = root / "small.yaml"
     small.write_text("train: {steps: 5, batch_size: 16, warmup_steps: 1}\nheads: {kme_rff: {num_features: 64}}\n"
-                     "suites: {retrieval: {layers: 2, workers: 0, batch_size: 8}}\n")
+                     f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 8, cache_dir: '{root / 'cache'}'}}}}\n")
     return root, cfg, small
 
 
@@ -62,7 +62,7 @@ def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
     ident = recs["cosine"]["suite"]["test_set"]
     assert ident["backbone"]["weights"] == "random:seed0" and ident["train"]["pairs"] == 30
     assert ident["datasets"]["flickr30k"]["captions"] == 40
-    shards = list((root / ".simbench-cache").rglob("shard-*.safetensors"))
+    shards = list((root / "cache").rglob("shard-*.safetensors"))
     assert len(shards) == 6  # train, coco test, flickr test; images and texts
     stamps = {p: p.stat().st_mtime_ns for p in shards}
     assert run_retrieval(root, cfg, small, tmp_path / "b", heads="clip_frozen") == 0
