@@ -7,17 +7,14 @@ captions is in the top k, as clip_benchmark does.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from bench import features, metrics, retrieval_data
-from bench.backbone import Backbone, BackboneSpec
-from bench.feature_cache import FeatureCache
+from bench import metrics, retrieval_data
 from bench.scoring import encode, score_matrix
-from suites.base import PointSets, Suite, SuiteData, register_suite
+from suites.backbone_suite import BackboneSuite
+from suites.base import SuiteData, register_suite
 
 DATASETS = ("mscoco_captions", "flickr30k")
 KS = (1, 5, 10)
@@ -37,7 +34,7 @@ class RetrievalTest:
 
 
 @register_suite("retrieval")
-class RetrievalSuite(Suite):
+class RetrievalSuite(BackboneSuite):
     version = 1
     description = "MSCOCO 5k / Flickr30k 1k image-text retrieval on cached open_clip point sets."
     main_metric = "mscoco_captions/recall_sum"
@@ -45,45 +42,24 @@ class RetrievalSuite(Suite):
     headline_metrics = ("mscoco_captions/text_retrieval_recall@1", "mscoco_captions/image_retrieval_recall@1",
                         "flickr30k/text_retrieval_recall@1")
     defaults_file = "retrieval.yaml"
-    non_protocol_params = ("data_root", "cache_dir", "batch_size", "text_batch_size", "workers")
-
-    def _roots(self) -> tuple[Path, Path]:
-        p = self.params
-        root = Path(p["data_root"] or os.environ.get("SIMBENCH_DATA") or "data")
-        cache = p["cache_dir"] or os.environ.get("SIMBENCH_CACHE") or Path.home() / ".cache" / "simbench" / "features"
-        return root, Path(cache)  # never inside the data root, which may be read-only or shared
 
     def build(self, seed: int) -> SuiteData:
         p = self.params
-        root, cache_dir = self._roots()
-        unknown = [d for d in p["datasets"] if d not in retrieval_data.DATASETS]
-        if unknown:
-            retrieval_data.load(root, unknown[0], p["test_split"])  # raises with suggestions
+        root = self.roots()[0]
         # Validate every dataset before any backbone work: a missing one fails in seconds.
         tests = {d: retrieval_data.load(root, d, p["test_split"]) for d in p["datasets"]}
-        train = retrieval_data.load(root, p["train_dataset"], p["train_split"])
-        backbone = Backbone(BackboneSpec.parse(p["backbone"]), p["layers"], self.device, seed)
-        cache = FeatureCache(cache_dir)
-        img_kw = {"batch_size": p["batch_size"], "workers": p["workers"]}
-        txt_kw = {"batch_size": p["text_batch_size"]}
-
-        def points(ds: retrieval_data.RetrievalSet):
-            img, _ = features.image_points(cache, backbone, ds.name, ds.split, ds.image_paths, **img_kw)
-            txt, _ = features.text_points(cache, backbone, ds.name, ds.split, ds.captions, **txt_kw)
-            return img, txt, torch.tensor(ds.caption_image, dtype=torch.long)
-
-        tr_img, tr_txt, tr_map = points(train)
-        test = {}
-        for name, ds in tests.items():
-            img, txt, cap = points(ds)
-            test[name] = RetrievalTest(img, txt, cap)
+        train = self.train_set()
+        backbone, cache = self.backbone(seed), self.cache()
+        pairs = self.train_pairs(train, backbone, cache)
+        test = {name: RetrievalTest(self.image_points(backbone, cache, name, ds.split, ds.image_paths),
+                                    self.text_points(backbone, cache, name, ds.split, ds.captions),
+                                    torch.tensor(ds.caption_image, dtype=torch.long))
+                for name, ds in tests.items()}
         identity = {"backbone": backbone.identity,
                     "datasets": {n: {"split": ds.split, "images": len(ds.image_paths), "captions": len(ds.captions),
                                      "fingerprint": ds.fingerprint()} for n, ds in tests.items()},
-                    "train": {"dataset": train.name, "split": train.split, "pairs": len(train.captions),
-                              "fingerprint": train.fingerprint()}}
-        dim = tr_img.shape[-1]
-        return SuiteData(PointSets(tr_img, tr_txt, image_of_pair=tr_map), dim, tr_txt.shape[-1], test, identity)
+                    "train": self.train_identity(train)}
+        return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
 
     def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:
         out = {}
