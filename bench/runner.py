@@ -96,8 +96,8 @@ def _reusable(out_dir: Path, suite: str, cell: Cell) -> dict | None:
 def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, device: torch.device,
               force: bool = False, progress: bool = True, log=print) -> RunSummary:
     out_dir = Path(out_dir)
-    main = distributed.is_main()
-    if not main:
+    is_main = distributed.is_main()
+    if not is_main:
         log = lambda *a, **k: None  # noqa: E731 (one voice under torchrun)
     suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg)
     suite = suite_cls(params)
@@ -126,7 +126,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
                 "description": f"{suite_name} reference row", "options": {}}
         record = _record(suite_cls, data, protocol, ref_hash, meta, ref_metrics, "ok", None,
                          {"build_seconds": build_seconds}, device, cfg)
-        if main:
+        if is_main:
             results.write(out_dir, record)
         summary.records.append(record)
 
@@ -144,7 +144,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             timings.update(train_seconds=round(stats.seconds, 3), train_steps=stats.steps,
                            train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
                            final_train_loss=stats.final_loss)
-            if not main:  # rank 0 alone evaluates and writes; the others wait for the next cell
+            if not is_main:  # rank 0 alone evaluates and writes; the others wait for the next cell
                 distributed.barrier()
                 continue
             if head.trainable:
@@ -158,13 +158,14 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             log(f"[{suite_name}] {cell.head}: FAILED: {error}")
         record = _record(suite_cls, data, protocol, cell.hash, meta, metrics, "failed" if error else "ok", error,
                          timings, device, cfg)
-        path = results.write(out_dir, record) if main else None
+        path = results.write(out_dir, record) if is_main else None
         summary.records.append(record)
         distributed.barrier()
         if error:
             summary.failed.append(cell.head)
         else:
-            main = metrics.get(suite_cls.main_metric)
-            log(f"[{suite_name}] {cell.head}: {suite_cls.main_metric}={main:.4f} "
+            value = metrics.get(suite_cls.main_metric)
+            shown = "n/a (not measured in this run)" if value is None else f"{value:.4f}"
+            log(f"[{suite_name}] {cell.head}: {suite_cls.main_metric}={shown} "
                 f"(train {timings['train_seconds']:.1f}s, eval {timings['eval_seconds']:.1f}s) -> {path}")
     return summary

@@ -9,6 +9,7 @@ from suites.base import SUITES, PointSets, Suite, SuiteData, get_suite, list_sui
 BUILTIN_MODULES = (
     "suites.synthetic",
     "suites.retrieval",
+    "suites.classification",
 )
 
 for _module in BUILTIN_MODULES:

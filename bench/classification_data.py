@@ -1,0 +1,80 @@
+"""Zero-shot classification datasets through clip_benchmark's builder, guarded.
+
+clip_benchmark knows each ImageNet variant's layout, class names (including the 200-class subsets
+of ImageNet-R and -A) and prompt templates, so it builds the dataset; but it downloads whatever
+is missing (and, offline, leaves empty files behind), so the folder is validated first and the
+builder is only called on a dataset that is there. Every image file is then checked for being
+present and non-empty, and the list of files is what the feature cache fingerprints.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.retrieval_data import DataError
+
+LAYOUTS = {
+    "imagenet1k": ("DATA_ROOT/imagenet1k/ILSVRC2012_devkit_t12.tar.gz + val/ (torchvision ImageNet layout)",
+                   "image-net.org (ILSVRC2012 validation set and devkit)"),
+    "imagenetv2": ("DATA_ROOT/imagenetv2/imagenetv2-matched-frequency-format-val/<class index>/*.jpeg",
+                   "huggingface vaishaal/ImageNetV2 (matched-frequency)"),
+    "imagenet-r": ("DATA_ROOT/imagenet-r/<wnid>/*.jpg (200 classes)", "people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"),
+    "imagenet-a": ("DATA_ROOT/imagenet-a/<wnid>/*.jpg (200 classes)", "people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar"),
+    "imagenet_sketch": ("DATA_ROOT/imagenet_sketch/<wnid>/*.JPEG (1000 classes)", "ImageNet-Sketch.zip (Google Drive id in clip_benchmark)"),
+    "objectnet": ("DATA_ROOT/objectnet/objectnet-1.0/... as clip_benchmark unpacks it", "objectnet.dev objectnet-1.0.zip"),
+}
+
+
+@dataclass
+class ClassificationSet:
+    name: str
+    image_paths: list[Path]
+    labels: list[int]
+    classnames: list[str]
+    templates: list[str]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.name.encode())
+        for p, y in zip(self.image_paths, self.labels):
+            h.update(f"{p.name}|{p.stat().st_size}|{y}\n".encode())
+        h.update("\n".join(self.classnames + self.templates).encode())
+        return h.hexdigest()[:16]
+
+    def prompts(self) -> list[str]:
+        """Class-major: every template for class 0, then class 1, ..."""
+        return [t.replace("{c}", c) if "{c}" in t else t.format(c) for c in self.classnames for t in self.templates]
+
+
+def _samples(ds) -> list[tuple[str, int]]:
+    if hasattr(ds, "samples"):          # torchvision ImageFolder / ImageNet
+        return [(str(p), int(y)) for p, y in ds.samples]
+    if hasattr(ds, "fnames"):           # imagenetv2: the class index is the parent folder's name
+        return [(str(p), int(Path(p).parent.name)) for p in ds.fnames]
+    raise DataError(f"{type(ds).__name__}: this dataset's layout lists no files; it is not supported yet.")
+
+
+def load(data_root: Path, name: str) -> ClassificationSet:
+    if name not in LAYOUTS:
+        from bench.registry import suggest
+
+        raise DataError(f"unknown classification dataset {name!r}.{suggest(name, LAYOUTS)} Known: {', '.join(LAYOUTS)}.")
+    layout, source = LAYOUTS[name]
+    root = Path(data_root) / name
+    if not root.is_dir() or not any(root.iterdir()):
+        raise DataError(f"{name}: folder {root} is missing or empty. Expected layout:\n  {layout}\nGet it from: {source}")
+    from clip_benchmark.datasets.builder import build_dataset
+
+    try:
+        ds = build_dataset(name, root=str(root), transform=None, split="test", download=False)
+    except Exception as exc:  # the builder reports malformed layouts in many ways; name the dataset and layout
+        text = str(exc) if len(str(exc)) < 300 else str(exc)[:300] + " ..."
+        raise DataError(f"{name}: clip_benchmark could not read {root} ({type(exc).__name__}: {text}). "
+                        f"Expected layout:\n  {layout}") from None
+    samples = _samples(ds)
+    paths = [Path(p) for p, _ in samples]
+    bad = [p for p in paths if not p.is_file() or p.stat().st_size == 0]
+    if bad:
+        raise DataError(f"{name}: {len(bad)} of {len(paths)} images are missing or empty "
+                        f"(e.g. {', '.join(map(str, bad[:5]))}); an interrupted download leaves these.")
+    return ClassificationSet(name, paths, [y for _, y in samples], list(ds.classes), list(ds.templates))

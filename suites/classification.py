@@ -1,0 +1,68 @@
+"""Zero-shot classification on ImageNet and its variants, with clip_benchmark's class names and templates.
+
+A class is represented by ``head.combine_prompts`` over its prompt representations (for KME heads
+the exact mean embedding of the prompts; for cosine CLIP's mean of unit embeddings). Reported per
+dataset: acc@1, acc@5 and mean per-class recall.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench import classification_data, metrics
+from bench.scoring import encode, score_matrix
+from suites.backbone_suite import BackboneSuite
+from suites.base import SuiteData, register_suite
+
+DATASETS = ("imagenet1k", "imagenetv2", "imagenet-r", "imagenet-a", "imagenet_sketch", "objectnet")
+
+
+@dataclass
+class ClassificationTest:
+    images: torch.Tensor
+    labels: torch.Tensor
+    prompts: torch.Tensor
+    n_classes: int
+    n_templates: int
+
+
+@register_suite("classification")
+class ClassificationSuite(BackboneSuite):
+    version = 1
+    description = "Zero-shot ImageNet / V2 / R / A / Sketch / ObjectNet on cached open_clip point sets."
+    main_metric = "imagenet1k/acc1"
+    metrics = {f"{d}/{m}": True for d in DATASETS for m in ("acc1", "acc5", "mean_per_class_recall")}
+    headline_metrics = ("imagenet1k/acc1", "imagenetv2/acc1", "imagenet-r/acc1")
+    defaults_file = "classification.yaml"
+
+    def build(self, seed: int) -> SuiteData:
+        root = self.roots()[0]
+        sets = {d: classification_data.load(root, d) for d in self.params["datasets"]}  # validate first
+        train = self.train_set()
+        backbone, cache = self.backbone(seed), self.cache()
+        pairs = self.train_pairs(train, backbone, cache)
+        test = {}
+        for name, ds in sets.items():
+            test[name] = ClassificationTest(
+                self.image_points(backbone, cache, name, "test", ds.image_paths),
+                torch.tensor(ds.labels, dtype=torch.long),
+                self.text_points(backbone, cache, name, "prompts", ds.prompts()),
+                len(ds.classnames), len(ds.templates))
+        identity = {"backbone": backbone.identity, "train": self.train_identity(train),
+                    "datasets": {n: {"images": len(ds.image_paths), "classes": len(ds.classnames),
+                                     "templates": len(ds.templates), "fingerprint": ds.fingerprint()}
+                                 for n, ds in sets.items()}}
+        return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
+
+    def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:
+        out = {}
+        head.eval()
+        for name, t in data.test.items():
+            img = encode(head, "image", t.images, None, device)
+            classes = head.combine_prompts(encode(head, "text", t.prompts, None, device), t.n_classes, t.n_templates)
+            logits = score_matrix(head, img, classes, len(t.images), t.n_classes).cpu()
+            acc = metrics.topk_accuracy(logits, t.labels, ks=(1, 5))
+            out[f"{name}/acc1"], out[f"{name}/acc5"] = acc[1], acc[5]
+            out[f"{name}/mean_per_class_recall"] = metrics.mean_per_class_recall(logits, t.labels, t.n_classes)
+        return out

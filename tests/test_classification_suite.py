@@ -1,0 +1,74 @@
+"""Zero-shot classification end to end on a generated ImageNet-Sketch-layout folder (1,000 class
+folders, as clip_benchmark expects) and a tiny random-weight open_clip model, cross-checked against
+clip_benchmark's zeroshot_classification.evaluate."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from bench import classification_data, results
+from bench.cli import main
+from bench.retrieval_data import DataError
+from test_backbone import TINY
+from test_retrieval_suite import make_coco_train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from clip_benchmark.datasets.builder import all_imagenet_wordnet_ids
+
+    root = tmp_path_factory.mktemp("cls")
+    g = torch.Generator().manual_seed(0)
+    for i, wnid in enumerate(all_imagenet_wordnet_ids):
+        folder = root / "imagenet_sketch" / wnid
+        folder.mkdir(parents=True)
+        for j in range(2 if i % 100 == 0 else 1):  # ImageFolder wants every class folder non-empty
+            arr = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(folder / f"{j}.png")
+    make_coco_train(root)
+    cfg = root / "simbench-tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    small = root / "small.yaml"
+    small.write_text("train: {steps: 3, batch_size: 16, warmup_steps: 1}\n"
+                     f"suites: {{classification: {{layers: 2, workers: 0, batch_size: 8, text_batch_size: 4096, "
+                     f"datasets: [imagenet_sketch], cache_dir: '{root / 'cache'}'}}}}\n")
+    return root, cfg, small
+
+
+def test_dataset_reads_clip_benchmark_names_and_templates(data):
+    root, _, _ = data
+    ds = classification_data.load(root, "imagenet_sketch")
+    assert len(ds.classnames) == 1000 and ds.classnames[0] == "tench" and len(ds.templates) == 80
+    assert len(ds.image_paths) == 1010 and sorted(set(ds.labels)) == list(range(1000))
+    prompts = ds.prompts()
+    assert len(prompts) == 80_000 and "tench" in prompts[0] and "goldfish" in prompts[80]
+
+
+def test_missing_dataset_is_not_downloaded(tmp_path):
+    with pytest.raises(DataError, match="missing or empty. Expected layout"):
+        classification_data.load(tmp_path, "imagenet-r")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_clip_frozen_equals_clip_benchmark_zero_shot(data, tmp_path):
+    from clip_benchmark.datasets.builder import build_dataset
+    from clip_benchmark.metrics import zeroshot_classification
+
+    from bench.backbone import Backbone, BackboneSpec
+
+    root, cfg, small = data
+    args = ["--suite", "classification", "--backbone", str(cfg), "--data-root", str(root), "--config", str(small),
+            "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
+    assert main([*args, "--heads", "clip_frozen,kme_rbf"]) == 0
+    ours = results.read(results.run_path(tmp_path, "classification", "clip_frozen"))["metrics"]
+    kme = results.read(results.run_path(tmp_path, "classification", "kme_rbf"))["metrics"]
+    assert 0 <= kme["imagenet_sketch/acc1"] <= kme["imagenet_sketch/acc5"] <= 1
+
+    bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=0)
+    ds = build_dataset("imagenet_sketch", root=str(root / "imagenet_sketch"), transform=bb.preprocess, split="test")
+    loader = torch.utils.data.DataLoader(ds, batch_size=8)
+    theirs = zeroshot_classification.evaluate(bb.model, loader, bb.tokenizer, ds.classes, ds.templates, "cpu", amp=False)
+    assert ours["imagenet_sketch/acc1"] == pytest.approx(theirs["acc1"], abs=1e-6)
+    assert ours["imagenet_sketch/acc5"] == pytest.approx(theirs["acc5"], abs=1e-6)
+    assert ours["imagenet_sketch/mean_per_class_recall"] == pytest.approx(theirs["mean_per_class_recall"], abs=1e-6)
