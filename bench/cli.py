@@ -90,8 +90,18 @@ def _check_data(args) -> int:
 
     from bench import retrieval_data
 
+    from bench import classification_data
+
     root = data_root(args.data_root)
-    rows = retrieval_data.check_all(root)
+    rows = [{"task": "retrieval", **r} for r in retrieval_data.check_all(root)]
+    for name, (layout, source) in classification_data.LAYOUTS.items():
+        try:
+            ds = classification_data.load(root, name)
+            rows.append({"task": "classification", "dataset": name, "split": "test", "ready": True,
+                         "detail": f"{len(ds.image_paths)} images, {len(ds.classnames)} classes"})
+        except classification_data.DataError as exc:
+            rows.append({"task": "classification", "dataset": name, "split": "test", "ready": False,
+                         "detail": str(exc).split("\n")[0] + f" | layout: {layout} | source: {source}"})
     print(f"data root: {root.resolve()}")
     print(pd.DataFrame(rows).to_markdown(index=False))
     return EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED

@@ -127,7 +127,34 @@ DATASETS = {
 }
 
 
+def read_csv(path: Path, separator: str = "\t", image_column: str = "filepath", caption_column: str = "title") -> RetrievalSet:
+    """open_clip's training CSV: one row per (image path, caption); relative paths are from the CSV's folder."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"training CSV {path} does not exist (expected columns {image_column!r} and {caption_column!r}, "
+                        f"separated by {separator!r}, as open_clip's --csv-img-key/--csv-caption-key).")
+    try:
+        frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"training CSV {path} cannot be parsed: {exc}") from None
+    missing = [c for c in (image_column, caption_column) if c not in frame.columns]
+    if missing:
+        raise DataError(f"training CSV {path} lacks column(s) {missing}; it has {list(frame.columns)}.")
+    empty = frame.index[frame[caption_column].str.strip() == ""].tolist()
+    if empty:
+        raise DataError(f"training CSV {path}: {len(empty)} empty caption(s), first at data row {empty[0] + 1}.")
+    images: dict[str, int] = {}
+    caption_image = [images.setdefault(p, len(images)) for p in frame[image_column]]
+    paths = [Path(p) if Path(p).is_absolute() else path.parent / p for p in images]
+    _check_images(paths, f"training CSV {path.name}")
+    return RetrievalSet(f"csv:{path.name}", "train", paths, [c.strip() for c in frame[caption_column]], caption_image)
+
+
 def load(data_root: Path, name: str, split: str) -> RetrievalSet:
+    """A dataset by name under ``data_root``, or ``csv:PATH`` for open_clip-style training CSVs."""
+    if name.startswith("csv:"):
+        return read_csv(Path(name[4:]).expanduser())
     if name not in DATASETS:
         from bench.registry import suggest
 

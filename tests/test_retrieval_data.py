@@ -91,9 +91,25 @@ def test_check_data_command(tmp_path, capsys, monkeypatch):
 
     make_coco(tmp_path)
     make_flickr(tmp_path)
-    assert main(["--check-data", "--data-root", str(tmp_path)]) == 0
+    assert main(["--check-data", "--data-root", str(tmp_path)]) == 1  # the ImageNet variants are missing
     out = capsys.readouterr().out
-    assert "mscoco_captions" in out and "True" in out
+    assert "mscoco_captions" in out and "True" in out and "imagenet-r" in out and "hendrycks" in out
     monkeypatch.setenv("SIMBENCH_DATA", str(tmp_path / "nowhere"))
     assert main(["--check-data"]) == 1
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_open_clip_style_csv_is_a_training_source(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    csv = tmp_path / "train.csv"
+    csv.write_text("filepath\ttitle\n0.png\ta cat\n1.png\ta dog\n0.png\tanother cat\n2.png\ta bird, flying\n")
+    ds = retrieval_data.load(tmp_path / "unused", f"csv:{csv}", "train")
+    assert ds.captions == ["a cat", "a dog", "another cat", "a bird, flying"]
+    assert ds.caption_image == [0, 1, 0, 2] and len(ds.image_paths) == 3
+    csv.write_text("path\ttitle\n0.png\tx\n")
+    with pytest.raises(DataError, match="lacks column"):
+        retrieval_data.load(tmp_path, f"csv:{csv}", "train")
+    csv.write_text("filepath\ttitle\n9.png\tx\n")
+    with pytest.raises(DataError, match="1 missing"):
+        retrieval_data.load(tmp_path, f"csv:{csv}", "train")
