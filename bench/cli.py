@@ -16,7 +16,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_bench.py", description="Compare similarity heads under one protocol.")
-    p.add_argument("--suite", default="synthetic", help="suite to run (default: synthetic); see --list-suites")
+    p.add_argument("--suite", default="synthetic",
+                   help="suite to run (default: synthetic), or 'all' for every suite whose data is ready; see --list-suites")
     p.add_argument("--heads", default=None, help="comma-separated heads (default: every registered head)")
     p.add_argument("--head-module", action="append", default=[], metavar="FILE_OR_MODULE",
                    help="import this .py file or dotted module first, so the heads it registers can run (repeatable)")
@@ -134,6 +135,18 @@ def _main(args) -> int:
         distributed.shutdown()
 
 
+def _apply_suite_flags(args, cfg: dict, suite_names: list[str], suites) -> None:
+    """--backbone and --data-root set the parameter of every suite that has it."""
+    for flag, key, value in (("--backbone", "backbone", args.backbone), ("--data-root", "data_root", args.data_root)):
+        if value is None:
+            continue
+        takers = [n for n in suite_names if key in suites.get_suite(n).default_params()]
+        if not takers:
+            raise UsageError(f"{flag} does not apply to suite {args.suite!r} (it has no {key!r} parameter).")
+        for name in takers:
+            cfg["suites"].setdefault(name, {})[key] = str(data_root(value)) if key == "data_root" else value
+
+
 def _run(args, config, distributed, leaderboard, provenance, regression, runner, heads, suites) -> int:
 
     for spec in args.head_module:
@@ -147,22 +160,22 @@ def _run(args, config, distributed, leaderboard, provenance, regression, runner,
             print(_listing("suites"))
         return EXIT_OK
     try:
-        suites.get_suite(args.suite)
+        everything = args.suite == "all"
+        suite_names = suites.list_suites() if everything else [args.suite]
+        if not everything:
+            suites.get_suite(args.suite)
+        elif args.check or args.update_baseline is not None:
+            raise UsageError("--check and --update-baseline compare one suite; name it with --suite.")
         user = config.load_yaml(args.config)
         if args.seed is not None:
             user["seed"] = args.seed
         cfg = config.resolve(user)
-        suite_defaults = suites.get_suite(args.suite).default_params()
-        for flag, key, value in (("--backbone", "backbone", args.backbone), ("--data-root", "data_root", args.data_root)):
-            if value is None:
-                continue
-            if key not in suite_defaults:
-                raise UsageError(f"{flag} does not apply to suite {args.suite!r} (it has no {key!r} parameter).")
-            cfg["suites"].setdefault(args.suite, {})[key] = str(data_root(value)) if key == "data_root" else value
+        _apply_suite_flags(args, cfg, suite_names, suites)
         head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
         if not head_names:
             raise UsageError("--heads is empty; name at least one head (see --list-heads).")
-        runner.plan(args.suite, head_names, cfg)  # every name and option checked before any work
+        for name in suite_names:
+            runner.plan(name, head_names, cfg)  # every name and option checked before any work
         device = distributed.init(args.device) or provenance.resolve_device(args.device)
         baseline = regression.load(args.check) if args.check else None
     except (KeyError, ValueError) as exc:
@@ -171,18 +184,26 @@ def _run(args, config, distributed, leaderboard, provenance, regression, runner,
     from bench.backbone import BackboneError
     from bench.retrieval_data import DataError
 
-    try:
-        summary = runner.run_suite(args.suite, head_names, cfg, Path(args.out), device,
-                                   force=args.force, progress=not args.no_progress)
-    except (DataError, BackboneError) as exc:
-        raise UsageError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None
+    failed, summary = [], None
+    for name in suite_names:
+        try:
+            summary = runner.run_suite(name, head_names, cfg, Path(args.out), device,
+                                       force=args.force, progress=not args.no_progress)
+        except DataError as exc:
+            if not everything:
+                raise UsageError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None
+            print(f"[{name}] skipped: its data is not ready ({str(exc).splitlines()[0]})", file=sys.stderr)
+            continue
+        except BackboneError as exc:
+            raise UsageError(str(exc)) from None
+        failed += summary.failed
     if not distributed.is_main():  # rank 0 reports, rewrites baselines and checks regressions
-        return EXIT_FAILED if summary.failed else EXIT_OK
+        return EXIT_FAILED if failed else EXIT_OK
     print()
     print(leaderboard.build(Path(args.out), warn=lambda m: print(m, file=sys.stderr)))
-    status = EXIT_FAILED if summary.failed else EXIT_OK
-    if summary.failed:
-        print(f"\n{len(summary.failed)} head(s) failed: {', '.join(summary.failed)} (see the result files).", file=sys.stderr)
+    status = EXIT_FAILED if failed else EXIT_OK
+    if failed:
+        print(f"\n{len(failed)} head(s) failed: {', '.join(failed)} (see the result files).", file=sys.stderr)
 
     if args.update_baseline is not None:
         target = args.update_baseline or args.check or f"{args.out}/baselines/{args.suite}.json"

@@ -281,3 +281,15 @@ def test_the_readme_example_head_runs_through_head_module(small_run, tmp_path):
         assert results.read(results.run_path(tmp_path, "synthetic", "my_bilinear"))["status"] == "ok"
     finally:
         heads.HEADS.unregister("my_bilinear")
+
+
+def test_suite_all_runs_what_has_data_and_skips_the_rest(small_run, tmp_path, capsys):
+    _, cfg = small_run
+    empty = tmp_path / "data"
+    empty.mkdir()
+    assert run("--suite", "all", "--config", cfg, "--data-root", empty, "--out", tmp_path / "o", "--heads", "cosine") == 0
+    err = capsys.readouterr().err
+    assert "[retrieval] skipped" in err and "[classification] skipped" in err
+    assert results.read(results.run_path(tmp_path / "o", "synthetic", "cosine"))["status"] == "ok"
+    assert list(empty.iterdir()) == []
+    assert run("--suite", "all", "--check", "x.json", "--out", tmp_path / "o") == 2
