@@ -10,10 +10,10 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from bench import image_source
 from bench.backbone import Backbone
 from bench.feature_cache import FeatureCache
 
@@ -22,22 +22,22 @@ class ImageFiles(Dataset):
     """Images from file paths, preprocessed by the backbone's own transform."""
 
     def __init__(self, paths: list[str | Path], transform):
-        self.paths, self.transform = [Path(p) for p in paths], transform
+        self.paths, self.transform = [str(p) for p in paths], transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.paths[i]) as img:
-            return self.transform(img.convert("RGB"))
+        return self.transform(image_source.open_image(self.paths[i]))
 
 
 def fingerprint_files(paths: list[str | Path], extra: str = "") -> str:
-    """Cheap identity of a file list: names, sizes and modification times, in order."""
+    """Cheap identity of a file list: names and sizes (plus mtimes for plain files), in order."""
     h = hashlib.sha256(extra.encode())
     for p in paths:
-        st = Path(p).stat()
-        h.update(f"{Path(p).name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        shard, member = image_source.split(p)
+        mtime = "" if member is not None else f"|{shard.stat().st_mtime_ns}"
+        h.update(f"{image_source.identity(p)}{mtime}\n".encode())
     return h.hexdigest()[:16]
 
 

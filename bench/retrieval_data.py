@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bench import image_source
+
 
 class DataError(ValueError):
     """Missing or malformed data; the message names the files and how to fix them."""
@@ -30,8 +32,7 @@ class RetrievalSet:
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"{self.name}|{self.split}".encode())
         for p in self.image_paths:
-            st = p.stat()
-            h.update(f"{p.name}|{st.st_size}\n".encode())
+            h.update(f"{image_source.identity(p)}\n".encode())
         h.update("\n".join(self.captions).encode())
         h.update(",".join(map(str, self.caption_image)).encode())
         return h.hexdigest()[:16]
@@ -151,10 +152,48 @@ def read_csv(path: Path, separator: str = "\t", image_column: str = "filepath", 
     return RetrievalSet(f"csv:{path.name}", "train", paths, [c.strip() for c in frame[caption_column]], caption_image)
 
 
+def read_webdataset(pattern: str) -> RetrievalSet:
+    """webdataset shards (``/path/train-{000..009}.tar``): samples are members sharing a key, an image
+    (jpg/jpeg/png/webp) plus a ``txt`` caption, as open_clip and img2dataset write them."""
+    import tarfile
+
+    from braceexpand import braceexpand
+
+    shards = [Path(p).expanduser() for p in braceexpand(pattern)]
+    missing = [str(s) for s in shards if not s.is_file()]
+    if missing:
+        raise DataError(f"webdataset: {len(missing)} of {len(shards)} shards missing (e.g. {', '.join(missing[:3])}).")
+    paths, captions = [], []
+    for shard in shards:
+        try:
+            with tarfile.open(shard) as tf:
+                members = [m for m in tf.getmembers() if m.isfile()]
+                samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+                for m in members:
+                    key, _, ext = m.name.rpartition(".")
+                    samples.setdefault(key, {})[ext.lower()] = m
+                for key, parts in samples.items():
+                    image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+                    if image is None or "txt" not in parts:
+                        raise DataError(f"webdataset: {shard} sample {key!r} lacks an image or a .txt caption.")
+                    if image.size == 0:
+                        raise DataError(f"webdataset: {shard} member {image.name} is empty.")
+                    caption = tf.extractfile(parts["txt"]).read().decode("utf-8").strip()
+                    if not caption:
+                        raise DataError(f"webdataset: {shard} sample {key!r} has an empty caption.")
+                    paths.append(Path(f"{shard}{image_source.SEP}{image.name}"))
+                    captions.append(caption)
+        except tarfile.TarError as exc:
+            raise DataError(f"webdataset: {shard} is not a readable tar ({exc}); it may be truncated.") from None
+    return RetrievalSet(f"wds:{Path(pattern).name}", "train", paths, captions, list(range(len(paths))))
+
+
 def load(data_root: Path, name: str, split: str) -> RetrievalSet:
-    """A dataset by name under ``data_root``, or ``csv:PATH`` for open_clip-style training CSVs."""
+    """A dataset by name under ``data_root``; or ``csv:PATH`` / ``wds:SHARDS`` as open_clip's trainer reads them."""
     if name.startswith("csv:"):
         return read_csv(Path(name[4:]).expanduser())
+    if name.startswith("wds:"):
+        return read_webdataset(name[4:])
     if name not in DATASETS:
         from bench.registry import suggest
 

@@ -113,3 +113,35 @@ def test_open_clip_style_csv_is_a_training_source(tmp_path):
     csv.write_text("filepath\ttitle\n9.png\tx\n")
     with pytest.raises(DataError, match="1 missing"):
         retrieval_data.load(tmp_path, f"csv:{csv}", "train")
+
+
+def make_shards(tmp_path, n_shards=2, per_shard=3):
+    import io
+    import tarfile
+
+    for s in range(n_shards):
+        with tarfile.open(tmp_path / f"train-{s:03d}.tar", "w") as tf:
+            for i in range(per_shard):
+                key = f"{s:03d}{i:05d}"
+                buf = io.BytesIO()
+                Image.new("RGB", (12, 12), color=(20 * i, 10 * s, 99)).save(buf, format="JPEG")
+                for name, data in ((f"{key}.jpg", buf.getvalue()), (f"{key}.txt", f"shard {s} picture {i}".encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_shards_are_a_training_source_read_through_the_tar(tmp_path):
+    from bench import image_source
+
+    make_shards(tmp_path)
+    ds = retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..001}}.tar", "train")
+    assert len(ds.captions) == 6 and ds.captions[4] == "shard 1 picture 1" and ds.caption_image == list(range(6))
+    img = image_source.open_image(ds.image_paths[4])
+    assert img.size == (12, 12) and img.mode == "RGB"
+    assert ds.fingerprint() == retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..001}}.tar", "train").fingerprint()
+    with pytest.raises(DataError, match="1 of 3 shards missing"):
+        retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..002}}.tar", "train")
+    (tmp_path / "train-001.tar").write_bytes((tmp_path / "train-001.tar").read_bytes()[:700])
+    with pytest.raises(DataError, match="truncated|lacks"):
+        retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..001}}.tar", "train")

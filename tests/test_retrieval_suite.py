@@ -102,3 +102,17 @@ def test_missing_data_fails_before_any_work(data, tmp_path, capsys):
 def test_backbone_flag_is_refused_by_the_synthetic_suite(tmp_path, capsys):
     assert main(["--backbone", "ViT-B-32", "--out", str(tmp_path)]) == 2
     assert "does not apply to suite 'synthetic'" in capsys.readouterr().err
+
+
+def test_heads_train_on_webdataset_shards(data, tmp_path):
+    from test_retrieval_data import make_shards
+
+    root, cfg, _ = data
+    make_shards(tmp_path, n_shards=2, per_shard=10)
+    conf = tmp_path / "wds.yaml"
+    conf.write_text("train: {steps: 3, batch_size: 8, warmup_steps: 1}\n"
+                    f"suites: {{retrieval: {{layers: 2, workers: 2, batch_size: 8, datasets: [flickr30k], "
+                    f"train_dataset: 'wds:{tmp_path}/train-{{000..001}}.tar', cache_dir: '{tmp_path / 'cache'}'}}}}\n")
+    assert run_retrieval(root, cfg, conf, tmp_path / "o", heads="cosine") == 0
+    record = results.read(results.run_path(tmp_path / "o", "retrieval", "cosine"))
+    assert record["suite"]["test_set"]["train"]["pairs"] == 20 and record["timing"]["train_steps"] == 3
