@@ -12,7 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.retrieval_data import DataError
+from bench import image_source
+from bench.retrieval_data import DataError, clip_benchmark_shards, wds_samples
 
 LAYOUTS = {
     "imagenet1k": ("DATA_ROOT/imagenet1k/ILSVRC2012_devkit_t12.tar.gz + val/ (torchvision ImageNet layout)",
@@ -37,7 +38,7 @@ class ClassificationSet:
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.name.encode())
         for p, y in zip(self.image_paths, self.labels):
-            h.update(f"{p.name}|{p.stat().st_size}|{y}\n".encode())
+            h.update(f"{image_source.identity(p)}|{y}\n".encode())
         h.update("\n".join(self.classnames + self.templates).encode())
         return h.hexdigest()[:16]
 
@@ -54,6 +55,21 @@ def _samples(ds) -> list[tuple[str, int]]:
     raise DataError(f"{type(ds).__name__}: this dataset's layout lists no files; it is not supported yet.")
 
 
+def _from_wds(name: str, root: Path, shards: list[Path]) -> ClassificationSet:
+    """clip_benchmark's webdataset export: image + ``cls`` per sample, classnames.txt and templates beside."""
+    lists = {}
+    for fname in ("classnames.txt", "zeroshot_classification_templates.txt"):
+        f = root / fname
+        if not f.is_file():
+            raise DataError(f"{name}: {f} is missing; clip_benchmark's webdataset export writes it beside test/.")
+        lists[fname] = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    paths, labels = [], []
+    for path, texts in wds_samples(shards, ("cls",)):
+        paths.append(path)
+        labels.append(int(texts["cls"]))
+    return ClassificationSet(name, paths, labels, lists["classnames.txt"], lists["zeroshot_classification_templates.txt"])
+
+
 def load(data_root: Path, name: str) -> ClassificationSet:
     if name not in LAYOUTS:
         from bench.registry import suggest
@@ -61,6 +77,9 @@ def load(data_root: Path, name: str) -> ClassificationSet:
         raise DataError(f"unknown classification dataset {name!r}.{suggest(name, LAYOUTS)} Known: {', '.join(LAYOUTS)}.")
     layout, source = LAYOUTS[name]
     root = Path(data_root) / name
+    shards = clip_benchmark_shards(root, "test") if root.is_dir() else None
+    if shards is not None:
+        return _from_wds(name, root, shards)
     if not root.is_dir() or not any(root.iterdir()):
         raise DataError(f"{name}: folder {root} is missing or empty. Expected layout:\n  {layout}\nGet it from: {source}")
     from clip_benchmark.datasets.builder import build_dataset

@@ -116,13 +116,15 @@ DATASETS = {
     "mscoco_captions": DatasetInfo(
         read_coco,
         "  DATA_ROOT/mscoco_captions/coco_test_karpathy.json   (COCO-style: images[id, file_name], annotations[image_id, caption])\n"
-        "  DATA_ROOT/mscoco_captions/val2014/COCO_val2014_*.jpg (train split: coco_train_karpathy.json + train2014/)",
+        "  DATA_ROOT/mscoco_captions/val2014/COCO_val2014_*.jpg (train split: coco_train_karpathy.json + train2014/)\n"
+        "  or clip_benchmark's webdataset export: DATA_ROOT/mscoco_captions/test/nshards.txt + test/0.tar ...",
         "images: cocodataset.org val2014.zip / train2014.zip; Karpathy annotations: mehdidc/retrieval_annotations release 1.0.0",
     ),
     "flickr30k": DatasetInfo(
         read_flickr,
         "  DATA_ROOT/flickr30k/flickr30k_test_karpathy.txt (header line, then 'NAME.jpg,caption' lines)\n"
-        "  DATA_ROOT/flickr30k/NAME.jpg                     (all images in one flat folder)",
+        "  DATA_ROOT/flickr30k/NAME.jpg                     (all images in one flat folder)\n"
+        "  or clip_benchmark's webdataset export: DATA_ROOT/flickr30k/test/nshards.txt + test/0.tar ...",
         "images: the Flickr30k dataset (e.g. Kaggle 'flickr30k'); annotations: mehdidc/retrieval_annotations release 1.0.0",
     ),
 }
@@ -152,40 +154,66 @@ def read_csv(path: Path, separator: str = "\t", image_column: str = "filepath", 
     return RetrievalSet(f"csv:{path.name}", "train", paths, [c.strip() for c in frame[caption_column]], caption_image)
 
 
-def read_webdataset(pattern: str) -> RetrievalSet:
-    """webdataset shards (``/path/train-{000..009}.tar``): samples are members sharing a key, an image
-    (jpg/jpeg/png/webp) plus a ``txt`` caption, as open_clip and img2dataset write them."""
+def wds_samples(shards: list[Path], fields: tuple[str, ...]):
+    """Yield (image address, {field: text}) per sample of webdataset shards, in order.
+
+    A sample is the members sharing a key: one image (webp/png/jpg/jpeg) and the text ``fields``
+    (e.g. ``txt`` captions, ``cls`` label), as open_clip, img2dataset and clip_benchmark write them.
+    """
     import tarfile
 
-    from braceexpand import braceexpand
-
-    shards = [Path(p).expanduser() for p in braceexpand(pattern)]
     missing = [str(s) for s in shards if not s.is_file()]
     if missing:
         raise DataError(f"webdataset: {len(missing)} of {len(shards)} shards missing (e.g. {', '.join(missing[:3])}).")
-    paths, captions = [], []
     for shard in shards:
         try:
             with tarfile.open(shard) as tf:
-                members = [m for m in tf.getmembers() if m.isfile()]
                 samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for m in members:
-                    key, _, ext = m.name.rpartition(".")
-                    samples.setdefault(key, {})[ext.lower()] = m
+                for m in tf.getmembers():
+                    if m.isfile():
+                        key, _, ext = m.name.rpartition(".")
+                        samples.setdefault(key, {})[ext.lower()] = m
                 for key, parts in samples.items():
-                    image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
-                    if image is None or "txt" not in parts:
-                        raise DataError(f"webdataset: {shard} sample {key!r} lacks an image or a .txt caption.")
+                    image = next((parts[e] for e in ("webp", "png", "jpg", "jpeg") if e in parts), None)
+                    if image is None or any(f not in parts for f in fields):
+                        raise DataError(f"webdataset: {shard} sample {key!r} lacks an image or one of {fields}.")
                     if image.size == 0:
                         raise DataError(f"webdataset: {shard} member {image.name} is empty.")
-                    caption = tf.extractfile(parts["txt"]).read().decode("utf-8").strip()
-                    if not caption:
-                        raise DataError(f"webdataset: {shard} sample {key!r} has an empty caption.")
-                    paths.append(Path(f"{shard}{image_source.SEP}{image.name}"))
-                    captions.append(caption)
+                    texts = {f: tf.extractfile(parts[f]).read().decode("utf-8").strip() for f in fields}
+                    yield Path(f"{shard}{image_source.SEP}{image.name}"), texts
         except tarfile.TarError as exc:
             raise DataError(f"webdataset: {shard} is not a readable tar ({exc}); it may be truncated.") from None
-    return RetrievalSet(f"wds:{Path(pattern).name}", "train", paths, captions, list(range(len(paths))))
+
+
+def _from_wds(name: str, split: str, shards: list[Path]) -> RetrievalSet:
+    paths, captions, caption_image = [], [], []
+    for path, texts in wds_samples(shards, ("txt",)):
+        lines = [c.strip() for c in texts["txt"].splitlines() if c.strip()]  # several captions per image
+        if not lines:
+            raise DataError(f"webdataset: {path} has no caption.")
+        caption_image += [len(paths)] * len(lines)
+        captions += lines
+        paths.append(path)
+    return RetrievalSet(name, split, paths, captions, caption_image)
+
+
+def read_webdataset(pattern: str) -> RetrievalSet:
+    """Training shards given by a brace pattern (``/path/train-{000..009}.tar``)."""
+    from braceexpand import braceexpand
+
+    return _from_wds(f"wds:{Path(pattern).name}", "train", [Path(p).expanduser() for p in braceexpand(pattern)])
+
+
+def clip_benchmark_shards(folder: Path, split: str) -> list[Path] | None:
+    """The shards of a dataset exported by clip_benchmark (``SPLIT/nshards.txt`` + ``SPLIT/{0..n-1}.tar``)."""
+    count = folder / split / "nshards.txt"
+    if not count.is_file():
+        return None
+    try:
+        n = int(count.read_text().strip())
+    except ValueError:
+        raise DataError(f"{count} must hold the number of shards, got {count.read_text()[:40]!r}.") from None
+    return [folder / split / f"{i}.tar" for i in range(n)]
 
 
 def load(data_root: Path, name: str, split: str) -> RetrievalSet:
@@ -199,6 +227,9 @@ def load(data_root: Path, name: str, split: str) -> RetrievalSet:
 
         raise DataError(f"unknown dataset {name!r}.{suggest(name, DATASETS)} Known: {', '.join(DATASETS)}.")
     root = Path(data_root) / name
+    shards = clip_benchmark_shards(root, split) if root.is_dir() else None
+    if shards is not None:  # clip_benchmark's webdataset export of the same dataset
+        return _from_wds(name, split, shards)
     if not root.is_dir():
         info = DATASETS[name]
         raise DataError(f"{name}: folder {root} does not exist. Expected layout:\n{info.layout}\nGet it from: {info.source}")

@@ -145,3 +145,59 @@ def test_webdataset_shards_are_a_training_source_read_through_the_tar(tmp_path):
     (tmp_path / "train-001.tar").write_bytes((tmp_path / "train-001.tar").read_bytes()[:700])
     with pytest.raises(DataError, match="truncated|lacks"):
         retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..001}}.tar", "train")
+
+
+def write_tar(path, samples):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for key, parts in samples:
+            for ext, data in parts.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+
+def jpeg(seed):
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (10, 10), color=(seed * 20 % 255, 40, 80)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_clip_benchmark_webdataset_export_of_a_retrieval_test_set(tmp_path):
+    from clip_benchmark.datasets.builder import build_wds_dataset
+
+    folder = tmp_path / "flickr30k"
+    (folder / "test").mkdir(parents=True)
+    (folder / "test" / "nshards.txt").write_text("2\n")
+    (folder / "dataset_type.txt").write_text("retrieval\n")
+    for s in range(2):
+        write_tar(folder / "test" / f"{s}.tar",
+                  [(f"s{s}i{i}", {"jpg": jpeg(i), "txt": f"cap {s}-{i} a\ncap {s}-{i} b\n".encode()}) for i in range(3)])
+    ours = retrieval_data.load(tmp_path, "flickr30k", "test")
+    theirs = build_wds_dataset("flickr30k", transform=lambda x: x, split="test", data_dir=str(folder))
+    their_captions = [c for _, caps in theirs for c in caps]
+    assert ours.captions == their_captions and len(ours.image_paths) == 6
+    assert ours.caption_image == [i for i in range(6) for _ in range(2)]
+
+
+def test_clip_benchmark_webdataset_export_of_a_classification_set(tmp_path):
+    from clip_benchmark.datasets.builder import build_wds_dataset
+
+    from bench import classification_data
+
+    folder = tmp_path / "imagenet-r"
+    (folder / "test").mkdir(parents=True)
+    (folder / "test" / "nshards.txt").write_text("1")
+    (folder / "classnames.txt").write_text("cat\ndog\nbird\n")
+    (folder / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na drawing of a {c}.\n")
+    write_tar(folder / "test" / "0.tar", [(f"k{i}", {"jpg": jpeg(i), "cls": str(i % 3).encode()}) for i in range(5)])
+    ours = classification_data.load(tmp_path, "imagenet-r")
+    theirs = build_wds_dataset("imagenet-r", transform=lambda x: x, split="test", data_dir=str(folder))
+    assert ours.labels == [int(y) for _, y in theirs] == [0, 1, 2, 0, 1]
+    assert ours.classnames == theirs.classes and ours.templates == theirs.templates
+    assert ours.prompts()[:2] == ["a photo of a cat.", "a drawing of a cat."]
+    assert len(ours.fingerprint()) == 16
