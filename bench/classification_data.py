@@ -18,13 +18,16 @@ from bench.retrieval_data import DataError, clip_benchmark_shards, wds_samples
 LAYOUTS = {
     "imagenet1k": ("DATA_ROOT/imagenet1k/ILSVRC2012_devkit_t12.tar.gz + val/ (torchvision ImageNet layout)",
                    "image-net.org (ILSVRC2012 validation set and devkit)"),
-    "imagenetv2": ("DATA_ROOT/imagenetv2/imagenetv2-matched-frequency-format-val/<class index>/*.jpeg",
+    "imagenetv2": ("DATA_ROOT/imagenetv2/ImageNetV2-matched-frequency/<class index>/*.jpeg (all 10,000)",
                    "huggingface vaishaal/ImageNetV2 (matched-frequency)"),
     "imagenet-r": ("DATA_ROOT/imagenet-r/<wnid>/*.jpg (200 classes)", "people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"),
     "imagenet-a": ("DATA_ROOT/imagenet-a/<wnid>/*.jpg (200 classes)", "people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar"),
     "imagenet_sketch": ("DATA_ROOT/imagenet_sketch/<wnid>/*.JPEG (1000 classes)", "ImageNet-Sketch.zip (Google Drive id in clip_benchmark)"),
     "objectnet": ("DATA_ROOT/objectnet/objectnet-1.0/... as clip_benchmark unpacks it", "objectnet.dev objectnet-1.0.zip"),
 }
+
+
+IMAGENETV2_SIZE = 10_000
 
 
 @dataclass
@@ -48,6 +51,8 @@ class ClassificationSet:
 
 
 def _samples(ds) -> list[tuple[str, int]]:
+    if hasattr(ds, "label_map") and hasattr(ds, "samples"):  # objectnet: labels come from the folder name
+        return [(str(p), int(ds.label_map[Path(p).parent.name])) for p, _ in ds.samples]
     if hasattr(ds, "samples"):          # torchvision ImageFolder / ImageNet
         return [(str(p), int(y)) for p, y in ds.samples]
     if hasattr(ds, "fnames"):           # imagenetv2: the class index is the parent folder's name
@@ -82,6 +87,12 @@ def load(data_root: Path, name: str) -> ClassificationSet:
         return _from_wds(name, root, shards)
     if not root.is_dir() or not any(root.iterdir()):
         raise DataError(f"{name}: folder {root} is missing or empty. Expected layout:\n  {layout}\nGet it from: {source}")
+    if name == "imagenetv2":
+        # clip_benchmark's ImageNetV2 reader downloads the archive unless exactly 10,000 images are there.
+        found = len(list((root / "ImageNetV2-matched-frequency").glob("**/*.jpeg")))
+        if found != IMAGENETV2_SIZE:
+            raise DataError(f"imagenetv2: found {found} of {IMAGENETV2_SIZE} images under "
+                            f"{root / 'ImageNetV2-matched-frequency'}. Expected layout:\n  {layout}\nGet it from: {source}")
     from clip_benchmark.datasets.builder import build_dataset
 
     try:

@@ -72,3 +72,24 @@ def test_clip_frozen_equals_clip_benchmark_zero_shot(data, tmp_path):
     assert ours["imagenet_sketch/acc1"] == pytest.approx(theirs["acc1"], abs=1e-6)
     assert ours["imagenet_sketch/acc5"] == pytest.approx(theirs["acc5"], abs=1e-6)
     assert ours["imagenet_sketch/mean_per_class_recall"] == pytest.approx(theirs["mean_per_class_recall"], abs=1e-6)
+
+
+def test_partial_imagenetv2_is_refused_before_clip_benchmark_would_download(tmp_path, monkeypatch):
+    import clip_benchmark.datasets.imagenetv2 as v2
+
+    folder = tmp_path / "imagenetv2" / "ImageNetV2-matched-frequency" / "0"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "a.jpeg")
+    monkeypatch.setattr(v2.requests, "get", lambda *a, **k: pytest.fail("tried to download"))
+    with pytest.raises(DataError, match="found 1 of 10000 images"):
+        classification_data.load(tmp_path, "imagenetv2")
+    assert sorted(p.name for p in (tmp_path / "imagenetv2").iterdir()) == ["ImageNetV2-matched-frequency"]
+
+
+def test_objectnet_labels_follow_its_folder_map_not_imagefolder_indices():
+    class FakeObjectNet:
+        label_map = {"air_freshener": 0, "alarm_clock": 1}
+        samples = [("/x/images/alarm_clock/1.png", 7), ("/x/images/air_freshener/2.png", 3)]
+
+    assert classification_data._samples(FakeObjectNet()) == [("/x/images/alarm_clock/1.png", 1),
+                                                             ("/x/images/air_freshener/2.png", 0)]
