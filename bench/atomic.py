@@ -43,3 +43,15 @@ def save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+def sweep_stale(folder) -> list[Path]:
+    """Remove temporary files a killed writer (kill -9) left behind; one writer per output folder."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed

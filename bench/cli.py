@@ -108,8 +108,17 @@ def _check_data(args) -> int:
     return EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED
 
 
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: atomic writes clean up, finished cells stay
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return _main(args)
     except UsageError as exc:

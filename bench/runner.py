@@ -100,6 +100,9 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
     if not is_main:
         log = lambda *a, **k: None  # noqa: E731 (one voice under torchrun)
     suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg)
+    if is_main and out_dir.exists():
+        for stale in atomic.sweep_stale(out_dir):
+            log(f"removed {stale} (left by an interrupted write)")
     suite = suite_cls(params)
     suite.device = device
     summary = RunSummary(suite_name)

@@ -1,0 +1,67 @@
+"""A run stopped at any point leaves no corrupt file, and the same command resumes it."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import atomic, results
+from helpers import small_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def command(cfg, out):
+    return [sys.executable, str(REPO / "run_bench.py"), "--config", str(cfg), "--out", str(out), "--no-progress",
+            "--heads", "cosine,kme_rbf,kme_rff"]
+
+
+def wait_for(path: Path, proc, timeout=120):
+    start = time.time()
+    while not path.exists():
+        if proc.poll() is not None or time.time() - start > timeout:
+            pytest.fail(f"{path} never appeared (exit {proc.poll()})")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_during_training_resumes_and_reuses_finished_cells(tmp_path, sig):
+    cfg = small_config(tmp_path, train={"steps": 1000, "batch_size": 64, "warmup_steps": 5})
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command(cfg, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = results.run_path(out, "synthetic", "cosine")
+    wait_for(first, proc)          # cosine finished; kme_rbf is training now
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not results.run_path(out, "synthetic", "kme_rff").exists()
+    results.read(first)            # what was finished is intact
+    # a kill -9 in the middle of a write leaves at most a temporary file; plant one to be sure
+    (first.parent / ".kme_rbf.json.abc123.tmp").write_text("{half")
+    rerun = subprocess.run(command(cfg, out), env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "cosine: reused" in rerun.stdout and "kme_rbf: reused" not in rerun.stdout
+    assert all(results.read(results.run_path(out, "synthetic", h))["status"] == "ok" for h in ("cosine", "kme_rbf", "kme_rff"))
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_no_space_left_while_writing_keeps_the_earlier_file(tmp_path, monkeypatch):
+    target = tmp_path / "result.json"
+    atomic.write_json(target, {"old": 1})
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic.write_json(target, {"new": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
