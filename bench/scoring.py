@@ -29,9 +29,32 @@ class ScoreError(RuntimeError):
     """A head's score() returned something no metric can be computed from."""
 
 
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def _score_with_retries(head, image_rep, text_rep, retries: int = 4) -> torch.Tensor:
+    """On out-of-memory, halve the head's scoring budget and try again; then fail with the numbers."""
+    budget = getattr(head, "memory_budget_mb", None)
+    for attempt in range(retries + 1):
+        try:
+            return head.score(image_rep, text_rep)
+        except Exception as exc:  # noqa: BLE001 (only out-of-memory is handled; the rest re-raised)
+            if not _is_oom(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if budget is None or attempt == retries:
+                tried = "" if budget is None else f" down to memory_budget_mb={head.memory_budget_mb:g}"
+                raise ScoreError(f"head {head.name!r}: out of memory while scoring{tried}. Lower "
+                                 f"heads.{head.name}.memory_budget_mb, or score on a larger device.") from None
+            head.memory_budget_mb = head.memory_budget_mb / 2
+    raise AssertionError("unreachable")
+
+
 @torch.no_grad()
 def score_matrix(head, image_rep, text_rep, n_images: int, n_texts: int) -> torch.Tensor:
-    scores = head.score(image_rep, text_rep)
+    scores = _score_with_retries(head, image_rep, text_rep)
     if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n_images, n_texts):
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ScoreError(f"head {head.name!r}: score() must return a [{n_images}, {n_texts}] tensor, got {shape}.")

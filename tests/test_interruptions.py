@@ -65,3 +65,33 @@ def test_no_space_left_while_writing_keeps_the_earlier_file(tmp_path, monkeypatc
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"old": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_out_of_memory_while_scoring_retries_with_smaller_chunks_then_fails_clearly():
+    import torch
+
+    import heads
+    from bench.scoring import ScoreError, score_matrix
+
+    head = heads.get_head("kme_rbf")(8, 8, memory_budget_mb=64.0)
+    real = type(head).score
+    seen = []
+
+    def flaky(self, a, b):
+        seen.append(self.memory_budget_mb)
+        if self.memory_budget_mb > 10:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        return real(self, a, b)
+
+    x, y = torch.randn(5, 3, 8), torch.randn(6, 3, 8)
+    with torch.no_grad():
+        img, txt = head.encode_image(x), head.encode_text(y)
+    type(head).score = flaky
+    try:
+        out = score_matrix(head, img, txt, 5, 6)
+        assert out.shape == (5, 6) and seen == [64.0, 32.0, 16.0, 8.0]
+        head.memory_budget_mb = 1e9
+        with pytest.raises(ScoreError, match="out of memory while scoring down to memory_budget_mb"):
+            score_matrix(head, img, txt, 5, 6)
+    finally:
+        type(head).score = real
