@@ -95,3 +95,24 @@ def test_out_of_memory_while_scoring_retries_with_smaller_chunks_then_fails_clea
             score_matrix(head, img, txt, 5, 6)
     finally:
         type(head).score = real
+
+
+def test_kill_9_in_the_middle_of_writes_never_leaves_a_corrupt_file(tmp_path):
+    """A writer rewriting a large result file in a loop is killed at an arbitrary moment."""
+    target = tmp_path / "runs" / "s" / "h.json"
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from bench import atomic\n"
+        "i = 0\n"
+        "while True:\n"
+        "    atomic.write_json(%r, {'i': i, 'payload': ['x' * 1000] * 2000})\n"
+        "    i += 1\n" % (str(REPO), str(target)))
+    for delay in (0.15, 0.4, 0.9):
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        if target.exists():
+            assert json.loads(target.read_text())["payload"][0] == "x" * 1000  # whole, never half
+    atomic.sweep_stale(tmp_path)
+    assert not list(tmp_path.rglob("*.tmp"))
