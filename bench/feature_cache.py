@@ -102,10 +102,20 @@ class FeatureCache:
             manifest = {"schema": CACHE_SCHEMA, "fields": fields, "rows": len(points),
                         "shape": list(points.shape), "shards": shards}
             atomic.write_json(tmp / "manifest.json", json.loads(json.dumps(manifest, default=str)))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            self._publish(tmp, final, fields)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return points
+
+    def _publish(self, tmp: Path, final: Path, fields: dict) -> None:
+        """Rename the finished folder into place; if another process (a torchrun rank) published a
+        valid entry first, keep that one and drop ours."""
+        if final.exists() and self.problem(fields) is not None:
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if self.problem(fields) is not None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)

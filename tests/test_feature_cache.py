@@ -84,3 +84,18 @@ def test_manifest_records_shape_and_checksums(tmp_path):
     assert manifest["rows"] == 25 and manifest["shape"] == [25, 2, 4]
     assert [s["rows"] for s in manifest["shards"]] == [10, 10, 5]
     assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
+
+
+def test_a_concurrent_writer_that_publishes_first_wins_cleanly(tmp_path):
+    """Two ranks extracting the same features: the second finds a valid entry in place and keeps it."""
+    cache = FeatureCache(tmp_path)
+    other = FeatureCache(tmp_path)
+
+    def produce_while_other_publishes():
+        yield torch.ones(2, 2, 4)
+        other.get_or_build(FIELDS, lambda: iter([torch.ones(2, 2, 4)]))  # the other rank finishes first
+
+    points, cached = cache.get_or_build(FIELDS, produce_while_other_publishes)
+    assert not cached and torch.equal(points, torch.ones(2, 2, 4))
+    assert cache.problem(FIELDS) is None
+    assert [p.name for p in tmp_path.iterdir()] == [cache.path(FIELDS).name]
