@@ -34,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
                    help="open_clip model name or config JSON, optionally :tag or :checkpoint (real-data suites)")
     p.add_argument("--data-root", default=None,
                    help="datasets folder (default: $SIMBENCH_DATA, else ./data), one folder per dataset")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="leave undecodable images out (listed in the result file) instead of failing the run")
     p.add_argument("--check-data", action="store_true",
                    help="print which datasets are ready under the data root (exit 1 if any is not) and exit")
     p.add_argument("--list-heads", action="store_true", help="list registered heads and exit")
@@ -145,8 +147,9 @@ def _main(args) -> int:
 
 
 def _apply_suite_flags(args, cfg: dict, suite_names: list[str], suites) -> None:
-    """--backbone and --data-root set the parameter of every suite that has it."""
-    for flag, key, value in (("--backbone", "backbone", args.backbone), ("--data-root", "data_root", args.data_root)):
+    """--backbone, --data-root and --skip-corrupt set the parameter of every suite that has it."""
+    for flag, key, value in (("--backbone", "backbone", args.backbone), ("--data-root", "data_root", args.data_root),
+                             ("--skip-corrupt", "skip_corrupt", True if args.skip_corrupt else None)):
         if value is None:
             continue
         takers = [n for n in suite_names if key in suites.get_suite(n).default_params()]

@@ -101,3 +101,44 @@ def local_slice(indices: torch.Tensor) -> torch.Tensor:
     if indices.shape[0] % w:
         raise ValueError(f"train.batch_size={indices.shape[0]} must be divisible by the number of processes ({w}).")
     return indices.view(w, -1)[rank()]
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_true(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on every rank: a decision all ranks then share."""
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def gather_objects(obj) -> list:
+    """Every rank's (small, picklable) object, in rank order."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_rows(local: torch.Tensor | None) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order (shares may differ in length, or be empty: None)."""
+    if world_size() == 1:
+        return local if local is not None else torch.empty(0)
+    shapes = gather_objects(None if local is None else (tuple(local.shape), str(local.dtype).split(".")[-1]))
+    known = [s for s in shapes if s is not None]
+    if not known:
+        return torch.empty(0)
+    trailing, dtype = known[0][0][1:], getattr(torch, known[0][1])
+    rows = [0 if s is None else s[0][0] for s in shapes]
+    device = _comm_device()
+    padded = torch.zeros((max(rows), *trailing), dtype=dtype, device=device)
+    if local is not None:
+        padded[:len(local)] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in rows]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:r] for p, r in zip(parts, rows)]).cpu()

@@ -72,12 +72,12 @@ def main(argv=None) -> int:
         print(f"generated data in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         bb = Backbone(BackboneSpec.parse(args.backbone), args.layers, device, 0)
         paths = sorted((root / "mscoco_captions" / "val2014").glob("*.jpg"))
-        for _ in features.image_batches(bb, paths[:256], batch_size=256, workers=args.workers, progress=False):
+        for _ in features.ImageBatches(bb, paths[:256], batch_size=256, workers=args.workers, progress=False):
             pass  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        n = sum(len(b) for b in features.image_batches(bb, paths, batch_size=256, workers=args.workers, progress=False))
+        n = sum(len(b) for b in features.ImageBatches(bb, paths, batch_size=256, workers=args.workers, progress=False))
         if device.type == "cuda":
             torch.cuda.synchronize()
         extract = n / (time.perf_counter() - t0)

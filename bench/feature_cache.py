@@ -5,7 +5,9 @@ tag or checkpoint hash, open_clip version, preprocessing, L; dataset, split, a f
 data, and the side). A folder is only ever published whole: shards are written into a temporary
 folder, each shard's sha256 goes into the manifest, and the folder is renamed into place last.
 On load, a missing, truncated or altered shard (or a manifest whose key differs) means the entry is
-stale: it is rebuilt, never silently reused.
+stale: it is rebuilt, never silently reused. A building folder is named after its host and process,
+so a later build can remove the ones a killed process (kill -9) left behind without touching a live
+writer's (another torchrun rank's).
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -24,6 +28,7 @@ from bench import atomic
 
 log = logging.getLogger(__name__)
 CACHE_SCHEMA = 1
+STALE_PARTIAL_SECONDS = 24 * 3600  # a building folder from another host is presumed dead after this
 
 
 def cache_key(fields: dict) -> str:
@@ -66,11 +71,14 @@ class FeatureCache:
                 return f"shard {shard['file']} is truncated or altered (checksum mismatch)"
         return None
 
+    def manifest(self, fields: dict) -> dict:
+        return json.loads((self.path(fields) / "manifest.json").read_text())
+
     def load(self, fields: dict) -> torch.Tensor:
         from safetensors.torch import load_file
 
         folder = self.path(fields)
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = self.manifest(fields)
         parts = [load_file(str(folder / s["file"]))["points"] for s in manifest["shards"]]
         return torch.cat(parts) if parts else torch.empty(0)
 
@@ -85,14 +93,23 @@ class FeatureCache:
         return points, False
 
     def _build(self, fields: dict, produce) -> torch.Tensor:
+        batches = produce()
+        chunks = [b.detach().float().cpu() for b in batches]
+        points = torch.cat(chunks) if chunks else torch.empty(0)
+        self.store(fields, points, getattr(batches, "manifest_extra", None))
+        return points
+
+    def store(self, fields: dict, points: torch.Tensor, extra: dict | None = None) -> None:
+        """Publish ``points`` for ``fields`` whole, or not at all. ``extra`` (JSON) goes into the manifest."""
         from safetensors.torch import save_file
 
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep_partials()
         final = self.path(fields)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=self.root))
+        tag = f"{_host()}.{os.getpid()}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}.", suffix=".partial", dir=self.root))
         try:
-            chunks = [b.detach().float().cpu() for b in produce()]
-            points = torch.cat(chunks) if chunks else torch.empty(0)
+            points = points.detach().float().cpu()
             shards = []
             for i, start in enumerate(range(0, len(points), self.shard_rows)):
                 name = f"shard-{i:05d}.safetensors"
@@ -100,13 +117,31 @@ class FeatureCache:
                 shards.append({"file": name, "rows": int(min(self.shard_rows, len(points) - start)),
                                "bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)})
             manifest = {"schema": CACHE_SCHEMA, "fields": fields, "rows": len(points),
-                        "shape": list(points.shape), "shards": shards}
+                        "shape": list(points.shape), "shards": shards, "extra": extra or {}}
             atomic.write_json(tmp / "manifest.json", json.loads(json.dumps(manifest, default=str)))
             self._publish(tmp, final, fields)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return points
+
+    def sweep_partials(self) -> list[Path]:
+        """Remove building folders whose writer is gone: a dead process on this host, or older than a day."""
+        removed, host = [], _host()
+        for folder in self.root.glob(".*.partial"):
+            parts = folder.name.split(".")
+            try:
+                same_host, pid = parts[2] == host, int(parts[3])
+            except (IndexError, ValueError):
+                same_host, pid = False, -1
+            try:
+                dead = (same_host and not _alive(pid)) or time.time() - folder.stat().st_mtime > STALE_PARTIAL_SECONDS
+            except FileNotFoundError:
+                continue
+            if dead:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("removed %s (left by an interrupted feature extraction)", folder)
+                removed.append(folder)
+        return removed
 
     def _publish(self, tmp: Path, final: Path, fields: dict) -> None:
         """Rename the finished folder into place; if another process (a torchrun rank) published a
@@ -119,3 +154,19 @@ class FeatureCache:
             if self.problem(fields) is not None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")  # dots separate the fields of a building folder's name
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

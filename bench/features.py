@@ -2,24 +2,43 @@
 
 Images are decoded and preprocessed in DataLoader workers; the forward pass runs under bf16
 autocast on a GPU and in float32 on a CPU; a progress bar shows items per second.
+
+An image that cannot be decoded does not stop the pass: its row is left zero and its index is
+recorded in the cache manifest, so the suite can refuse the dataset (listing the files) or leave
+those images out, and a rerun with ``--skip-corrupt`` reuses the pass instead of repeating it.
+
+Under torchrun each rank extracts a contiguous share of the items and the shares are gathered, so
+every rank ends with the whole tensor; rank 0 alone publishes the cache entry.
 """
 from __future__ import annotations
 
 import hashlib
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from bench import image_source
+from bench import distributed, image_source
 from bench.backbone import Backbone
 from bench.feature_cache import FeatureCache
 
+# What PIL raises on a corrupt, truncated or hostile file (UnidentifiedImageError is an OSError).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass
+class Extracted:
+    points: torch.Tensor
+    cached: bool                                   # no forward pass was needed
+    corrupt: dict[int, str] = field(default_factory=dict)  # item index -> why it could not be decoded
+
 
 class ImageFiles(Dataset):
-    """Images from file paths, preprocessed by the backbone's own transform."""
+    """Images from file paths, preprocessed by the backbone's own transform; yields (image, error)."""
 
     def __init__(self, paths: list[str | Path], transform):
         self.paths, self.transform = [str(p) for p in paths], transform
@@ -27,8 +46,11 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(image_source.open_image(self.paths[i]))
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.transform(image_source.open_image(self.paths[i])), ""
+        except DECODE_ERRORS as exc:  # a blank stand-in keeps the batch shape; the row is zeroed later
+            return self.transform(Image.new("RGB", (32, 32))), f"{type(exc).__name__}: {exc}"
 
 
 def fingerprint_files(paths: list[str | Path], extra: str = "") -> str:
@@ -49,14 +71,38 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def image_batches(backbone: Backbone, paths, batch_size: int = 256, workers: int = 4, progress: bool = True):
-    loader = DataLoader(ImageFiles(paths, backbone.preprocess), batch_size=batch_size, num_workers=workers,
-                        pin_memory=backbone.device.type == "cuda")
-    with tqdm(total=len(paths), desc="image features", unit="img", disable=None if progress else True) as bar:
-        for images in loader:
-            with _autocast(backbone.device):
-                yield backbone.image_points(images)
-            bar.update(len(images))
+class ImageBatches:
+    """Point batches for images[start:stop]; ``corrupt`` fills in (global index -> error) as it goes."""
+
+    def __init__(self, backbone: Backbone, paths, start: int = 0, stop: int | None = None, batch_size: int = 256,
+                 workers: int = 4, progress: bool = True):
+        self.backbone, self.paths, self.start = backbone, list(paths), start
+        self.stop = len(self.paths) if stop is None else stop
+        self.batch_size, self.workers, self.progress = batch_size, workers, progress
+        self.corrupt: dict[int, str] = {}
+
+    @property
+    def manifest_extra(self) -> dict:
+        return {"corrupt": {str(i): why for i, why in sorted(self.corrupt.items())}}
+
+    def __iter__(self):
+        bb = self.backbone
+        loader = DataLoader(ImageFiles(self.paths[self.start:self.stop], bb.preprocess), batch_size=self.batch_size,
+                            num_workers=self.workers, pin_memory=bb.device.type == "cuda")
+        done = self.start
+        with tqdm(total=self.stop - self.start, desc="image features", unit="img",
+                  disable=None if self.progress else True) as bar:
+            for images, errors in loader:
+                with _autocast(bb.device):
+                    points = bb.image_points(images)
+                bad = [j for j, e in enumerate(errors) if e]
+                if bad:
+                    points = points.clone()
+                    points[bad] = 0
+                    self.corrupt.update({done + j: errors[j] for j in bad})
+                yield points
+                done += len(images)
+                bar.update(len(images))
 
 
 def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, progress: bool = True):
@@ -68,13 +114,48 @@ def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, p
             bar.update(len(chunk))
 
 
-def image_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, paths, **kw):
+def _cached_or_extracted(cache: FeatureCache, fields: dict, n: int, produce) -> Extracted:
+    """``produce(start, stop)`` returns batches for items [start, stop), optionally with ``corrupt``."""
+    world = distributed.world_size()
+    if world == 1:
+        batches = None
+
+        def whole():
+            nonlocal batches
+            batches = produce(0, n)
+            return batches
+
+        points, cached = cache.get_or_build(fields, whole)
+        corrupt = cache.manifest(fields).get("extra", {}).get("corrupt", {}) if cached else getattr(batches, "corrupt", {})
+        return Extracted(points, cached, {int(i): why for i, why in corrupt.items()})
+    # Every rank must take the same branch, or the gathers below would hang.
+    if distributed.all_true(cache.problem(fields) is None):
+        corrupt = cache.manifest(fields).get("extra", {}).get("corrupt", {})
+        return Extracted(cache.load(fields), True, {int(i): why for i, why in corrupt.items()})
+    share = -(-n // world)
+    start, stop = min(n, distributed.rank() * share), min(n, (distributed.rank() + 1) * share)
+    batches = produce(start, stop)
+    chunks = [b.detach().float().cpu() for b in batches]
+    local = torch.cat(chunks) if chunks else None
+    points = distributed.gather_rows(local)
+    corrupt = {}
+    for part in distributed.gather_objects(getattr(batches, "corrupt", {})):
+        corrupt.update(part)
+    if distributed.is_main():
+        cache.store(fields, points, {"corrupt": {str(i): why for i, why in sorted(corrupt.items())}})
+    distributed.barrier()
+    return Extracted(points, False, corrupt)
+
+
+def image_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, paths, **kw) -> Extracted:
     fields = {"backbone": backbone.identity, "dataset": dataset, "split": split,
               "fingerprint": fingerprint_files(paths), "side": "image"}
-    return cache.get_or_build(fields, lambda: image_batches(backbone, paths, **kw))
+    return _cached_or_extracted(cache, fields, len(paths),
+                                lambda start, stop: ImageBatches(backbone, paths, start, stop, **kw))
 
 
-def text_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, texts: list[str], **kw):
+def text_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, texts: list[str], **kw) -> Extracted:
     fields = {"backbone": backbone.identity, "dataset": dataset, "split": split,
               "fingerprint": fingerprint_texts(texts), "side": "text"}
-    return cache.get_or_build(fields, lambda: text_batches(backbone, texts, **kw))
+    return _cached_or_extracted(cache, fields, len(texts),
+                                lambda start, stop: text_batches(backbone, texts[start:stop], **kw))

@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import importlib
 
-from suites.base import SUITES, PointSets, Suite, SuiteData, get_suite, list_suites, register_suite
+from suites.base import (
+    SUITES,
+    PointSets,
+    Suite,
+    SuiteData,
+    get_suite,
+    list_suites,
+    register_suite,
+)
 
 # The one place that decides which suites ship with the package.
 BUILTIN_MODULES = (

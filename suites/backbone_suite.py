@@ -7,18 +7,37 @@ classification differ only in how they test.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
 
-from bench import features, retrieval_data
+from bench import distributed, features, retrieval_data
 from bench.backbone import Backbone, BackboneSpec
 from bench.feature_cache import FeatureCache
 from suites.base import PointSets, Suite
 
 
+class CorruptImages(retrieval_data.DataError):
+    """Images that exist but cannot be decoded; the message lists them."""
+
+
+def corrupt_message(name: str, split: str, n_images: int, files: dict[str, str], limit: int = 20) -> str:
+    lines = [f"  {f} ({why})" for f, why in list(files.items())[:limit]]
+    if len(files) > limit:
+        lines.append(f"  ... and {len(files) - limit} more")
+    return (f"{name}/{split}: {len(files)} of {n_images} images could not be decoded:\n" + "\n".join(lines) +
+            "\nReplace them with intact copies, or pass --skip-corrupt (suite option skip_corrupt: true) to leave "
+            "them out; the files left out are recorded in the result file. The other images' features are cached, "
+            "so that rerun does no forward pass.")
+
+
 class BackboneSuite(Suite):
     non_protocol_params = ("data_root", "cache_dir", "batch_size", "text_batch_size", "workers")
+
+    def __init__(self, params: dict):
+        super().__init__(params)
+        self.corrupt: dict[str, dict] = {}  # "dataset/split" -> the images left out as undecodable
 
     def roots(self) -> tuple[Path, Path]:
         p = self.params
@@ -32,23 +51,37 @@ class BackboneSuite(Suite):
     def cache(self) -> FeatureCache:
         return FeatureCache(self.roots()[1])
 
-    def image_points(self, backbone, cache, name: str, split: str, paths):
+    def image_points(self, backbone, cache, name: str, split: str, paths) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points for every image, and which to keep: undecodable ones fail the run unless skip_corrupt."""
         kw = {"batch_size": self.params["batch_size"], "workers": self.params["workers"]}
-        return features.image_points(cache, backbone, name, split, paths, **kw)[0]
+        got = features.image_points(cache, backbone, name, split, paths, **kw)
+        keep = torch.ones(len(paths), dtype=torch.bool)
+        if got.corrupt:
+            files = {str(paths[i]): why for i, why in sorted(got.corrupt.items())}
+            if not self.params["skip_corrupt"]:
+                raise CorruptImages(corrupt_message(name, split, len(paths), files))
+            keep[list(got.corrupt)] = False
+            self.corrupt[f"{name}/{split}"] = {"count": len(files), "of": len(paths), "files": files}
+            if distributed.is_main():
+                print(f"[{self.name}] {name}/{split}: left out {len(files)} undecodable image(s) (skip_corrupt); "
+                      "they are listed in the result file.", file=sys.stderr)
+        return got.points, keep
 
-    def text_points(self, backbone, cache, name: str, split: str, texts):
-        return features.text_points(cache, backbone, name, split, texts, batch_size=self.params["text_batch_size"])[0]
+    def text_points(self, backbone, cache, name: str, split: str, texts) -> torch.Tensor:
+        return features.text_points(cache, backbone, name, split, texts, batch_size=self.params["text_batch_size"]).points
 
     def train_set(self) -> retrieval_data.RetrievalSet:
         """Validated before any backbone work, like every test set."""
         return retrieval_data.load(self.roots()[0], self.params["train_dataset"], self.params["train_split"])
 
     def train_pairs(self, train: retrieval_data.RetrievalSet, backbone, cache) -> PointSets:
-        img = self.image_points(backbone, cache, train.name, train.split, train.image_paths)
+        img, keep = self.image_points(backbone, cache, train.name, train.split, train.image_paths)
         txt = self.text_points(backbone, cache, train.name, train.split, train.captions)
-        return PointSets(img, txt, image_of_pair=torch.tensor(train.caption_image, dtype=torch.long))
+        image_of_pair = torch.tensor(train.caption_image, dtype=torch.long)
+        pairs = keep[image_of_pair]  # a left-out image takes its captions with it
+        return PointSets(img, txt[pairs], image_of_pair=image_of_pair[pairs])
 
     @staticmethod
-    def train_identity(train: retrieval_data.RetrievalSet) -> dict:
-        return {"dataset": train.name, "split": train.split, "pairs": len(train.captions),
+    def train_identity(train: retrieval_data.RetrievalSet, pairs: PointSets) -> dict:
+        return {"dataset": train.name, "split": train.split, "pairs": len(pairs),
                 "fingerprint": train.fingerprint()}

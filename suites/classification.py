@@ -44,13 +44,14 @@ class ClassificationSuite(BackboneSuite):
         pairs = self.train_pairs(train, backbone, cache)
         test = {}
         for name, ds in sets.items():
+            images, keep = self.image_points(backbone, cache, name, "test", ds.image_paths)
             test[name] = ClassificationTest(
-                self.image_points(backbone, cache, name, "test", ds.image_paths),
-                torch.tensor(ds.labels, dtype=torch.long),
+                images[keep], torch.tensor(ds.labels, dtype=torch.long)[keep],
                 self.text_points(backbone, cache, name, "prompts", ds.prompts()),
                 len(ds.classnames), len(ds.templates))
-        identity = {"backbone": backbone.identity, "train": self.train_identity(train),
-                    "datasets": {n: {"images": len(ds.image_paths), "classes": len(ds.classnames),
+        identity = {"backbone": backbone.identity, "train": self.train_identity(train, pairs),
+                    "corrupt_images_skipped": self.corrupt,
+                    "datasets": {n: {"images": len(test[n].images), "classes": len(ds.classnames),
                                      "templates": len(ds.templates), "fingerprint": ds.fingerprint()}
                                  for n, ds in sets.items()}}
         return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)

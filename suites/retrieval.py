@@ -51,14 +51,18 @@ class RetrievalSuite(BackboneSuite):
         train = self.train_set()
         backbone, cache = self.backbone(seed), self.cache()
         pairs = self.train_pairs(train, backbone, cache)
-        test = {name: RetrievalTest(self.image_points(backbone, cache, name, ds.split, ds.image_paths),
-                                    self.text_points(backbone, cache, name, ds.split, ds.captions),
-                                    torch.tensor(ds.caption_image, dtype=torch.long))
-                for name, ds in tests.items()}
+        test = {}
+        for name, ds in tests.items():
+            images, keep = self.image_points(backbone, cache, name, ds.split, ds.image_paths)
+            texts = self.text_points(backbone, cache, name, ds.split, ds.captions)
+            caption_image = torch.tensor(ds.caption_image, dtype=torch.long)
+            kept_captions = keep[caption_image]  # a left-out image takes its captions with it
+            new_index = torch.cumsum(keep, 0) - 1
+            test[name] = RetrievalTest(images[keep], texts[kept_captions], new_index[caption_image[kept_captions]])
         identity = {"backbone": backbone.identity,
-                    "datasets": {n: {"split": ds.split, "images": len(ds.image_paths), "captions": len(ds.captions),
-                                     "fingerprint": ds.fingerprint()} for n, ds in tests.items()},
-                    "train": self.train_identity(train)}
+                    "datasets": {n: {"split": ds.split, "images": len(t.images), "captions": len(t.texts),
+                                     "fingerprint": ds.fingerprint()} for (n, ds), t in zip(tests.items(), test.values())},
+                    "train": self.train_identity(train, pairs), "corrupt_images_skipped": self.corrupt}
         return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
 
     def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:

@@ -88,12 +88,15 @@ def test_dataset_features_go_through_the_cache_and_match_the_model(tiny_backbone
     monkeypatch.setattr(tiny_backbone, "image_points", count_image)
     monkeypatch.setattr(tiny_backbone, "text_points", count_text)
     cache = FeatureCache(tmp_path / "cache")
-    img, cached = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
-    txt, _ = features.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False)
+    got = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    img, cached = got.points, got.cached
+    txt = features.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False).points
+    assert got.corrupt == {}
     assert not cached and img.shape == (5, 3, 32) and txt.shape == (3, 3, 32)
     assert calls == {"image": 3, "text": 2}
-    img2, cached = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
-    txt2, _ = features.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False)
+    again = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    img2, cached = again.points, again.cached
+    txt2 = features.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False).points
     assert cached and calls == {"image": 3, "text": 2}  # no forward pass the second time
     assert torch.equal(img, img2) and torch.equal(txt, txt2)
     with torch.no_grad():

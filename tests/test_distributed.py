@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import small_config
 
 from bench import results
 from bench.cli import main
-from helpers import small_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,3 +42,78 @@ def test_batch_must_divide_across_processes(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         distributed.local_slice(torch.arange(64))
+
+
+SHARDED_EXTRACTION = r'''
+import json, os, sys
+import torch
+from pathlib import Path
+from bench import distributed, features
+from bench.backbone import Backbone, BackboneSpec
+from bench.feature_cache import FeatureCache
+
+work = Path(sys.argv[1])
+distributed.init("cpu")
+bb = Backbone(BackboneSpec.parse(str(work / "simbench-tiny.json")), layers=2, seed=0)
+seen = {"images": 0, "texts": 0}
+real_image, real_text = bb.image_points, bb.text_points
+def count_image(x):
+    seen["images"] += len(x)
+    return real_image(x)
+def count_text(t):
+    seen["texts"] += len(t)
+    return real_text(t)
+bb.image_points, bb.text_points = count_image, count_text
+paths = sorted((work / "images").glob("*.jpg"))
+texts = [f"caption number {i}" for i in range(9)]
+for attempt in ("first", "again"):
+    cache = FeatureCache(work / "cache")
+    img = features.image_points(cache, bb, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    txt = features.text_points(cache, bb, "toy", "test", texts, batch_size=4, progress=False)
+    torch.save({"images": img.points, "texts": txt.points, "corrupt": img.corrupt, "cached": img.cached and txt.cached,
+                "seen": dict(seen)}, work / f"{attempt}-rank{distributed.rank()}.pt")
+distributed.shutdown()
+'''
+
+
+def test_torchrun_shards_feature_extraction_and_publishes_one_cache(tmp_path):
+    """Each rank encodes its share (7 images over 2 ranks: 4 + 3), every rank ends with all rows,
+    the undecodable image is reported by whichever rank met it, and one entry is published."""
+    import json
+
+    import torch
+    from PIL import Image
+    from test_backbone import TINY
+
+    from bench import features
+    from bench.backbone import Backbone, BackboneSpec
+    from bench.feature_cache import FeatureCache
+
+    (tmp_path / "simbench-tiny.json").write_text(json.dumps(TINY))
+    (tmp_path / "images").mkdir()
+    for i in range(7):
+        arr = (torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(tmp_path / "images" / f"{i}.jpg")
+    (tmp_path / "images" / "5.jpg").write_bytes(b"not a jpeg")
+    script = tmp_path / "extract.py"
+    script.write_text(SHARDED_EXTRACTION)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    ranks = [torch.load(tmp_path / f"first-rank{r}.pt") for r in range(2)]
+    assert [r["seen"] for r in ranks] == [{"images": 4, "texts": 5}, {"images": 3, "texts": 4}]
+    bb = Backbone(BackboneSpec.parse(str(tmp_path / "simbench-tiny.json")), layers=2, seed=0)
+    paths = sorted((tmp_path / "images").glob("*.jpg"))
+    one = features.image_points(FeatureCache(tmp_path / "one"), bb, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    one_txt = features.text_points(FeatureCache(tmp_path / "one"), bb, "toy", "test",
+                                   [f"caption number {i}" for i in range(9)], batch_size=4, progress=False)
+    for r in ranks:
+        assert not r["cached"] and r["corrupt"] == one.corrupt and list(one.corrupt) == [5]
+        assert torch.allclose(r["images"], one.points, atol=1e-5) and torch.allclose(r["texts"], one_txt.points, atol=1e-5)
+    entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 2 and not list((tmp_path / "cache").glob(".*"))  # one image entry, one text entry
+    again = [torch.load(tmp_path / f"again-rank{r}.pt") for r in range(2)]
+    assert all(a["cached"] and a["seen"] == r["seen"] for a, r in zip(again, ranks))  # no forward pass the second time
+    assert torch.equal(again[0]["images"], ranks[0]["images"])
