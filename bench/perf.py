@@ -3,7 +3,8 @@
     python -m bench.perf            # 2,000 x 10,000 sets, 8 points, d=512 on CPU; COCO size on a GPU
     python -m bench.perf --quick    # every size shrunk: under a minute on 2 CPU cores
 
-Rows: scoring an N x M matrix with ``cosine``, ``kme_rbf``, ``kme_rff`` (D=1024); a naive
+Rows: scoring an N x M matrix with ``cosine``, ``kme_rbf`` (on a GPU the fused Triton kernel, with
+its PyTorch reference timed beside it), ``kme_rff`` (D=1024); a naive
 ``kme_rbf`` that materialises every kernel value (skipped, with a note, where it would not fit);
 a plain matrix product with the kernel head's FLOP count ([N, m*n*d] @ [m*n*d, M], the best case
 for the hardware); and one training step per head at batch 1024. Ratios are what to read: absolute
@@ -118,6 +119,14 @@ def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, 
             rows.append({"row": f"score {name}", "seconds": seconds, "peak_mb": peak / 2**20,
                          "pairs_per_s": n * m_texts / seconds, "gflops_per_s": flops / seconds / 1e9})
             log(f"score {name}: {seconds:.3f}s")
+        fused = made["kme_rbf"]._fused(*reps["kme_rbf"])
+        if fused:  # on a GPU "score kme_rbf" is the fused Triton kernel: time its PyTorch reference beside it
+            ref = heads.get_head("kme_rbf")(dim, dim, memory_budget_mb=budget_mb, kernel="torch").to(device).eval()
+            ref.load_state_dict(made["kme_rbf"].state_dict())
+            seconds, peak = timed(lambda: ref.score(*reps["kme_rbf"]), device, repeats)
+            rows.append({"row": "score kme_rbf pytorch reference", "seconds": seconds, "peak_mb": peak / 2**20,
+                         "pairs_per_s": n * m_texts / seconds, "gflops_per_s": kernel_flops / seconds / 1e9})
+            log(f"score kme_rbf pytorch reference: {seconds:.3f}s")
         need_gb = 3 * n * points * m_texts * points * 4 / 2**30
         if need_gb <= naive_max_gb:
             sigma = float(made["kme_rbf"].sigma)
@@ -159,8 +168,10 @@ def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, 
         "kme_rff_vs_cosine": t["score kme_rff"] / t["score cosine"],
         "naive_vs_kme_rbf": (t["score kme_rbf naive"] / t["score kme_rbf"]) if "score kme_rbf naive" in t else None,
     }
+    if "score kme_rbf pytorch reference" in t:
+        ratios["reference_vs_fused_kme_rbf"] = t["score kme_rbf pytorch reference"] / t["score kme_rbf"]
     return {"sizes": {"n_images": n, "n_texts": m_texts, "points": points, "dim": dim, "rff_features": features,
-                      "train_batch": batch, "memory_budget_mb": budget_mb},
+                      "train_batch": batch, "memory_budget_mb": budget_mb, "kme_rbf_kernel": "triton" if fused else "torch"},
             "rows": rows, "ratios": ratios, "notes": notes}
 
 

@@ -4,7 +4,9 @@ s(x, y) = log sum_ij a_i b_j exp(-||u_i - v_j||^2 / (2 sigma^2))
         = logsumexp_ij(log a_i + log b_j + u_i.v_j / sigma^2) - 1/sigma^2   (unit points)
 
 The log-sum-exp form never overflows, and its inner term is one matrix product over all points,
-so it streams in blocks under a memory budget like attention does.
+so it streams in blocks under a memory budget like attention does. On a GPU, evaluation runs the
+same sum as one fused Triton kernel (``kme_rbf_fused``) that never writes the logits; this file's
+PyTorch path is the reference it is tested against, and the path every gradient takes.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import math
 
 import torch
 
+from heads import kme_rbf_fused
 from heads.base import SimilarityHead, register_head
 from heads.pointsets import Bandwidth, PointSetEncoder, PointSetRep, chunked_score
 
@@ -54,6 +57,9 @@ def kme_log_inner(image_rep: PointSetRep, text_rep: PointSetRep, inv_sigma2: tor
     return out - inv_sigma2
 
 
+KERNELS = ("auto", "torch", "triton")
+
+
 @register_head("kme_rbf")
 class KmeRbfHead(SimilarityHead):
     version = 1
@@ -62,19 +68,22 @@ class KmeRbfHead(SimilarityHead):
 
     def __init__(self, image_dim: int, text_dim: int, sigma: float = math.sqrt(0.07),
                  max_inverse_sigma2: float = 100.0, learn_sigma: bool = True,
-                 points_used: int | None = None, memory_budget_mb: float = 256.0):
+                 points_used: int | None = None, memory_budget_mb: float = 256.0, kernel: str = "auto"):
         super().__init__(image_dim, text_dim)
+        if kernel not in KERNELS:
+            raise ValueError(f"kme_rbf: kernel must be one of {', '.join(KERNELS)}, got {kernel!r}.")
         if sigma <= 0 or 1 / sigma**2 > max_inverse_sigma2:
             raise ValueError(f"kme_rbf: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
         if memory_budget_mb <= 0:
             raise ValueError(f"kme_rbf: memory_budget_mb must be positive, got {memory_budget_mb}.")
         self.options = {"sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2, "learn_sigma": learn_sigma,
-                        "points_used": points_used, "memory_budget_mb": memory_budget_mb}
+                        "points_used": points_used, "memory_budget_mb": memory_budget_mb, "kernel": kernel}
         out_dim = max(image_dim, text_dim)
         self.image_encoder = PointSetEncoder(image_dim, out_dim, points_used)
         self.text_encoder = PointSetEncoder(text_dim, out_dim, points_used)
         self.bandwidth = Bandwidth(sigma, max_inverse_sigma2, learnable=learn_sigma)
         self.memory_budget_mb = float(memory_budget_mb)
+        self.kernel = kernel
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -89,4 +98,23 @@ class KmeRbfHead(SimilarityHead):
         return self.text_encoder(points.float(), mask)
 
     def score(self, image_rep: PointSetRep, text_rep: PointSetRep) -> torch.Tensor:
+        if self._fused(image_rep, text_rep):
+            return kme_rbf_fused.log_inner(image_rep, text_rep, self.sigma.pow(-2))
         return kme_log_inner(image_rep, text_rep, self.sigma.pow(-2), self.memory_budget_mb)
+
+    def _fused(self, image_rep: PointSetRep, text_rep: PointSetRep) -> bool:
+        """auto: the fused kernel for evaluation on a GPU; torch: never; triton: always (else an error)."""
+        if self.kernel == "torch":
+            return False
+        needs_grad = torch.is_grad_enabled() and (image_rep.points.requires_grad or text_rep.points.requires_grad
+                                                  or self.bandwidth.log_sigma.requires_grad)
+        device = image_rep.points.device
+        fits = kme_rbf_fused.supports(image_rep.points.shape[1], text_rep.points.shape[1])
+        if self.kernel == "auto":
+            return not needs_grad and device.type == "cuda" and fits and kme_rbf_fused.available(device)
+        if needs_grad or not fits or not kme_rbf_fused.available(device):
+            why = ("it has no backward pass; score under torch.no_grad()" if needs_grad else
+                   f"sets are limited to {kme_rbf_fused.MAX_POINTS} points" if not fits else
+                   "it needs a CUDA device with Triton installed")
+            raise ValueError(f"kme_rbf: kernel='triton' cannot run here: {why}. Use kernel: auto or torch.")
+        return True

@@ -36,3 +36,18 @@ def test_naive_is_skipped_with_a_note_when_too_big(tmp_path):
 
     report = perf.run(30, 40, 3, 8, 16, 8, torch.device("cpu"), 1, 1.0, naive_max_gb=1e-9, log=lambda s: None)
     assert report["ratios"]["naive_vs_kme_rbf"] is None and "skipped" in report["notes"][0]
+
+
+def test_extraction_benchmark_runs_both_loops(tmp_path, capsys):
+    from bench import perf_extraction
+    from test_backbone import TINY
+
+    cfg = tmp_path / "simbench-tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    out = tmp_path / "x.json"
+    assert perf_extraction.main(["--backbone", str(cfg), "--layers", "2", "--images", "12", "--batch", "4",
+                                 "--workers", "0", "--rounds", "1", "--device", "cpu", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["images"] == 12 and record["captions"] == 60
+    assert math.isfinite(record["ours_vs_clip_benchmark"]) and record["ours_vs_clip_benchmark"] > 0
+    assert "ours_vs_clip_benchmark" in capsys.readouterr().out

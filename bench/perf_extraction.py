@@ -1,0 +1,112 @@
+"""Feature extraction speed against clip_benchmark's evaluation loop, measured side by side.
+
+    python -m bench.perf_extraction                         # ViT-B-32 (random weights), 1,000 images, batch 256
+    python -m bench.perf_extraction --backbone tiny.json --images 64 --batch 16   # a smoke run
+
+Both sides read the same Flickr-layout folder through DataLoaders with the same backbone, batch size
+and workers: clip_benchmark's ``zeroshot_retrieval.evaluate`` (images and their captions, one
+embedding each), and simbench's extraction (``ImageBatches`` + ``text_batches``: L points each).
+The runs alternate and each side keeps its best time, so a warm cache or a noisy neighbour favours
+neither. ``ours_vs_clip_benchmark`` > 1 means simbench is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def make_flickr(folder: Path, n_images: int, per: int = 5, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["image,caption"]
+    for i in range(n_images):
+        arr = (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).resize((256, 256)).save(folder / f"{i}.jpg", quality=90)
+        lines += [f"{i}.jpg,a picture number {i} described the {j} way" for j in range(per)]
+    (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(backbone, folder: Path, batch: int, workers: int, rounds: int = 2) -> dict:
+    from clip_benchmark.datasets.builder import get_dataset_collate_fn
+    from clip_benchmark.datasets.flickr import Flickr
+    from clip_benchmark.metrics import zeroshot_retrieval
+
+    from bench import features, retrieval_data
+
+    ds = retrieval_data.read_flickr(folder, "test")
+    device = backbone.device
+    per_image = len(ds.captions) // len(ds.image_paths)
+
+    def theirs():
+        data = Flickr(str(folder), str(folder / "flickr30k_test_karpathy.txt"), transform=backbone.preprocess)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch, num_workers=workers,
+                                             collate_fn=get_dataset_collate_fn("flickr30k"))
+        zeroshot_retrieval.evaluate(backbone.model, loader, backbone.tokenizer, device.type, amp=device.type == "cuda",
+                                    recall_k_list=[1])
+
+    def ours():
+        for _ in features.ImageBatches(backbone, ds.image_paths, batch_size=batch, workers=workers, progress=False):
+            pass
+        for _ in features.text_batches(backbone, ds.captions, batch_size=batch * per_image, progress=False):
+            pass
+
+    best = {"clip_benchmark": float("inf"), "simbench": float("inf")}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, fn in (("clip_benchmark", theirs), ("simbench", ours)):
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                best[name] = min(best[name], time.perf_counter() - start)
+    n = len(ds.image_paths)
+    return {"images": n, "captions": len(ds.captions), "batch": batch, "workers": workers,
+            "clip_benchmark_seconds": best["clip_benchmark"], "simbench_seconds": best["simbench"],
+            "clip_benchmark_images_per_s": n / best["clip_benchmark"], "simbench_images_per_s": n / best["simbench"],
+            "ours_vs_clip_benchmark": best["clip_benchmark"] / best["simbench"]}
+
+
+def main(argv=None) -> int:
+    from bench import atomic, provenance
+    from bench.backbone import Backbone, BackboneSpec
+
+    p = argparse.ArgumentParser(prog="python -m bench.perf_extraction", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="ViT-B-32")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2, help="alternating runs per side; each keeps its best")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    device = provenance.resolve_device(args.device)
+    backbone = Backbone(BackboneSpec.parse(args.backbone), args.layers, device, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "flickr30k"
+        make_flickr(folder, args.images)
+        row = measure(backbone, folder, args.batch, args.workers, args.rounds)
+    record = {"created_utc": provenance.utc_now(), **provenance.code_version(), "backbone": args.backbone,
+              "layers": args.layers, "device": provenance.device_description(device),
+              "libraries": provenance.library_versions(), **row}
+    print(f"{row['images']} images + {row['captions']} captions, batch {row['batch']}, {device.type}: "
+          f"clip_benchmark {row['clip_benchmark_images_per_s']:.1f} images/s, simbench "
+          f"{row['simbench_images_per_s']:.1f} images/s; ours_vs_clip_benchmark = {row['ours_vs_clip_benchmark']:.3f}")
+    if args.json:
+        atomic.write_json(args.json, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
