@@ -93,3 +93,33 @@ def test_objectnet_labels_follow_its_folder_map_not_imagefolder_indices():
 
     assert classification_data._samples(FakeObjectNet()) == [("/x/images/alarm_clock/1.png", 1),
                                                              ("/x/images/air_freshener/2.png", 0)]
+
+
+def test_skip_corrupt_drops_the_sample_and_keeps_labels_aligned(data, tmp_path, capsys):
+    """A corrupt image fails the run; --skip-corrupt gives exactly the scores of the dataset without it."""
+    import shutil
+
+    from clip_benchmark.datasets.builder import all_imagenet_wordnet_ids
+
+    root, cfg, small = data
+    bad_root, clean_root = tmp_path / "bad", tmp_path / "clean"
+    for target in (bad_root, clean_root):
+        shutil.copytree(root / "imagenet_sketch", target / "imagenet_sketch")
+        shutil.copytree(root / "mscoco_captions", target / "mscoco_captions")
+    victim = f"imagenet_sketch/{all_imagenet_wordnet_ids[100]}/1.png"  # class 100 keeps its other image
+    (bad_root / victim).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (clean_root / victim).unlink()
+
+    def run(data_root, out, *extra):
+        return main(["--suite", "classification", "--backbone", str(cfg), "--data-root", str(data_root), "--config",
+                     str(small), "--out", str(out), "--no-progress", "--device", "cpu", "--heads", "clip_frozen", *extra])
+
+    assert run(bad_root, tmp_path / "a") == 2
+    assert str(bad_root / victim) in capsys.readouterr().err
+    assert run(bad_root, tmp_path / "b", "--skip-corrupt") == 0
+    assert run(clean_root, tmp_path / "c") == 0
+    skipped = results.read(results.run_path(tmp_path / "b", "classification", "clip_frozen"))
+    clean = results.read(results.run_path(tmp_path / "c", "classification", "clip_frozen"))
+    assert skipped["metrics"] == clean["metrics"]
+    assert skipped["suite"]["test_set"]["datasets"]["imagenet_sketch"]["images"] == 1009
+    assert list(skipped["suite"]["test_set"]["corrupt_images_skipped"]["imagenet_sketch/test"]["files"]) == [str(bad_root / victim)]

@@ -293,3 +293,24 @@ def test_suite_all_runs_what_has_data_and_skips_the_rest(small_run, tmp_path, ca
     assert results.read(results.run_path(tmp_path / "o", "synthetic", "cosine"))["status"] == "ok"
     assert list(empty.iterdir()) == []
     assert run("--suite", "all", "--check", "x.json", "--out", tmp_path / "o") == 2
+
+
+def test_nothing_to_compute_touches_no_data(small_run, capsys, monkeypatch):
+    """When every cell is reused the suite's data is not built (for real suites: no backbone, no cache
+    read), and the reference rows of the earlier run come along for the leaderboard and the check."""
+    from suites.synthetic import SyntheticSuite
+
+    tmp, cfg = small_run
+    out = tmp / "nothing"
+    shutil.copytree(tmp / "a", out)
+    oracle = results.read(results.run_path(out, "synthetic", "oracle"))
+    monkeypatch.setattr(SyntheticSuite, "build", lambda self, seed: pytest.fail("data was built"))
+    assert run("--config", cfg, "--out", out, "--heads", "cosine,kme_rbf") == 0
+    printed = capsys.readouterr().out
+    assert "nothing to compute" in printed and "| oracle" in printed
+    assert results.read(results.run_path(out, "synthetic", "oracle")) == oracle
+    # A missing reference row means the data must be built again to make it.
+    results.run_path(out, "synthetic", "oracle").unlink()
+    monkeypatch.undo()
+    assert run("--config", cfg, "--out", out, "--heads", "cosine") == 0
+    assert "nothing to compute" not in capsys.readouterr().out and results.run_path(out, "synthetic", "oracle").exists()
