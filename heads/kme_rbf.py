@@ -10,6 +10,7 @@ PyTorch path is the reference it is tested against, and the path every gradient 
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -17,6 +18,8 @@ import torch
 from heads import kme_rbf_fused
 from heads.base import SimilarityHead, register_head
 from heads.pointsets import Bandwidth, PointSetEncoder, PointSetRep, chunked_score
+
+log = logging.getLogger(__name__)
 
 # exp(-1e4) is exactly 0 in every float format, and unlike -inf it is safe inside a GEMM.
 _NO_WEIGHT = -1e4
@@ -99,7 +102,14 @@ class KmeRbfHead(SimilarityHead):
 
     def score(self, image_rep: PointSetRep, text_rep: PointSetRep) -> torch.Tensor:
         if self._fused(image_rep, text_rep):
-            return kme_rbf_fused.log_inner(image_rep, text_rep, self.sigma.pow(-2))
+            try:
+                return kme_rbf_fused.log_inner(image_rep, text_rep, self.sigma.pow(-2))
+            except Exception as exc:  # noqa: BLE001 (auto must never cost a run: fall back, loudly)
+                if self.kernel != "auto" or "out of memory" in str(exc):
+                    raise
+                log.warning("kme_rbf: the fused Triton kernel failed (%s: %s); scoring with the PyTorch path "
+                            "instead. Set heads.kme_rbf.kernel: torch to silence this.", type(exc).__name__, exc)
+                self._fused_failed = True
         return kme_log_inner(image_rep, text_rep, self.sigma.pow(-2), self.memory_budget_mb)
 
     def _fused(self, image_rep: PointSetRep, text_rep: PointSetRep) -> bool:
@@ -111,7 +121,7 @@ class KmeRbfHead(SimilarityHead):
         device = image_rep.points.device
         fits = kme_rbf_fused.supports(image_rep.points.shape[1], text_rep.points.shape[1])
         if self.kernel == "auto":
-            return not needs_grad and device.type == "cuda" and fits and kme_rbf_fused.available(device)
+            return not needs_grad and not getattr(self, "_fused_failed", False) and device.type == "cuda" and fits and kme_rbf_fused.available(device)
         if needs_grad or not fits or not kme_rbf_fused.available(device):
             why = ("it has no backward pass; score under torch.no_grad()" if needs_grad else
                    f"sets are limited to {kme_rbf_fused.MAX_POINTS} points" if not fits else

@@ -87,3 +87,22 @@ def test_kernel_option_is_checked_and_auto_keeps_cpu_on_the_reference(monkeypatc
         with pytest.raises(ValueError, match="needs a CUDA device"), torch.no_grad():
             get_head("kme_rbf")(8, 8, kernel="triton").score(head.encode_image(torch.randn(3, 2, 8)),
                                                              head.encode_text(torch.randn(4, 2, 8)))
+
+
+def test_auto_falls_back_to_the_reference_when_the_kernel_fails(monkeypatch, caplog):
+    """A GPU where Triton cannot compile the kernel still gets exact scores under kernel=auto."""
+    from heads import kme_rbf_fused
+
+    def broken(*a):
+        raise RuntimeError("triton compilation failed")
+
+    head = get_head("kme_rbf")(8, 8).eval()
+    monkeypatch.setattr(type(head), "_fused", lambda self, a, b: self.kernel == "auto" and not getattr(self, "_fused_failed", False))
+    monkeypatch.setattr(kme_rbf_fused, "log_inner", broken)
+    x, y = torch.randn(3, 2, 8), torch.randn(4, 2, 8)
+    with torch.no_grad():
+        img, txt = head.encode_image(x), head.encode_text(y)
+        s = head.score(img, txt)
+        assert torch.allclose(s, get_head("kme_rbf")(8, 8, kernel="torch").score(img, txt))
+        head.score(img, txt)
+    assert sum("fused Triton kernel failed" in r.message for r in caplog.records) == 1  # said once, not per call
