@@ -117,3 +117,52 @@ def test_torchrun_shards_feature_extraction_and_publishes_one_cache(tmp_path):
     again = [torch.load(tmp_path / f"again-rank{r}.pt") for r in range(2)]
     assert all(a["cached"] and a["seen"] == r["seen"] for a, r in zip(again, ranks))  # no forward pass the second time
     assert torch.equal(again[0]["images"], ranks[0]["images"])
+
+
+def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
+    """The real-data suite under 2 gloo processes: extraction sharded, features equal to one
+    process's, one set of cache entries, result files written once."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from test_backbone import TINY
+    from test_retrieval_data import make_flickr
+    from test_retrieval_suite import make_coco_train, noisy_images
+
+    root = tmp_path / "data"
+    make_coco_train(root)
+    make_flickr(root, n_images=5, per=2)
+    noisy_images(root / "flickr30k", [p.name for p in (root / "flickr30k").glob("*.jpg")], 2)
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yaml").write_text(
+            "train: {steps: 4, batch_size: 8, warmup_steps: 1}\n"
+            f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 4, datasets: [flickr30k], "
+            f"cache_dir: '{tmp_path / name / 'cache'}'}}}}\n")
+    args = ["--suite", "retrieval", "--backbone", str(root / "tiny.json"), "--data-root", str(root),
+            "--heads", "cosine", "--device", "cpu", "--no-progress"]
+    assert main([*args, "--config", str(tmp_path / "one.yaml"), "--out", str(tmp_path / "one" / "out")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "run_bench.py"),
+           *args, "--config", str(tmp_path / "two.yaml"), "--out", str(tmp_path / "two" / "out")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("# simbench leaderboard") == 1
+
+    def entries(name):
+        out = {}
+        for manifest in (tmp_path / name / "cache").glob("*/manifest.json"):
+            fields = json.loads(manifest.read_text())["fields"]
+            out[(fields["dataset"], fields["split"], fields["side"])] = torch.cat(
+                [load_file(str(p))["points"] for p in sorted(manifest.parent.glob("shard-*.safetensors"))])
+        return out
+
+    one, two = entries("one"), entries("two")
+    assert set(one) == set(two) and len(two) == 4  # train and test, images and texts
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
+    assert not list((tmp_path / "two" / "cache").glob(".*"))
+    rec = results.read(results.run_path(tmp_path / "two" / "out", "retrieval", "cosine"))
+    assert rec["status"] == "ok" and rec["suite"]["test_set"]["datasets"]["flickr30k"]["images"] == 5

@@ -106,3 +106,24 @@ def test_auto_falls_back_to_the_reference_when_the_kernel_fails(monkeypatch, cap
         assert torch.allclose(s, get_head("kme_rbf")(8, 8, kernel="torch").score(img, txt))
         head.score(img, txt)
     assert sum("fused Triton kernel failed" in r.message for r in caplog.records) == 1  # said once, not per call
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
+def test_fused_kernel_on_gpu_matches_float64_brute_force():
+    from heads import kme_rbf_fused
+    from heads.kme_rbf import kme_log_inner
+    from heads.pointsets import PointSetRep
+
+    g = torch.Generator().manual_seed(0)
+    for n_img, n_txt, m, n, d in [(300, 500, 8, 8, 512), (77, 1000, 5, 3, 96)]:
+        pts = [torch.nn.functional.normalize(torch.randn(k, p, d, generator=g), dim=-1) for k, p in ((n_img, m), (n_txt, n))]
+        lws = [torch.log_softmax(torch.randn(k, p, generator=g), dim=-1) for k, p in ((n_img, m), (n_txt, n))]
+        lws[0][::3, -1] = float("-inf")
+        inv = torch.tensor(20.0)
+        a, b = (PointSetRep(p.cuda(), w.cuda()) for p, w in zip(pts, lws))
+        fused = kme_rbf_fused.log_inner(a, b, inv.cuda()).cpu().double()
+        ref = kme_log_inner(a, b, inv.cuda()).cpu().double()
+        sq = 2 - 2 * torch.einsum("imd,jnd->imjn", pts[0].double(), pts[1].double())
+        brute = torch.logsumexp(lws[0].double()[:, :, None, None] + lws[1].double()[None, None] - sq / 2 * 20.0, dim=(1, 3))
+        assert (fused - brute).abs().max() < 1e-3 and (ref - brute).abs().max() < 1e-3
+        assert (fused - ref).abs().max() < 1e-3
