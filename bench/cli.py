@@ -195,12 +195,18 @@ def _run(args, config, distributed, leaderboard, provenance, regression, runner,
 
     from bench.backbone import BackboneError
     from bench.retrieval_data import DataError
+    from suites.backbone_suite import CorruptImages
 
     failed, summary = [], None
     for name in suite_names:
         try:
             summary = runner.run_suite(name, head_names, cfg, Path(args.out), device,
                                        force=args.force, progress=not args.no_progress)
+        except CorruptImages as exc:  # the list of files is the message: never shortened
+            if not everything:
+                raise UsageError(str(exc)) from None
+            print(f"[{name}] skipped: {exc}", file=sys.stderr)
+            continue
         except DataError as exc:
             if not everything:
                 raise UsageError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None

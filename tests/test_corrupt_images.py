@@ -60,6 +60,7 @@ def test_corrupt_test_image_fails_by_default_then_skip_corrupt_leaves_it_out(dat
     assert run_retrieval(root, cfg, small, tmp_path / "a", heads="clip_frozen") == 2
     err = capsys.readouterr().err
     assert "flickr30k/test: 1 of 8 images could not be decoded" in err and str(bad) in err and "--skip-corrupt" in err
+    assert "--check-data" not in err  # it would not see them: the hint would mislead
     assert not (tmp_path / "a" / "runs").exists()  # nothing written for a run that did not happen
 
     shards = list((root / "cache").rglob("shard-*.safetensors"))
