@@ -101,9 +101,7 @@ def log_inner(image_rep: PointSetRep, text_rep: PointSetRep, inv_sigma2: torch.T
         n_txt, n = V.shape[:2]
         MP, NP = max(_pow2(m), 1), max(_pow2(n), 1)
         U, V = _pad(U, MP, (-1e4, 1.0)), _pad(V, NP, (1.0, -1e4))
-        BA, BB = max(1, 64 // MP), max(1, 64 // NP)  # 64 x 64 point tiles (tl.dot wants >= 16 a side)
-        if BA * MP < 16 or BB * NP < 16:
-            BA, BB = max(BA, 16 // MP), max(BB, 16 // NP)
+        BA, BB = 64 // MP, 64 // NP  # 64 x 64 point tiles (MP, NP <= 64 are powers of two; tl.dot wants >= 16)
         out = torch.empty(n_img, n_txt, dtype=torch.float32, device=U.device)
         grid = (triton.cdiv(n_img, BA), triton.cdiv(n_txt, BB))
         _kernel[grid](U, V, out, n_img, n_txt, k, MP=MP, NP=NP, BA=BA, BB=BB, BK=32)
