@@ -22,30 +22,35 @@ import torch
 from PIL import Image
 
 
+def random_image(path: Path, g: torch.Generator) -> None:
+    arr = (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(arr).resize((224, 224)).save(path, quality=90)
+
+
+def make_flickr(folder: Path, n_images: int, per: int = 5, g: torch.Generator | None = None) -> None:
+    """A Flickr30k-layout test set of random images, ``per`` distinct captions each."""
+    g = g or torch.Generator().manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["image,caption"]
+    for i in range(n_images):
+        random_image(folder / f"{i}.jpg", g)
+        lines += [f"{i}.jpg,a flickr picture {i} caption {j}" for j in range(per)]
+    (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+
+
 def make_data(root: Path, n_images: int, per: int = 5, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
-
-    def image(path: Path):
-        arr = (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(arr).resize((224, 224)).save(path, quality=90)
-
     for split, folder in (("train", "train2014"), ("test", "val2014")):
         d = root / "mscoco_captions" / folder
         d.mkdir(parents=True)
         images, anns = [], []
         for i in range(n_images):
             name = f"COCO_{folder}_{i:012d}.jpg"
-            image(d / name)
+            random_image(d / name, g)
             images.append({"id": i, "file_name": name})
             anns += [{"image_id": i, "id": i * per + j, "caption": f"a photo number {i} seen the {j} way"} for j in range(per)]
         (root / "mscoco_captions" / f"coco_{split}_karpathy.json").write_text(json.dumps({"images": images, "annotations": anns}))
-    d = root / "flickr30k"
-    d.mkdir()
-    lines = ["image,caption"]
-    for i in range(max(10, n_images // 5)):
-        image(d / f"{i}.jpg")
-        lines += [f"{i}.jpg,a flickr picture {i} caption {j}" for j in range(per)]
-    (d / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+    make_flickr(root / "flickr30k", max(10, n_images // 5), per, g)
 
 
 def main(argv=None) -> int:

@@ -93,10 +93,9 @@ class FeatureCache:
         return points, False
 
     def _build(self, fields: dict, produce) -> torch.Tensor:
-        batches = produce()
-        chunks = [b.detach().float().cpu() for b in batches]
+        chunks = [b.detach().float().cpu() for b in produce()]
         points = torch.cat(chunks) if chunks else torch.empty(0)
-        self.store(fields, points, getattr(batches, "manifest_extra", None))
+        self.store(fields, points)
         return points
 
     def store(self, fields: dict, points: torch.Tensor, extra: dict | None = None) -> None:

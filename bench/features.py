@@ -13,6 +13,7 @@ every rank ends with the whole tensor; rank 0 alone publishes the cache entry.
 from __future__ import annotations
 
 import hashlib
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from tqdm.auto import tqdm
 from bench import distributed, image_source
 from bench.backbone import Backbone
 from bench.feature_cache import FeatureCache
+
+log = logging.getLogger(__name__)
 
 # What PIL raises on a corrupt, truncated or hostile file (UnidentifiedImageError is an OSError).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -81,10 +84,6 @@ class ImageBatches:
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.corrupt: dict[int, str] = {}
 
-    @property
-    def manifest_extra(self) -> dict:
-        return {"corrupt": {str(i): why for i, why in sorted(self.corrupt.items())}}
-
     def __iter__(self):
         bb = self.backbone
         loader = DataLoader(ImageFiles(self.paths[self.start:self.stop], bb.preprocess), batch_size=self.batch_size,
@@ -115,34 +114,27 @@ def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, p
 
 
 def _cached_or_extracted(cache: FeatureCache, fields: dict, n: int, produce) -> Extracted:
-    """``produce(start, stop)`` returns batches for items [start, stop), optionally with ``corrupt``."""
-    world = distributed.world_size()
-    if world == 1:
-        batches = None
+    """``produce(start, stop)`` returns batches for items [start, stop), optionally with ``corrupt``.
 
-        def whole():
-            nonlocal batches
-            batches = produce(0, n)
-            return batches
-
-        points, cached = cache.get_or_build(fields, whole)
-        corrupt = cache.manifest(fields).get("extra", {}).get("corrupt", {}) if cached else getattr(batches, "corrupt", {})
-        return Extracted(points, cached, {int(i): why for i, why in corrupt.items()})
-    # Every rank must take the same branch, or the gathers below would hang.
-    if distributed.all_true(cache.problem(fields) is None):
-        corrupt = cache.manifest(fields).get("extra", {}).get("corrupt", {})
-        return Extracted(cache.load(fields), True, {int(i): why for i, why in corrupt.items()})
+    One process is the case of one rank: its share is everything and it publishes the entry.
+    """
+    why = cache.problem(fields)
+    # Under torchrun every rank must take the same branch, or the gathers below would hang.
+    if distributed.all_true(why is None):
+        recorded = cache.manifest(fields).get("extra", {}).get("corrupt", {})
+        return Extracted(cache.load(fields), True, {int(i): reason for i, reason in recorded.items()})
+    if why not in (None, "not cached"):
+        log.warning("feature cache %s is stale (%s); rebuilding it.", cache.path(fields), why)
+    world, rank = distributed.world_size(), distributed.rank()
     share = -(-n // world)
-    start, stop = min(n, distributed.rank() * share), min(n, (distributed.rank() + 1) * share)
-    batches = produce(start, stop)
+    batches = produce(min(n, rank * share), min(n, (rank + 1) * share))
     chunks = [b.detach().float().cpu() for b in batches]
-    local = torch.cat(chunks) if chunks else None
-    points = distributed.gather_rows(local)
+    points = distributed.gather_rows(torch.cat(chunks) if chunks else None)
     corrupt = {}
     for part in distributed.gather_objects(getattr(batches, "corrupt", {})):
         corrupt.update(part)
     if distributed.is_main():
-        cache.store(fields, points, {"corrupt": {str(i): why for i, why in sorted(corrupt.items())}})
+        cache.store(fields, points, {"corrupt": {str(i): reason for i, reason in sorted(corrupt.items())}})
     distributed.barrier()
     return Extracted(points, False, corrupt)
 

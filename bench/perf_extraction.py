@@ -18,18 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-
-def make_flickr(folder: Path, n_images: int, per: int = 5, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["image,caption"]
-    for i in range(n_images):
-        arr = (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(arr).resize((256, 256)).save(folder / f"{i}.jpg", quality=90)
-        lines += [f"{i}.jpg,a picture number {i} described the {j} way" for j in range(per)]
-    (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+from bench.e2e_check import make_flickr
 
 
 def _sync(device):

@@ -12,8 +12,12 @@ from pathlib import Path
 from bench import SCHEMA_VERSION, atomic
 
 
+def suite_dir(out_dir: Path, suite: str) -> Path:
+    return Path(out_dir) / "runs" / suite
+
+
 def run_path(out_dir: Path, suite: str, head: str) -> Path:
-    return Path(out_dir) / "runs" / suite / f"{head}.json"
+    return suite_dir(out_dir, suite) / f"{head}.json"
 
 
 def weights_path(out_dir: Path, suite: str, head: str) -> Path:

@@ -95,9 +95,8 @@ def _reusable(out_dir: Path, suite: str, cell: Cell) -> dict | None:
 
 def _reusable_references(out_dir: Path, suite: str, protocol_hash: str) -> list[dict] | None:
     """The reference rows of an earlier run of this exact protocol, or None if there may be others to make."""
-    folder = results.run_path(out_dir, suite, "x").parent
     refs = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in sorted(results.suite_dir(out_dir, suite).glob("*.json")):
         try:
             record = results.read(path)
         except results.ResultFileError:
