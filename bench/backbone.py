@@ -40,12 +40,50 @@ class BackboneSpec:
         return self.model + (f":{self.pretrained}" if self.pretrained else "")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+_SHA_MEMO: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a weights or config file (memoised per path, size and mtime within a process)."""
+    path = Path(path)
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_MEMO[memo] = h.hexdigest()[:16]
+    return _SHA_MEMO[memo]
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def weights_identity(spec: BackboneSpec, seed: int) -> dict:
+    """What identifies the backbone's numbers, without building it: the model config's and the
+    checkpoint's content hashes (not their paths), the pretrained tag, or the seed of random weights."""
+    import open_clip
+
+    config_sha = None
+    if spec.model.endswith(".json"):
+        path = Path(spec.model)
+        if not path.is_file():
+            raise BackboneError(f"--backbone: model config {spec.model!r} does not exist; pass an existing open_clip "
+                                "model-config JSON, or an open_clip model name (see open_clip.list_models()).")
+        config_sha = file_sha256(path)
+    pretrained = spec.pretrained
+    if pretrained and Path(pretrained).is_file():
+        weights = f"checkpoint:{file_sha256(Path(pretrained))}"
+    elif pretrained and ("/" in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES)):
+        raise BackboneError(f"--backbone: checkpoint {pretrained!r} does not exist (or is not a file). Pass the path "
+                            "of a weights file, or an open_clip pretrained tag such as 'openai'.")
+    elif pretrained:
+        weights = f"tag:{pretrained}"
+    else:
+        weights = f"random:seed{seed}"
+    return {"model": Path(spec.model).stem if config_sha else spec.model, "model_config_sha256": config_sha,
+            "weights": weights, "open_clip": open_clip.__version__}
 
 
 class Backbone:
@@ -55,39 +93,31 @@ class Backbone:
         if layers < 1:
             raise BackboneError(f"layers must be >= 1, got {layers}.")
         self.spec, self.layers, self.device = spec, int(layers), torch.device(device)
-        name = spec.model
-        config_hash = None
-        if name.endswith(".json"):
-            path = Path(name)
-            if not path.is_file():
-                raise BackboneError(f"model config {name!r} does not exist.")
-            open_clip.add_model_config(path)
-            config_hash = _file_sha256(path)
-            name = path.stem
+        weights = weights_identity(spec, seed)
+        name = weights["model"]
+        if spec.model.endswith(".json"):
+            _add_model_config(Path(spec.model))
         if name not in open_clip.list_models():
             from bench.registry import suggest
 
             raise BackboneError(f"unknown open_clip model {name!r}.{suggest(name, open_clip.list_models())}")
         pretrained = spec.pretrained
-        weights_id = None
-        if pretrained and Path(pretrained).is_file():
-            weights_id = f"checkpoint:{_file_sha256(Path(pretrained))}"
-        elif pretrained:
-            weights_id = f"tag:{pretrained}"
-        else:
+        if not pretrained:
             torch.manual_seed(seed)
-            weights_id = f"random:seed{seed}"
             log.warning("backbone %s has NO pretrained weights: randomly initialised from seed %d. "
                         "Scores measure nothing about a real CLIP model.", name, seed)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+        self.model, _, self.preprocess = _create(name, pretrained)
         self.model.to(self.device).eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "visual"):
             raise BackboneError(f"open_clip model {name!r} has no forward_intermediates; point sets need a CLIP-style model.")
         self.embed_dim = int(self.model.text_projection.shape[-1] if not isinstance(self.model.text_projection, torch.nn.Linear)
                              else self.model.text_projection.out_features)
-        self.identity = {"model": name, "model_config_sha256": config_hash, "weights": weights_id,
-                         "open_clip": open_clip.__version__, "layers": self.layers,
+        blocks = _blocks(self.model)
+        if self.layers > blocks:
+            raise BackboneError(f"layers={self.layers} asks for the pooled token at the last {self.layers} blocks, but "
+                                f"{name} has {blocks} (the fewer of its two towers); set the suite's layers to 1..{blocks}.")
+        self.identity = {**weights, "layers": self.layers,
                          "preprocess": repr(self.preprocess)}
 
     @property
@@ -126,3 +156,49 @@ class Backbone:
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts)
+
+
+def _add_model_config(path: Path) -> None:
+    import json as _json
+
+    import open_clip
+
+    try:
+        cfg = _json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, _json.JSONDecodeError) as exc:
+        raise BackboneError(f"--backbone: model config {str(path)!r} is not valid JSON ({exc}); fix the file "
+                            "(open_clip's model configs are the template).") from None
+    if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+        raise BackboneError(f"--backbone: model config {str(path)!r} needs the keys embed_dim, vision_cfg and text_cfg "
+                            "(open_clip's model configs are the template).")
+    open_clip.add_model_config(path)
+
+
+def _create(name: str, pretrained: str | None):
+    """open_clip's constructor, its failures turned into messages that say which file or tag and what to do."""
+    import open_clip
+
+    try:
+        return open_clip.create_model_and_transforms(name, pretrained=pretrained)
+    except Exception as exc:  # noqa: BLE001 (open_clip raises anything from RuntimeError to UnpicklingError)
+        what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        if pretrained and Path(pretrained).is_file():
+            raise BackboneError(
+                f"--backbone: checkpoint {pretrained!r} could not be loaded into {name} ({what}). The file is truncated, "
+                f"not a checkpoint, or made for another model config; pass the matching NAME:CHECKPOINT.") from None
+        if pretrained:
+            raise BackboneError(
+                f"--backbone: pretrained weights {pretrained!r} for {name} are not available here ({what}). Nothing can "
+                f"be downloaded offline: download the checkpoint elsewhere and pass {name}:/path/to/checkpoint, or run "
+                f"with network access once so open_clip caches it.") from None
+        raise BackboneError(f"--backbone: open_clip could not build {name} ({what}).") from None
+
+
+def _blocks(model) -> int:
+    """Transformer blocks in the shorter of the two towers (the point readout needs the last L of both)."""
+    counts = []
+    for tower in (getattr(getattr(model, "visual", None), "transformer", None), getattr(model, "transformer", None)):
+        blocks = getattr(tower, "resblocks", None)
+        if blocks is not None:
+            counts.append(len(blocks))
+    return min(counts) if counts else 10**9

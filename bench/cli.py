@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_OUT = "outputs"  # a user's runs; results/ is the committed reference, rewritten only on purpose
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,7 +23,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--head-module", action="append", default=[], metavar="FILE_OR_MODULE",
                    help="import this .py file or dotted module first, so the heads it registers can run (repeatable)")
     p.add_argument("--config", default=None, help="YAML file with seed / train / heads / suites sections")
-    p.add_argument("--out", default="results", help="output folder (default: results/)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"output folder (default: {DEFAULT_OUT}/, git-ignored; results/ holds the published reference)")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--check", default=None, metavar="BASELINE", help="compare with this baseline; exit 1 on a regression")
@@ -136,18 +138,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from bench import config, distributed, leaderboard, provenance, regression, runner
-    import heads
-    import suites
+    from bench import distributed
 
     try:
-        return _run(args, config, distributed, leaderboard, provenance, regression, runner, heads, suites)
+        return _run(args)
     finally:
         distributed.shutdown()
 
 
-def _apply_suite_flags(args, cfg: dict, suite_names: list[str], suites) -> None:
+def _apply_suite_flags(args, cfg: dict, suite_names: list[str]) -> None:
     """--backbone, --data-root and --skip-corrupt set the parameter of every suite that has it."""
+    import suites
+
     for flag, key, value in (("--backbone", "backbone", args.backbone), ("--data-root", "data_root", args.data_root),
                              ("--skip-corrupt", "skip_corrupt", True if args.skip_corrupt else None)):
         if value is None:
@@ -159,8 +161,64 @@ def _apply_suite_flags(args, cfg: dict, suite_names: list[str], suites) -> None:
             cfg["suites"].setdefault(name, {})[key] = str(data_root(value)) if key == "data_root" else value
 
 
-def _run(args, config, distributed, leaderboard, provenance, regression, runner, heads, suites) -> int:
+MAX_SEED = 2**63 - 2  # torch.Generator takes up to 2^64 - 1; the synthetic world adds 1 to its seed
 
+
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder this process can write: checked before any work (and without creating it,
+    so a run refused later for bad data leaves nothing behind)."""
+    import os
+
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == out and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder; pass a folder (it is created if missing).")
+    if not existing.is_dir():
+        raise UsageError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file; pass another folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {str(out)!r} is not writable ({str(existing)!r} is read-only for this user); "
+                         "pass a folder you can write to.")
+
+
+def _plan_run(args):
+    """Everything a user can get wrong, checked before any work: names, config, options, device, paths."""
+    from bench import config, distributed, provenance, regression, runner
+    import heads
+    import suites
+
+    try:
+        everything = args.suite == "all"
+        suite_names = suites.list_suites() if everything else [args.suite]
+        if not everything:
+            suites.get_suite(args.suite)
+        elif args.check or args.update_baseline is not None:
+            raise UsageError("--check and --update-baseline compare one suite; name it with --suite.")
+        if args.check and args.update_baseline is not None:
+            raise UsageError("--check judges a run against a baseline and --update-baseline rewrites one; use one of them.")
+        if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+            raise UsageError(f"--seed {args.seed} is out of range; use an integer from 0 to {MAX_SEED}.")
+        user = config.load_yaml(args.config)
+        if args.seed is not None:
+            user["seed"] = args.seed
+        cfg = config.resolve(user)
+        _apply_suite_flags(args, cfg, suite_names)
+        head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
+        if not head_names:
+            raise UsageError("--heads is empty; name at least one head (see --list-heads).")
+        if len(set(head_names)) != len(head_names):
+            raise UsageError(f"--heads {args.heads!r} names a head twice; list each once.")
+        device = distributed.init(args.device) or provenance.resolve_device(args.device)
+        for name in suite_names:
+            runner.plan(name, head_names, cfg, device)  # every name and option checked before any work
+        baseline = regression.load(args.check) if args.check else None
+        check_out_dir(Path(args.out))
+    except (KeyError, ValueError) as exc:
+        raise UsageError(exc.args[0] if exc.args else str(exc)) from None
+    return everything, suite_names, cfg, head_names, device, baseline
+
+
+def _run(args) -> int:
     for spec in args.head_module:
         import_head_module(spec)
     if args.check_data:
@@ -171,74 +229,96 @@ def _run(args, config, distributed, leaderboard, provenance, regression, runner,
         if args.list_suites:
             print(_listing("suites"))
         return EXIT_OK
+    from bench import distributed
+
+    everything, suite_names, cfg, head_names, device, baseline = _plan_run(args)
+    out = Path(args.out)
+    summaries, written = [], False
     try:
-        everything = args.suite == "all"
-        suite_names = suites.list_suites() if everything else [args.suite]
-        if not everything:
-            suites.get_suite(args.suite)
-        elif args.check or args.update_baseline is not None:
-            raise UsageError("--check and --update-baseline compare one suite; name it with --suite.")
-        user = config.load_yaml(args.config)
-        if args.seed is not None:
-            user["seed"] = args.seed
-        cfg = config.resolve(user)
-        _apply_suite_flags(args, cfg, suite_names, suites)
-        head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
-        if not head_names:
-            raise UsageError("--heads is empty; name at least one head (see --list-heads).")
         for name in suite_names:
-            runner.plan(name, head_names, cfg)  # every name and option checked before any work
-        device = distributed.init(args.device) or provenance.resolve_device(args.device)
-        baseline = regression.load(args.check) if args.check else None
-    except (KeyError, ValueError) as exc:
-        raise UsageError(exc.args[0] if exc.args else str(exc)) from None
-
-    from bench.backbone import BackboneError
-    from bench.retrieval_data import DataError
-    from suites.backbone_suite import CorruptImages
-
-    failed, summary = [], None
-    for name in suite_names:
-        try:
-            summary = runner.run_suite(name, head_names, cfg, Path(args.out), device,
-                                       force=args.force, progress=not args.no_progress)
-        except CorruptImages as exc:  # the list of files is the message: never shortened
-            if not everything:
-                raise UsageError(str(exc)) from None
-            print(f"[{name}] skipped: {exc}", file=sys.stderr)
-            continue
-        except DataError as exc:
-            if not everything:
-                raise UsageError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None
-            print(f"[{name}] skipped: its data is not ready ({str(exc).splitlines()[0]})", file=sys.stderr)
-            continue
-        except BackboneError as exc:
-            raise UsageError(str(exc)) from None
-        failed += summary.failed
+            written = True
+            summary = _run_one(args, name, head_names, cfg, out, device, everything)
+            if summary is not None:
+                summaries.append(summary)
+    finally:
+        # Whatever happened, the leaderboard is rebuilt from what runs/ now holds, so the two never disagree.
+        if written and distributed.is_main():
+            board = _leaderboard(out)
     if not distributed.is_main():  # rank 0 reports, rewrites baselines and checks regressions
-        return EXIT_FAILED if failed else EXIT_OK
+        return EXIT_FAILED if any(s.failed for s in summaries) else EXIT_OK
     print()
-    print(leaderboard.build(Path(args.out), warn=lambda m: print(m, file=sys.stderr)))
+    print(board)
+    failed = [h for s in summaries for h in s.failed]
     status = EXIT_FAILED if failed else EXIT_OK
     if failed:
         print(f"\n{len(failed)} head(s) failed: {', '.join(failed)} (see the result files).", file=sys.stderr)
-
     if args.update_baseline is not None:
-        target = args.update_baseline or args.check or f"{args.out}/baselines/{args.suite}.json"
-        previous = regression.load(target) if Path(target).is_file() else None
-        try:
-            regression.write(Path(target), regression.make(summary.records, previous))
-        except regression.BaselineError as exc:
-            raise UsageError(str(exc)) from None
-        print(f"\nbaseline rewritten: {target}")
+        _update_baseline(args, summaries[0])
     elif baseline is not None:
-        try:
-            found = regression.compare(summary.records, baseline)
-        except regression.BaselineError as exc:
-            raise UsageError(str(exc)) from None
-        if found:
-            print(f"\nREGRESSION: {len(found)} metric(s) worse than {args.check} by more than their tolerance:\n")
-            print(regression.report(found))
-            return EXIT_FAILED
-        print(f"\nregression check passed against {args.check}: no metric dropped beyond its tolerance.")
+        return _check(args, summaries[0], baseline) or status
     return status
+
+
+def _leaderboard(out: Path) -> str:
+    from bench import leaderboard
+
+    return leaderboard.build(out, warn=lambda m: print(m, file=sys.stderr))
+
+
+def _run_one(args, name, head_names, cfg, out, device, everything):
+    """One suite; data problems skip it under --suite all and are a usage error otherwise."""
+    from bench import runner
+    from bench.backbone import BackboneError
+    from bench.config import ConfigError
+    from bench.retrieval_data import DataError
+    from suites.backbone_suite import CorruptImages
+
+    try:
+        # A regression check recomputes every cell it judges: a reused cell cannot fail it.
+        return runner.run_suite(name, head_names, cfg, out, device, force=args.force or bool(args.check),
+                                progress=not args.no_progress)
+    except CorruptImages as exc:  # the list of files is the message: never shortened
+        if not everything:
+            raise UsageError(str(exc)) from None
+        print(f"[{name}] skipped: {exc}", file=sys.stderr)
+    except DataError as exc:
+        if not everything:
+            raise UsageError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None
+        print(f"[{name}] skipped: its data is not ready ({str(exc).splitlines()[0]})", file=sys.stderr)
+    except (BackboneError, ConfigError) as exc:
+        raise UsageError(str(exc)) from None
+    return None
+
+
+def _update_baseline(args, summary) -> None:
+    from bench import regression
+
+    target = Path(args.update_baseline or f"{args.out}/baselines/{args.suite}.json")
+    try:
+        previous = regression.load(target, for_update=True) if target.exists() else None
+        baseline, kept = regression.make(summary.records, previous)
+        regression.write(target, baseline)
+    except regression.BaselineError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"\nbaseline rewritten: {target}")
+    if kept:
+        print(f"kept from the previous baseline (not in this run): {', '.join(kept)}")
+
+
+def _check(args, summary, baseline) -> int:
+    from bench import regression
+
+    try:
+        found, unjudged = regression.compare(summary.records, baseline)
+    except regression.BaselineError as exc:
+        raise UsageError(str(exc)) from None
+    if unjudged:
+        print(f"\nnot in {args.check} (no baseline to judge them by): {', '.join(unjudged)}")
+    judged = sorted({r["head"]["name"] for r in summary.records} - set(unjudged))
+    if found:
+        print(f"\nREGRESSION: {len(found)} metric(s) worse than {args.check} by more than their tolerance:\n")
+        print(regression.report(found))
+        return EXIT_FAILED
+    print(f"\nregression check passed against {args.check}: no metric of {', '.join(judged)} (all recomputed) "
+          "dropped beyond its tolerance.")
+    return EXIT_OK

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ def _check_type(value, default, where: str):
             raise ConfigError(f"{where} must be true or false, got {value!r}.")
         return value
     if isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        if isinstance(value, float):
+            _finite(value, where)
         if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where} must be an integer, got {value!r}.")
         return type(default)(value)
@@ -80,12 +83,75 @@ def merge_checked(defaults: dict, given: dict, where: str) -> dict:
 
 
 def head_options(cls, given: dict, where: str) -> dict:
-    """Validate options against the head constructor's keyword arguments (and their defaults)."""
+    """Every constructor option of a head, defaults included, with the given ones checked.
+
+    All options, not only those set, go into the cell's config: a changed default then changes the
+    config hash, and the result file shows what actually ran.
+    """
+    empty = inspect.Parameter.empty
     params = {
         name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
         if name not in ("self", "image_dim", "text_dim") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
-    return {k: v for k, v in merge_checked(params, given or {}, where).items() if k in (given or {})}
+    given = given or {}
+    _check_keys(given, params, where)
+    missing = [n for n, d in params.items() if d is empty and n not in given]
+    if missing:
+        raise ConfigError(f"{where}: the head needs a value for {', '.join(missing)} (its constructor has no default).")
+    hints = _hints(cls.__init__)
+    resolved = {}
+    for key, default in params.items():
+        if key not in given:
+            resolved[key] = copy.deepcopy(default)
+            continue
+        value = _check_hint(given[key], hints.get(key), f"{where}.{key}")
+        resolved[key] = value if default is empty else _check_type(value, default, f"{where}.{key}")
+    return resolved
+
+
+def _hints(fn) -> dict:
+    import typing
+
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 (unresolvable annotations in a user's head: fall back to the defaults' types)
+        return {}
+
+
+def _check_hint(value, hint, where: str):
+    """Check a value against a simple annotation (int, float, str, bool, X | None); others pass."""
+    import types
+    import typing
+
+    if hint is None:
+        return value
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{where} must not be null.")
+    simple = [a for a in args if a in (int, float, str, bool)]
+    if not simple or len(simple) != len([a for a in args if a is not type(None)]):
+        return value
+    if isinstance(value, bool):
+        if bool in simple:
+            return value
+    elif isinstance(value, int) and (int in simple or float in simple):
+        return value
+    elif isinstance(value, float) and float in simple:
+        return _finite(value, where)
+    elif isinstance(value, float) and int in simple and value.is_integer():
+        return int(value)
+    elif isinstance(value, str) and str in simple:
+        return value
+    names = " or ".join(a.__name__ for a in simple) + (" or null" if type(None) in args else "")
+    raise ConfigError(f"{where} must be {'an' if names[0] in 'aeiou' else 'a'} {names}, got {value!r}.")
+
+
+def _finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}; write a number such as 0.001.")
+    return value
 
 
 def load_yaml(path: str | Path | None) -> dict:

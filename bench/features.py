@@ -57,12 +57,15 @@ class ImageFiles(Dataset):
 
 
 def fingerprint_files(paths: list[str | Path], extra: str = "") -> str:
-    """Cheap identity of a file list: names and sizes (plus mtimes for plain files), in order."""
+    """Cheap identity of a file list: names, sizes and modification times (of the shard, for a tar member),
+    in order. A file replaced in place gets a new mtime, so its features and results are recomputed."""
     h = hashlib.sha256(extra.encode())
+    mtimes: dict[Path, int] = {}
     for p in paths:
-        shard, member = image_source.split(p)
-        mtime = "" if member is not None else f"|{shard.stat().st_mtime_ns}"
-        h.update(f"{image_source.identity(p)}{mtime}\n".encode())
+        shard, _ = image_source.split(p)
+        if shard not in mtimes:
+            mtimes[shard] = shard.stat().st_mtime_ns
+        h.update(f"{image_source.identity(p)}|{mtimes[shard]}\n".encode())
     return h.hexdigest()[:16]
 
 

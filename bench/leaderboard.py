@@ -57,6 +57,29 @@ def frame(rs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _commit(r: dict) -> str:
+    return (r.get("git_commit") or "unknown")[:10] + (" (dirty)" if r.get("git_dirty") else "")
+
+
+def provenance_line(rs: list[dict]) -> str:
+    """Which commits and dates the rows come from, stated for the rows, not for the newest one."""
+    commits = sorted({_commit(r) for r in rs})
+    dates = sorted(r["created_utc"][:10] for r in rs)
+    span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    if len(commits) == 1:
+        return f"Every row from commit `{commits[0]}`, computed {span}."
+    return (f"Rows come from {len(commits)} commits ({', '.join(f'`{c}`' for c in commits)}), computed {span}: "
+            "see the commit and date columns.")
+
+
+def protocol_line(r: dict) -> str:
+    """The protocol's resolved settings beside its hash, so nobody has to decode a hash."""
+    resolved = r["config"]["resolved"]
+    train = ", ".join(f"{k} {v}" for k, v in resolved.get("train", {}).items())
+    suite = ", ".join(f"{k} {v}" for k, v in resolved.get("suite_params", {}).items())
+    return f"Protocol `{r['config']['protocol_hash']}`: seed {resolved.get('seed')}; train: {train}; suite: {suite}."
+
+
 def markdown_table(rs: list[dict]) -> str:
     df = frame(rs)
     directions = dict(_directions(rs[0]))
@@ -76,19 +99,22 @@ def markdown_table(rs: list[dict]) -> str:
                 text = f"{value:.4f}"
                 cells.append(f"**{text}**" if is_head and best is not None and value == best else text)
         shown[f"{m} {'↑' if up else '↓'}"] = cells
+    if len({_commit(r) for r in rs}) > 1:
+        ordered = _order(rs)
+        shown["commit"] = [_commit(r) for r in ordered]
+        shown["date"] = [r["created_utc"][:10] for r in ordered]
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
-def build_markdown(chosen: dict[str, list[dict]], notes: list[str]) -> str:
+def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str = "results") -> str:
     parts = ["# simbench leaderboard", "",
-             "Built from `results/runs/` by `run_bench.py`; do not edit by hand. Bold: best head per column "
+             f"Built from `{source}/runs/` by `run_bench.py`; do not edit by hand. Bold: best head per column "
              "(reference rows such as `oracle` are ceilings, not contestants). ↑ higher is better, ↓ lower.", ""]
     for suite, rs in chosen.items():
         first = rs[0]
         parts += [f"## {suite} (suite v{first['suite']['version']}, schema v{first['schema_version']})", "",
-                  f"Main metric: `{first['suite']['main_metric']}`. Protocol `{first['config']['protocol_hash']}`, "
-                  f"seed {first['seed']}, commit `{(first.get('git_commit') or 'unknown')[:10]}`"
-                  f"{' (dirty)' if first.get('git_dirty') else ''}.", "", markdown_table(rs), ""]
+                  f"Main metric: `{first['suite']['main_metric']}`. {provenance_line(rs)}", "",
+                  protocol_line(first), "", markdown_table(rs), ""]
         failed = [r for r in rs if r["status"] != "ok"]
         for r in failed:
             parts.append(f"- `{r['head']['name']}` failed: {r['error']}")
@@ -145,8 +171,10 @@ def build(out_dir: Path, warn=print) -> str:
     chosen, notes = select(results.load_all(out_dir, warn=warn))
     chosen = {s: rs for s, rs in chosen.items() if rs}
     if not chosen:
+        for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png"):  # never leave a board of runs now gone
+            (out_dir / name).unlink(missing_ok=True)
         return "No result files yet: run `python run_bench.py` first."
-    md = build_markdown(chosen, notes)
+    md = build_markdown(chosen, notes, source=out_dir.as_posix())
     atomic.write_text(out_dir / "leaderboard.md", md)
     atomic.write_text(out_dir / "leaderboard.csv", build_csv(chosen))
     build_plot(chosen, out_dir / "leaderboard.png")

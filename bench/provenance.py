@@ -48,6 +48,16 @@ def library_versions() -> dict:
     return libs
 
 
+# The libraries whose version can change a reported number; part of every result cell's key.
+NUMERIC_LIBRARIES = ("open_clip_torch", "numpy", "clip-benchmark", "pillow")
+
+
+@lru_cache(maxsize=1)
+def numeric_library_versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            **{dist: _version(dist) for dist in NUMERIC_LIBRARIES}}
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
@@ -72,8 +82,13 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {name!r} is not a device torch knows ({exc}); use 'cpu', 'cuda' or 'cuda:N'.") from None
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device {name!r} is not a device torch knows ({exc}); use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: simbench trains and scores on cpu or cuda only; use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name!r} asked for CUDA, but torch sees no GPU here; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: torch sees {torch.cuda.device_count()} GPU(s) here (cuda:0.."
+                         f"cuda:{torch.cuda.device_count() - 1}).")
     return device

@@ -39,45 +39,77 @@ class Regression:
         return self.current - self.baseline
 
 
-def load(path: Path) -> dict:
+def load(path: Path, for_update: bool = False) -> dict:
+    """A baseline, validated. ``for_update``: an older schema is accepted, since the merge in ``make``
+    keeps nothing from a baseline made under another protocol."""
     path = Path(path)
+    if path.is_dir():
+        raise BaselineError(f"baseline {str(path)!r} is a folder; pass the baseline's JSON file "
+                            "(e.g. results/baselines/synthetic.json).")
     if not path.is_file():
         raise BaselineError(f"baseline {str(path)!r} does not exist; create it with --update-baseline.")
     try:
-        base = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        base = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BaselineError(f"baseline {str(path)!r} is not valid JSON ({exc}); regenerate it with --update-baseline.") from None
+    if not isinstance(base, dict):
+        raise BaselineError(f"baseline {str(path)!r} holds {type(base).__name__}, not a baseline; regenerate it with "
+                            "--update-baseline.")
     for key in ("schema_version", "suite", "suite_version", "protocol_hash", "scores", "metric_directions"):
         if key not in base:
             raise BaselineError(f"baseline {str(path)!r} lacks {key!r}; regenerate it with --update-baseline.")
+    if not isinstance(base["scores"], dict) or not all(isinstance(v, dict) for v in base["scores"].values()):
+        raise BaselineError(f"baseline {str(path)!r}: 'scores' must map each head to its metrics; regenerate it with "
+                            "--update-baseline.")
+    if base["schema_version"] != SCHEMA_VERSION and not for_update:
+        raise BaselineError(f"baseline {str(path)!r} has schema version {base['schema_version']} (this simbench writes "
+                            f"{SCHEMA_VERSION}); regenerate it with --update-baseline.")
     return base
 
 
-def make(records: list[dict], previous: dict | None = None) -> dict:
+def make(records: list[dict], previous: dict | None = None) -> tuple[dict, list[str]]:
+    """A baseline from this run's records, merged into ``previous``: a head not in this run keeps its
+    entry (returned as ``kept``), but only when both were made under the same protocol."""
     ok = [r for r in records if r["status"] == "ok"]
     if not ok or len(ok) != len(records):
         failed = [r["head"]["name"] for r in records if r["status"] != "ok"]
         raise BaselineError(f"refusing to write a baseline from a run with failed heads: {', '.join(failed) or 'no results'}.")
     first = ok[0]
+    scores = {r["head"]["name"]: r["metrics"] for r in ok}
+    kept = sorted(set(previous["scores"]) - set(scores)) if previous else []
+    if kept and (previous["protocol_hash"] != first["config"]["protocol_hash"]
+                 or previous["suite_version"] != first["suite"]["version"] or previous["suite"] != first["suite"]["name"]):
+        raise BaselineError(
+            f"the baseline holds {', '.join(kept)}, which this run did not compute, under another protocol "
+            f"({previous['protocol_hash']} vs this run's {first['config']['protocol_hash']}); keeping them would mix "
+            f"protocols and dropping them would lose them. Rerun with every head it holds "
+            f"(--heads {','.join(sorted(set(previous['scores']) | set(scores)))}), or write to a new baseline file.")
+    for head in kept:
+        scores[head] = previous["scores"][head]
     tolerances = dict(previous.get("tolerances", {})) if previous else dict(METRIC_TOLERANCES)
-    return {
+    baseline = {
         "schema_version": SCHEMA_VERSION,
         "suite": first["suite"]["name"],
         "suite_version": first["suite"]["version"],
         "protocol_hash": first["config"]["protocol_hash"],
-        "generated_by": {"git_commit": first.get("git_commit"), "created_utc": first["created_utc"]},
+        "protocol": {k: v for k, v in first["config"]["resolved"].items() if k != "head_options"},
+        "generated_by": {"git_commit": first.get("git_commit"), "created_utc": first["created_utc"],
+                         "kept_from_previous": kept},
         "default_tolerance": previous.get("default_tolerance", DEFAULT_TOLERANCE) if previous else DEFAULT_TOLERANCE,
         "tolerances": tolerances,
         "metric_directions": dict(first["suite"]["metric_directions"]),
-        "scores": {r["head"]["name"]: r["metrics"] for r in sorted(ok, key=lambda r: r["head"]["name"])},
+        "scores": {head: scores[head] for head in sorted(scores)},
     }
+    return baseline, kept
 
 
 def write(path: Path, baseline: dict) -> None:
     atomic.write_json(path, baseline)
 
 
-def compare(records: list[dict], baseline: dict) -> list[Regression]:
+def compare(records: list[dict], baseline: dict) -> tuple[list[Regression], list[str]]:
+    """Regressions of the heads this run computed (a head left out of the run is not judged), and the
+    heads of the run that the baseline does not hold."""
     current = {r["head"]["name"]: r for r in records}
     if records and records[0]["suite"]["name"] != baseline["suite"]:
         raise BaselineError(f"baseline is for suite {baseline['suite']!r}, the run is {records[0]['suite']['name']!r}.")
@@ -91,17 +123,21 @@ def compare(records: list[dict], baseline: dict) -> list[Regression]:
     found = []
     for head, base_metrics in baseline["scores"].items():
         rec = current.get(head)
+        if rec is None:
+            continue
         for metric, base_value in base_metrics.items():
+            if base_value is None:
+                continue
             tol = baseline["tolerances"].get(metric, baseline["default_tolerance"])
             direction = baseline["metric_directions"].get(metric, "higher")
-            value = None if rec is None or rec["status"] != "ok" else rec["metrics"].get(metric)
+            value = None if rec["status"] != "ok" else rec["metrics"].get(metric)
             if value is None:
                 found.append(Regression(head, metric, base_value, None, tol, direction))
                 continue
             drop = (base_value - value) if direction == "higher" else (value - base_value)
             if drop > tol:
                 found.append(Regression(head, metric, base_value, value, tol, direction))
-    return found
+    return found, sorted(set(current) - set(baseline["scores"]))
 
 
 def report(regressions: list[Regression]) -> str:

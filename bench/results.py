@@ -36,10 +36,13 @@ class ResultFileError(ValueError):
 
 def read(path: Path) -> dict:
     try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultFileError(f"result file {str(path)!r} cannot be read ({exc}); delete it and rerun that head.") from None
-    for key in ("schema_version", "suite", "head", "metrics", "status"):
+    if not isinstance(record, dict):
+        raise ResultFileError(f"result file {str(path)!r} holds {type(record).__name__}, not a result; delete it and "
+                              "rerun that head.")
+    for key in ("schema_version", "suite", "head", "metrics", "status", "config", "created_utc"):
         if key not in record:
             raise ResultFileError(f"result file {str(path)!r} lacks {key!r}; it was not written by simbench.")
     return record

@@ -6,7 +6,9 @@ score matrix) is recorded as failed and the others still run.
 """
 from __future__ import annotations
 
+import math
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,15 +17,18 @@ import torch
 import heads as head_registry
 import suites as suite_registry
 from bench import SCHEMA_VERSION, atomic, config, distributed, provenance, results
-from bench.scoring import ScoreError
+from bench.code_identity import code_identity
+from bench.scoring import HeadContractError, ScoreError
 from bench.train import TrainingDiverged, train_head
 
 
 @dataclass
 class Cell:
     head: str
-    options: dict
-    hash: str
+    options: dict      # every constructor option, defaults included
+    hash: str          # of the resolved config alone (what the user asked for)
+    key: str = ""      # of everything the number depends on; set once the data identity is known
+    identity: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -34,10 +39,11 @@ class RunSummary:
     failed: list = field(default_factory=list)
 
 
-def plan(suite_name: str, head_names: list[str], cfg: dict):
+def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device | None = None):
     """Resolve the suite, its parameters and every head's options; raises before any work."""
     suite_cls = suite_registry.get_suite(suite_name)
     params = config.merge_checked(suite_cls.default_params(), cfg["suites"].get(suite_name) or {}, f"suites.{suite_name}")
+    suite_cls.check_params(params, cfg["train"])
     for name in cfg["suites"]:
         suite_registry.get_suite(name)  # unknown suite names in the config fail too
     for name in cfg["heads"]:
@@ -50,16 +56,32 @@ def plan(suite_name: str, head_names: list[str], cfg: dict):
         cls = head_registry.get_head(name)
         options = config.head_options(cls, cfg["heads"].get(name) or {}, f"heads.{name}")
         try:  # values are checked by the constructor: build once on tiny dims, before any real work
-            cls(4, 4, **options)
+            tiny = cls(4, 4, **options)
+            if device is not None:
+                tiny.check_device(device)
         except (ValueError, TypeError) as exc:
             raise config.ConfigError(f"heads.{name}: {exc}") from None
+        except Exception:  # noqa: BLE001 (a head broken in another way fails alone, when it runs, and the others still run)
+            pass
         cell_cfg = {**protocol, "head": name, "head_version": cls.version, "head_options": options}
         cells.append(Cell(name, options, config.config_hash(cell_cfg)))
     return suite_cls, params, protocol, cells
 
 
-def _record(suite_cls, data, protocol, cell_hash, head_meta: dict, metrics: dict, status: str, error: str | None,
-            timings: dict, device, cfg: dict) -> dict:
+def cell_identity(suite_cls, head_cls, data_identity: dict, device: torch.device) -> dict:
+    """Everything besides the config that a number depends on: code, data, float-relevant libraries, device type."""
+    code = code_identity(suite_cls) if head_cls is None else code_identity(head_cls, suite_cls)
+    return {"code": code, "data": data_identity, "libraries": provenance.numeric_library_versions(),
+            "device_type": device.type}
+
+
+def cell_key(config_hash: str, identity: dict) -> str:
+    return config.config_hash({"config": config_hash, "code": identity["code"]["hash"], "data": identity["data"],
+                               "libraries": identity["libraries"], "device_type": identity["device_type"]})
+
+
+def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta: dict, metrics: dict, status: str,
+            error: str | None, timings: dict, device, cfg: dict) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         **provenance.code_version(),
@@ -71,7 +93,8 @@ def _record(suite_cls, data, protocol, cell_hash, head_meta: dict, metrics: dict
                   "headline_metrics": list(suite_cls.headline_metrics), "test_set": data.identity},
         "head": head_meta,
         "config": {"resolved": {**protocol, "head_options": head_meta.get("options", {})},
-                   "hash": cell_hash, "protocol_hash": config.config_hash(protocol)},
+                   "hash": cell.hash, "protocol_hash": protocol_hash, "key": cell.key},
+        "identity": cell.identity,
         "seed": cfg["seed"],
         "metrics": metrics,
         "timing": timings,
@@ -82,6 +105,7 @@ def _record(suite_cls, data, protocol, cell_hash, head_meta: dict, metrics: dict
 
 
 def _reusable(out_dir: Path, suite: str, cell: Cell) -> dict | None:
+    """The earlier record of this cell if its key (config, code, data, libraries, device type) matches."""
     path = results.run_path(out_dir, suite, cell.head)
     if not path.exists():
         return None
@@ -89,12 +113,12 @@ def _reusable(out_dir: Path, suite: str, cell: Cell) -> dict | None:
         record = results.read(path)
     except results.ResultFileError:
         return None
-    ok = record.get("status") == "ok" and record.get("config", {}).get("hash") == cell.hash
+    ok = record.get("status") == "ok" and record.get("config", {}).get("key") == cell.key
     return record if ok and record["schema_version"] == SCHEMA_VERSION else None
 
 
-def _reusable_references(out_dir: Path, suite: str, protocol_hash: str) -> list[dict] | None:
-    """The reference rows of an earlier run of this exact protocol, or None if there may be others to make."""
+def _reusable_references(out_dir: Path, suite: str, reference_key: str) -> list[dict] | None:
+    """The reference rows of an earlier run with this exact key, or None if there may be others to make."""
     refs = []
     for path in sorted(results.suite_dir(out_dir, suite).glob("*.json")):
         try:
@@ -102,24 +126,75 @@ def _reusable_references(out_dir: Path, suite: str, protocol_hash: str) -> list[
         except results.ResultFileError:
             return None
         if record.get("head", {}).get("kind") == "reference":
-            if record.get("config", {}).get("protocol_hash") != protocol_hash or record["schema_version"] != SCHEMA_VERSION:
+            if record.get("config", {}).get("key") != reference_key or record["schema_version"] != SCHEMA_VERSION:
                 return None
             refs.append(record)
     return refs
 
 
+def _identify(suite, suite_cls, protocol: dict, cells: list[Cell], cfg: dict, device) -> tuple[str, dict]:
+    """Key every cell by config, code, data, libraries and device type; returns (protocol hash, reference cells)."""
+    data_identity = suite.data_identity(cfg["seed"])  # validates the data: cheap, no backbone or features
+    for cell in cells:
+        cell.identity = cell_identity(suite_cls, head_registry.get_head(cell.head), data_identity, device)
+        cell.key = cell_key(cell.hash, cell.identity)
+    ref_identity = cell_identity(suite_cls, None, data_identity, device)
+    references = {}
+    for name in suite_cls.reference_names:
+        ref = Cell(name, {}, config.config_hash({**protocol, "reference": name}), identity=ref_identity)
+        ref.key = cell_key(ref.hash, ref_identity)
+        references[name] = ref
+    return config.config_hash({**protocol, "data": data_identity}), references
+
+
+def _reusable_references(out_dir: Path, suite: str, references: dict[str, Cell]) -> list[dict] | None:
+    """The reference rows of an earlier run with these exact keys, or None if any must be made again."""
+    found = []
+    for name, ref in references.items():
+        record = _reusable(out_dir, suite, ref)
+        if record is None or record.get("head", {}).get("kind") != "reference":
+            return None
+        found.append(record)
+    return found
+
+
+def _describe_failure(exc: BaseException) -> str:
+    """One line: the exception and where it was raised (the head's own file, usually)."""
+    if isinstance(exc, (TrainingDiverged, ScoreError, HeadContractError)):
+        return str(exc)
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _finite_metrics(metrics: dict) -> tuple[dict, list[str]]:
+    """Metrics with undefined values (NaN, inf: e.g. a correlation of constant scores) as None, and their names."""
+    out, undefined = {}, []
+    for name, value in metrics.items():
+        value = float(value)
+        if math.isfinite(value):
+            out[name] = value
+        else:
+            out[name] = None
+            undefined.append(name)
+    return out, undefined
+
+
 def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, device: torch.device,
               force: bool = False, progress: bool = True, log=print) -> RunSummary:
+    """Cells are written as they finish (a rerun resumes); reference rows only after every cell, so a
+    crash never leaves references of a new protocol beside results of the old one."""
     out_dir = Path(out_dir)
     is_main = distributed.is_main()
     if not is_main:
         log = lambda *a, **k: None  # noqa: E731 (one voice under torchrun)
-    suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg)
+    suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg, device)
+    suite = suite_cls(params)
+    suite.device = device
+    protocol_hash, references = _identify(suite, suite_cls, protocol, cells, cfg, device)
     if is_main and out_dir.exists():
         for stale in atomic.sweep_stale(out_dir):
             log(f"removed {stale} (left by an interrupted write)")
-    suite = suite_cls(params)
-    suite.device = device
     summary = RunSummary(suite_name)
 
     todo = []
@@ -128,69 +203,93 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
         if previous is None:
             todo.append(cell)
             continue
-        log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head)} (same config hash {cell.hash}); --force recomputes")
+        log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head)} (same key {cell.key}: "
+            "config, code, data, libraries and device type); --force recomputes")
         summary.records.append(previous)
         summary.reused.append(cell.head)
 
     distributed.barrier()  # every rank has decided what to reuse before rank 0 writes anything
     if not todo:
-        references = _reusable_references(out_dir, suite_name, config.config_hash(protocol))
-        makes_references = suite_cls.references is not suite_registry.Suite.references
-        if references is not None and (references or not makes_references):  # nothing to compute: no data, backbone or cache is touched
+        reused_refs = None if force else _reusable_references(out_dir, suite_name, references)
+        if reused_refs is not None:  # nothing to compute: no data, backbone or cache is touched
             log(f"[{suite_name}] every cell reused; nothing to compute")
-            summary.records.extend(references)
+            summary.records.extend(reused_refs)
             return summary
     t0 = time.perf_counter()
     data = suite.build(cfg["seed"])
     build_seconds = time.perf_counter() - t0
     log(f"[{suite_name}] data ready in {build_seconds:.1f}s: {len(data.train)} training pairs, device {device}")
+    if any(head_registry.get_head(c.head).trainable for c in todo) and cfg["train"]["steps"] > 0 \
+            and len(data.train) < cfg["train"]["batch_size"]:
+        raise config.ConfigError(
+            f"train.batch_size={cfg['train']['batch_size']} is larger than the {len(data.train)} training pairs of suite "
+            f"{suite_name!r}; lower train.batch_size (at most {len(data.train)}) or use more training data.")
 
+    reference_records = []
     for ref_name, ref_metrics in suite.references(data).items():
-        ref_hash = config.config_hash({**protocol, "reference": ref_name})
         meta = {"name": ref_name, "version": suite_cls.version, "kind": "reference", "trainable": False,
                 "description": f"{suite_name} reference row", "options": {}}
-        record = _record(suite_cls, data, protocol, ref_hash, meta, ref_metrics, "ok", None,
+        ref_metrics, undefined = _finite_metrics(ref_metrics)
+        record = _record(suite_cls, data, protocol, references[ref_name], protocol_hash, meta, ref_metrics, "ok", None,
                          {"build_seconds": build_seconds}, device, cfg)
-        if is_main:
-            results.write(out_dir, record)
-        summary.records.append(record)
+        record["undefined_metrics"] = undefined
+        reference_records.append(record)
 
     for cell in todo:
-        cls = head_registry.get_head(cell.head)
-        meta = {"name": cell.head, "version": cls.version, "kind": "head", "trainable": cls.trainable,
-                "description": cls.description, "options": cell.options}
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        timings, metrics, error = {"build_seconds": build_seconds}, {}, None
-        try:
-            torch.manual_seed(cfg["seed"])  # same initialisation stream for every head
-            head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
-            stats = train_head(head, data.train, cfg["train"], cfg["seed"], device, cell.head, progress)
-            timings.update(train_seconds=round(stats.seconds, 3), train_steps=stats.steps,
-                           train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
-                           final_train_loss=stats.final_loss)
-            if not is_main:  # rank 0 alone evaluates and writes; the others wait for the next cell
-                distributed.barrier()
-                continue
-            if head.trainable:
-                atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head), head.state_dict(),
-                                    {"head": cell.head, "version": cls.version, "config_hash": cell.hash})
-            t1 = time.perf_counter()
-            metrics = suite.evaluate(head, data, device)
-            timings["eval_seconds"] = round(time.perf_counter() - t1, 3)
-        except (TrainingDiverged, ScoreError) as exc:
-            error = str(exc)
-            log(f"[{suite_name}] {cell.head}: FAILED: {error}")
-        record = _record(suite_cls, data, protocol, cell.hash, meta, metrics, "failed" if error else "ok", error,
-                         timings, device, cfg)
-        path = results.write(out_dir, record) if is_main else None
+        record = _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell, cfg, device, build_seconds,
+                           out_dir, progress, log)
+        if record is None:  # not rank 0
+            continue
         summary.records.append(record)
-        distributed.barrier()
-        if error:
+        if record["status"] != "ok":
             summary.failed.append(cell.head)
-        else:
-            value = metrics.get(suite_cls.main_metric)
-            shown = "n/a (not measured in this run)" if value is None else f"{value:.4f}"
-            log(f"[{suite_name}] {cell.head}: {suite_cls.main_metric}={shown} "
-                f"(train {timings['train_seconds']:.1f}s, eval {timings['eval_seconds']:.1f}s) -> {path}")
+    if is_main:
+        for record in reference_records:
+            results.write(out_dir, record)
+    summary.records = reference_records + summary.records
     return summary
+
+
+def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, device, build_seconds, out_dir,
+              progress, log) -> dict | None:
+    """Train, save, evaluate and record one head; anything the head raises fails this head only."""
+    suite_name, is_main = suite_cls.name, distributed.is_main()
+    cls = head_registry.get_head(cell.head)
+    meta = {"name": cell.head, "version": cls.version, "kind": "head", "trainable": cls.trainable,
+            "description": cls.description, "options": cell.options}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timings, metrics, error, undefined = {"build_seconds": build_seconds}, {}, None, []
+    try:
+        torch.manual_seed(cfg["seed"])  # same initialisation stream for every head
+        head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
+        stats = train_head(head, data.train, cfg["train"], cfg["seed"], device, cell.head, progress)
+        timings.update(train_seconds=round(stats.seconds, 3), train_steps=stats.steps,
+                       train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
+                       final_train_loss=stats.final_loss)
+        if not is_main:  # rank 0 alone evaluates and writes; the others wait for the next cell
+            distributed.barrier()
+            return None
+        if head.trainable:
+            atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head), head.state_dict(),
+                                {"head": cell.head, "version": cls.version, "config_key": cell.key})
+        t1 = time.perf_counter()
+        metrics, undefined = _finite_metrics(suite.evaluate(head, data, device))
+        timings["eval_seconds"] = round(time.perf_counter() - t1, 3)
+    except Exception as exc:  # noqa: BLE001 (a head's code can raise anything; it fails that head, not the run)
+        error = _describe_failure(exc)
+        log(f"[{suite_name}] {cell.head}: FAILED: {error}")
+        metrics = {}
+    record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, metrics, "failed" if error else "ok", error,
+                     timings, device, cfg)
+    record["undefined_metrics"] = undefined
+    path = results.write(out_dir, record)
+    distributed.barrier()
+    if not error:
+        value = metrics.get(suite_cls.main_metric)
+        shown = "n/a (not measured in this run)" if value is None else f"{value:.4f}"
+        log(f"[{suite_name}] {cell.head}: {suite_cls.main_metric}={shown} "
+            f"(train {timings['train_seconds']:.1f}s, eval {timings['eval_seconds']:.1f}s) -> {path}")
+        if undefined:
+            log(f"[{suite_name}] {cell.head}: undefined (NaN/inf) metrics recorded as empty: {', '.join(undefined)}")
+    return record

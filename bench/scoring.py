@@ -13,6 +13,26 @@ def _cat(reps):
     return type(first)(**{f: torch.cat([getattr(r, f) for r in reps]) for f in fields})
 
 
+class HeadContractError(RuntimeError):
+    """A head returned something the contract does not allow (None from an encoder, say)."""
+
+
+def check_rep(head, side: str, rep, n: int):
+    if rep is None:
+        raise HeadContractError(f"head {head.name!r}: encode_{side}() returned None; it must return a tensor or a "
+                                "dataclass of tensors, one row per input set.")
+    if isinstance(rep, torch.Tensor):
+        rows = rep.shape[0] if rep.dim() else None
+    elif hasattr(rep, "__dataclass_fields__"):
+        rows = len(rep) if hasattr(rep, "__len__") else None
+    else:
+        raise HeadContractError(f"head {head.name!r}: encode_{side}() returned a {type(rep).__name__}; it must return "
+                                "a tensor or a dataclass of tensors, one row per input set.")
+    if rows is not None and rows != n:
+        raise HeadContractError(f"head {head.name!r}: encode_{side}() returned {rows} rows for {n} input sets.")
+    return rep
+
+
 @torch.no_grad()
 def encode(head, side: str, points: torch.Tensor, mask: torch.Tensor | None, device, batch: int = 4096):
     """Encode all sets in batches on ``device``; the representation stays on the device."""
@@ -21,7 +41,7 @@ def encode(head, side: str, points: torch.Tensor, mask: torch.Tensor | None, dev
     for start in range(0, points.shape[0], batch):
         p = points[start:start + batch].to(device, non_blocking=True)
         m = None if mask is None else mask[start:start + batch].to(device, non_blocking=True)
-        reps.append(fn(p, m))
+        reps.append(check_rep(head, side, fn(p, m), p.shape[0]))
     return _cat(reps)
 
 

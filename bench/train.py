@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import distributed
+from bench.scoring import check_rep
 from suites.base import PointSets
 
 
@@ -83,8 +84,8 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
         txt = data.texts[idx].to(device, non_blocking=True)
         im = None if data.image_mask is None else data.image_mask[rows].to(device)
         tm = None if data.text_mask is None else data.text_mask[idx].to(device)
-        image_rep = distributed.gather(head.encode_image(img, im))
-        text_rep = distributed.gather(head.encode_text(txt, tm))
+        image_rep = distributed.gather(check_rep(head, "image", head.encode_image(img, im), len(idx)))
+        text_rep = distributed.gather(check_rep(head, "text", head.encode_text(txt, tm), len(idx)))
         loss = symmetric_infonce(head.score(image_rep, text_rep))
         if not torch.isfinite(loss):
             raise TrainingDiverged(

@@ -83,6 +83,9 @@ class SimilarityHead(nn.Module):
         raise TypeError(f"{type(self).__name__}: cannot combine prompts of a {type(text_rep).__name__}; "
                         f"give it a mean_over_groups method or override combine_prompts.")
 
+    def check_device(self, device: torch.device) -> None:
+        """Raise ValueError if these options cannot run on ``device``; called before any work."""
+
     # -- helpers ------------------------------------------------------------------------
     def extra_repr(self) -> str:
         return f"name={self.name!r}, version={self.version}, options={self.options}"

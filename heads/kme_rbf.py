@@ -88,6 +88,11 @@ class KmeRbfHead(SimilarityHead):
         self.memory_budget_mb = float(memory_budget_mb)
         self.kernel = kernel
 
+    def check_device(self, device: torch.device) -> None:
+        if self.kernel == "triton" and not kme_rbf_fused.available(device):
+            raise ValueError(f"kernel: triton needs a CUDA device with Triton installed, and this run is on {device}; "
+                             "use kernel: auto (the fused kernel where it can run) or kernel: torch.")
+
     @property
     def sigma(self) -> torch.Tensor:
         return self.bandwidth()

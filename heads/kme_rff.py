@@ -75,6 +75,8 @@ class KmeRffHead(SimilarityHead):
             raise ValueError(f"kme_rff: num_features must be a positive integer, got {num_features!r}.")
         if sigma <= 0 or 1 / sigma**2 > max_inverse_sigma2:
             raise ValueError(f"kme_rff: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
+        if not memory_budget_mb > 0:
+            raise ValueError(f"kme_rff: memory_budget_mb must be positive, got {memory_budget_mb}.")
         if not fourier_floor > 0:
             raise ValueError(f"kme_rff: fourier_floor must be positive, got {fourier_floor}.")
         self.options = {"num_features": int(num_features), "features": features, "orthogonal": orthogonal,

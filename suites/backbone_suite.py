@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 from bench import distributed, features, retrieval_data
-from bench.backbone import Backbone, BackboneSpec
+from bench.backbone import Backbone, BackboneSpec, weights_identity
+from bench.config import ConfigError
+from bench.registry import suggest
 from bench.feature_cache import FeatureCache
 from suites.base import PointSets, Suite
 
@@ -34,10 +37,71 @@ def corrupt_message(name: str, split: str, n_images: int, files: dict[str, str],
 
 class BackboneSuite(Suite):
     non_protocol_params = ("data_root", "cache_dir", "batch_size", "text_batch_size", "workers")
+    known_datasets: tuple[str, ...] = ()
+
+    @classmethod
+    def check_params(cls, params: dict, train: dict) -> None:
+        p, where = params, f"suites.{cls.name}"
+        datasets = p["datasets"]
+        if not datasets or not all(isinstance(d, str) for d in datasets):
+            raise ConfigError(f"{where}.datasets = {datasets!r}: name at least one test set, from "
+                              f"{', '.join(cls.known_datasets)}.")
+        for d in datasets:
+            if d not in cls.known_datasets:
+                raise ConfigError(f"{where}.datasets: unknown dataset {d!r}.{suggest(d, cls.known_datasets)} "
+                                  f"Known: {', '.join(cls.known_datasets)}.")
+        if len(set(datasets)) != len(datasets):
+            raise ConfigError(f"{where}.datasets = {datasets!r} names a dataset twice; list each once.")
+        rules = [("layers", p["layers"] >= 1, "an integer >= 1 (points per input: the pooled token at the last L blocks)"),
+                 ("batch_size", p["batch_size"] >= 1, "an integer >= 1"),
+                 ("text_batch_size", p["text_batch_size"] >= 1, "an integer >= 1"),
+                 ("workers", p["workers"] >= 0, "an integer >= 0 (0 decodes images in the main process)"),
+                 ("backbone", bool(str(p["backbone"]).strip()), "NAME[:PRETRAINED], e.g. ViT-B-32:openai"),
+                 ("train_dataset", bool(str(p["train_dataset"]).strip()), "a dataset name, csv:PATH or wds:SHARDS")]
+        for key, ok, allowed in rules:
+            if not ok:
+                raise ConfigError(f"{where}.{key} = {p[key]!r} is out of range: it must be {allowed}.")
 
     def __init__(self, params: dict):
         super().__init__(params)
         self.corrupt: dict[str, dict] = {}  # "dataset/split" -> the images left out as undecodable
+        self._loaded = None
+
+    def load_test_set(self, root: Path, name: str):
+        raise NotImplementedError
+
+    def loaded(self) -> tuple[dict, retrieval_data.RetrievalSet]:
+        """Every test set, then the training set, read and validated once (no images decoded)."""
+        if self._loaded is None:
+            root = self.roots()[0]
+            tests = {d: self.load_test_set(root, d) for d in self.params["datasets"]}
+            self._loaded = tests, self.train_set()
+        return self._loaded
+
+    def data_identity(self, seed: int) -> dict:
+        """Backbone weights by content; every image list by names, sizes and modification times; the
+        captions, labels and prompts by content. Nothing is decoded, no model is built."""
+        self.check_cache_dir()
+        tests, train = self.loaded()
+        stamp = lambda ds: {"fingerprint": ds.fingerprint(), "files": features.fingerprint_files(ds.image_paths)}  # noqa: E731
+        return {"backbone": weights_identity(BackboneSpec.parse(self.params["backbone"]), seed),
+                "test": {name: stamp(ds) for name, ds in tests.items()}, "train": stamp(train)}
+
+    def check_cache_dir(self) -> None:
+        """The feature cache must be a writable folder, checked before any forward pass is spent."""
+        cache = self.roots()[1]
+        where = "suite option cache_dir" if self.params["cache_dir"] else (
+            "$SIMBENCH_CACHE" if os.environ.get("SIMBENCH_CACHE") else "the default cache folder")
+        if cache.exists() and not cache.is_dir():
+            raise ConfigError(f"feature cache {str(cache)!r} ({where}) is a file, not a folder; point {where} at a "
+                              "folder (it is created if missing).")
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=cache, prefix=".write-check."):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"feature cache {str(cache)!r} ({where}) is not writable ({exc.strerror or exc}); point "
+                              f"{where} at a folder you can write to.") from None
 
     def roots(self) -> tuple[Path, Path]:
         p = self.params

@@ -73,6 +73,7 @@ class Suite:
     # Parameters that change where or how fast, never what, is computed: left out of the protocol hash.
     non_protocol_params: tuple[str, ...] = ()
     device: torch.device = torch.device("cpu")  # set by the runner before build()
+    reference_names: tuple[str, ...] = ()  # the rows references() returns (ceilings, not contestants)
 
     @classmethod
     def default_params(cls) -> dict:
@@ -83,8 +84,18 @@ class Suite:
         module_dir = Path(importlib.import_module(cls.__module__).__file__).parent
         return yaml.safe_load((module_dir / cls.defaults_file).read_text()) or {}
 
+    @classmethod
+    def check_params(cls, params: dict, train: dict) -> None:
+        """Raise ``ConfigError`` for values the types allow but the suite cannot run (before any work)."""
+
     def __init__(self, params: dict):
         self.params = params
+
+    def data_identity(self, seed: int) -> dict:
+        """What identifies the data beyond the parameters (file fingerprints, weights' content), computed
+        without building anything: part of every cell's key, so changed data is never served stale results.
+        Generated data is identified by the parameters and the code, which the key holds already."""
+        return {}
 
     def build(self, seed: int) -> SuiteData:
         raise NotImplementedError

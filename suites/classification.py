@@ -35,11 +35,13 @@ class ClassificationSuite(BackboneSuite):
     metrics = {f"{d}/{m}": True for d in DATASETS for m in ("acc1", "acc5", "mean_per_class_recall")}
     headline_metrics = ("imagenet1k/acc1", "imagenetv2/acc1", "imagenet-r/acc1")
     defaults_file = "classification.yaml"
+    known_datasets = DATASETS
+
+    def load_test_set(self, root, name: str) -> classification_data.ClassificationSet:
+        return classification_data.load(root, name)
 
     def build(self, seed: int) -> SuiteData:
-        root = self.roots()[0]
-        sets = {d: classification_data.load(root, d) for d in self.params["datasets"]}  # validate first
-        train = self.train_set()
+        sets, train = self.loaded()  # every dataset validated before any backbone work
         backbone, cache = self.backbone(seed), self.cache()
         pairs = self.train_pairs(train, backbone, cache)
         test = {}

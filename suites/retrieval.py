@@ -42,13 +42,13 @@ class RetrievalSuite(BackboneSuite):
     headline_metrics = ("mscoco_captions/text_retrieval_recall@1", "mscoco_captions/image_retrieval_recall@1",
                         "flickr30k/text_retrieval_recall@1")
     defaults_file = "retrieval.yaml"
+    known_datasets = DATASETS
+
+    def load_test_set(self, root, name: str) -> retrieval_data.RetrievalSet:
+        return retrieval_data.load(root, name, self.params["test_split"])
 
     def build(self, seed: int) -> SuiteData:
-        p = self.params
-        root = self.roots()[0]
-        # Validate every dataset before any backbone work: a missing one fails in seconds.
-        tests = {d: retrieval_data.load(root, d, p["test_split"]) for d in p["datasets"]}
-        train = self.train_set()
+        tests, train = self.loaded()  # every dataset validated before any backbone work
         backbone, cache = self.backbone(seed), self.cache()
         pairs = self.train_pairs(train, backbone, cache)
         test = {}

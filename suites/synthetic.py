@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench import metrics
+from bench.config import ConfigError
 from bench.scoring import encode, score_matrix
 from suites.base import PointSets, Suite, SuiteData, register_suite
 from suites.synthetic_world import World
@@ -47,6 +48,31 @@ class SyntheticSuite(Suite):
     }
     headline_metrics = ("pmi_pearson", "pmi_spearman", "zeroshot_vs_bayes")
     defaults_file = "synthetic.yaml"
+    reference_names = ("oracle",)
+
+    @classmethod
+    def check_params(cls, params: dict, train: dict) -> None:
+        p = params
+        rules = [
+            ("topics", p["topics"] >= 2, "an integer >= 2 (zero-shot needs two classes)"),
+            ("concepts", p["concepts"] >= 1, "an integer >= 1"),
+            ("dim", p["dim"] >= 1, "an integer >= 1"),
+            ("points", p["points"] >= 1, "an integer >= 1"),
+            ("noise", p["noise"] > 0, "a number > 0"),
+            ("centre_scale", p["centre_scale"] > 0, "a number > 0"),
+            ("prior_concentration", p["prior_concentration"] > 0, "a number > 0"),
+            ("topic_concentration", p["topic_concentration"] > 0, "a number > 0"),
+            ("bend", 0 <= p["bend"] < 1, "a number in [0, 1) (the bend must stay invertible)"),
+            ("test_pairs", p["test_pairs"] >= 10, "an integer >= 10 (recall@10 needs ten candidates)"),
+            ("prompts_per_class", p["prompts_per_class"] >= 1, "an integer >= 1"),
+            ("world_seed", 0 <= p["world_seed"] < 2**63 - 1, "an integer in [0, 2^63 - 1)"),
+            ("train_pairs", p["train_pairs"] >= train["batch_size"],
+             f"an integer >= train.batch_size ({train['batch_size']}): a batch is drawn from the training pairs"),
+        ]
+        for key, ok, allowed in rules:
+            if not ok:
+                raise ConfigError(f"suites.synthetic.{key} = {p[key]!r} is out of range: it must be {allowed}. "
+                                  f"The default is in suites/synthetic.yaml.")
 
     def world(self) -> World:
         p = self.params

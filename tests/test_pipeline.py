@@ -58,7 +58,14 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
                 "timing", "memory", "device", "libraries"):
         assert key in record, key
     assert record["head"] == {"name": "kme_rbf", "version": 1, "kind": "head", "trainable": True,
-                              "description": heads.get_head("kme_rbf").description, "options": {}}
+                              "description": heads.get_head("kme_rbf").description,
+                              "options": {"sigma": 0.07 ** 0.5, "max_inverse_sigma2": 100.0, "learn_sigma": True,
+                                          "points_used": None, "memory_budget_mb": 256.0, "kernel": "auto"}}
+    assert record["config"]["resolved"]["head_options"] == record["head"]["options"]  # defaults included
+    identity = record["identity"]
+    assert {"heads/kme_rbf.py", "heads/pointsets.py", "suites/synthetic.py", "bench/train.py"} <= set(identity["code"]["files"])
+    assert "heads/cosine.py" not in identity["code"]["files"]  # another head's code is not this cell's
+    assert identity["libraries"]["torch"] == torch.__version__ and identity["device_type"] == "cpu"
     assert record["suite"]["name"] == "synthetic" and record["suite"]["test_set"]["test_pairs"] == 150
     assert record["config"]["resolved"]["train"]["steps"] == 20 and len(record["config"]["hash"]) == 16
     assert record["timing"]["train_seconds"] > 0 and record["memory"]["peak_rss_mb"] > 0
