@@ -67,11 +67,17 @@ def _from_wds(name: str, root: Path, shards: list[Path]) -> ClassificationSet:
         f = root / fname
         if not f.is_file():
             raise DataError(f"{name}: {f} is missing; clip_benchmark's webdataset export writes it beside test/.")
-        lists[fname] = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+        try:
+            lists[fname] = [line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{name}: {f} is not UTF-8 text ({exc}); re-save it as UTF-8.") from None
     paths, labels = [], []
     for path, texts in wds_samples(shards, ("cls",)):
         paths.append(path)
-        labels.append(int(texts["cls"]))
+        try:
+            labels.append(int(texts["cls"]))
+        except ValueError:
+            raise DataError(f"{name}: {path} has class label {texts['cls'][:40]!r}, not an integer.") from None
     return ClassificationSet(name, paths, labels, lists["classnames.txt"], lists["zeroshot_classification_templates.txt"])
 
 
@@ -84,7 +90,7 @@ def load(data_root: Path, name: str) -> ClassificationSet:
     root = Path(data_root) / name
     shards = clip_benchmark_shards(root, "test") if root.is_dir() else None
     if shards is not None:
-        return _from_wds(name, root, shards)
+        return validate(_from_wds(name, root, shards))
     if not root.is_dir() or not any(root.iterdir()):
         raise DataError(f"{name}: folder {root} is missing or empty. Expected layout:\n  {layout}\nGet it from: {source}")
     if name == "imagenetv2":
@@ -107,4 +113,18 @@ def load(data_root: Path, name: str) -> ClassificationSet:
     if bad:
         raise DataError(f"{name}: {len(bad)} of {len(paths)} images are missing or empty "
                         f"(e.g. {', '.join(map(str, bad[:5]))}); an interrupted download leaves these.")
-    return ClassificationSet(name, paths, [y for _, y in samples], list(ds.classes), list(ds.templates))
+    return validate(ClassificationSet(name, paths, [y for _, y in samples], list(ds.classes), list(ds.templates)))
+
+
+def validate(ds: ClassificationSet) -> ClassificationSet:
+    """Images, classes and templates present, every label a class index: what the metrics need."""
+    if not ds.image_paths:
+        raise DataError(f"{ds.name}: the test set has no images; point the data root at a complete copy.")
+    if not ds.classnames or not ds.templates:
+        raise DataError(f"{ds.name}: {len(ds.classnames)} class names and {len(ds.templates)} prompt templates; "
+                        "zero-shot classification needs both.")
+    bad = [(p, y) for p, y in zip(ds.image_paths, ds.labels) if not 0 <= y < len(ds.classnames)]
+    if bad:
+        raise DataError(f"{ds.name}: {len(bad)} images have a label outside 0..{len(ds.classnames) - 1} (e.g. "
+                        f"{bad[0][0]} labelled {bad[0][1]}); the class names and the labels do not match.")
+    return ds

@@ -161,13 +161,10 @@ def _apply_suite_flags(args, cfg: dict, suite_names: list[str]) -> None:
             cfg["suites"].setdefault(name, {})[key] = str(data_root(value)) if key == "data_root" else value
 
 
-MAX_SEED = 2**63 - 2  # torch.Generator takes up to 2^64 - 1; the synthetic world adds 1 to its seed
-
-
 def check_out_dir(out: Path) -> None:
     """--out must be a folder this process can write: checked before any work (and without creating it,
     so a run refused later for bad data leaves nothing behind)."""
-    import os
+    import tempfile
 
     existing = out
     while not existing.exists() and existing != existing.parent:
@@ -176,9 +173,12 @@ def check_out_dir(out: Path) -> None:
         raise UsageError(f"--out {str(out)!r} is a file, not a folder; pass a folder (it is created if missing).")
     if not existing.is_dir():
         raise UsageError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file; pass another folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {str(out)!r} is not writable ({str(existing)!r} is read-only for this user); "
-                         "pass a folder you can write to.")
+    try:  # a real write (then removed), since os.access says yes to root even on a read-only mount
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".simbench-write-check."):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {str(out)!r} is not writable ({str(existing)!r}: {exc.strerror or exc}); "
+                         "pass a folder you can write to.") from None
 
 
 def _plan_run(args):
@@ -196,8 +196,8 @@ def _plan_run(args):
             raise UsageError("--check and --update-baseline compare one suite; name it with --suite.")
         if args.check and args.update_baseline is not None:
             raise UsageError("--check judges a run against a baseline and --update-baseline rewrites one; use one of them.")
-        if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
-            raise UsageError(f"--seed {args.seed} is out of range; use an integer from 0 to {MAX_SEED}.")
+        if args.seed is not None and not 0 <= args.seed <= config.MAX_SEED:
+            raise UsageError(f"--seed {args.seed} is out of range; use an integer from 0 to {config.MAX_SEED}.")
         user = config.load_yaml(args.config)
         if args.seed is not None:
             user["seed"] = args.seed
@@ -233,19 +233,22 @@ def _run(args) -> int:
 
     everything, suite_names, cfg, head_names, device, baseline = _plan_run(args)
     out = Path(args.out)
-    summaries, written = [], False
+    summaries, before, board = [], _runs_state(out), None
     try:
         for name in suite_names:
-            written = True
             summary = _run_one(args, name, head_names, cfg, out, device, everything)
             if summary is not None:
                 summaries.append(summary)
     finally:
-        # Whatever happened, the leaderboard is rebuilt from what runs/ now holds, so the two never disagree.
-        if written and distributed.is_main():
+        # Whatever happened, a leaderboard is rebuilt from what runs/ now holds, so the two never disagree;
+        # a run refused before writing anything leaves every file as it was.
+        if distributed.is_main() and (summaries or _runs_state(out) != before):
             board = _leaderboard(out)
     if not distributed.is_main():  # rank 0 reports, rewrites baselines and checks regressions
         return EXIT_FAILED if any(s.failed for s in summaries) else EXIT_OK
+    if board is None:
+        print("no suite ran (see the messages above); nothing was written.", file=sys.stderr)
+        return EXIT_USAGE
     print()
     print(board)
     failed = [h for s in summaries for h in s.failed]
@@ -257,6 +260,10 @@ def _run(args) -> int:
     elif baseline is not None:
         return _check(args, summaries[0], baseline) or status
     return status
+
+
+def _runs_state(out: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for p in (out / "runs").glob("*/*.json")}
 
 
 def _leaderboard(out: Path) -> str:

@@ -32,6 +32,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,      # max global grad norm; 0 disables
 }
 
+MAX_SEED = 2**63 - 2  # torch generators take up to 2^64 - 1; the synthetic world adds 1 to its seed
+
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "train": TRAIN_DEFAULTS,
@@ -179,9 +181,16 @@ def resolve(user: dict) -> dict:
         value = user.get(section) or {}
         _check_keys(value, value, section)  # mapping check only; names are checked against registries
         cfg[section] = copy.deepcopy(value)
+    if not 0 <= cfg["seed"] <= MAX_SEED:
+        raise ConfigError(f"seed {cfg['seed']} is out of range; use an integer from 0 to {MAX_SEED}.")
     t = cfg["train"]
-    if t["steps"] < 0 or t["batch_size"] < 2 or t["lr"] <= 0 or t["warmup_steps"] < 0:
-        raise ConfigError(f"train needs steps >= 0, batch_size >= 2, lr > 0 and warmup_steps >= 0; got {t}.")
+    rules = [("steps", t["steps"] >= 0, ">= 0"), ("batch_size", t["batch_size"] >= 2, ">= 2 (InfoNCE needs negatives)"),
+             ("lr", t["lr"] > 0, "> 0"), ("weight_decay", t["weight_decay"] >= 0, ">= 0"),
+             ("warmup_steps", t["warmup_steps"] >= 0, ">= 0"), ("grad_clip", t["grad_clip"] >= 0, ">= 0 (0 disables clipping)")]
+    for key, ok, allowed in rules:
+        if not ok:
+            raise ConfigError(f"train.{key} = {t[key]!r} is out of range: train needs {key} {allowed}. "
+                              f"The default is {TRAIN_DEFAULTS[key]!r}.")
     return cfg
 
 

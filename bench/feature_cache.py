@@ -58,13 +58,18 @@ class FeatureCache:
         if not manifest_path.is_file():
             return "no manifest" if folder.exists() else "not cached"
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return "manifest is not valid JSON"
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list) \
+                or not isinstance(manifest.get("extra", {}), dict):
+            return "manifest is not a cache manifest"
         if manifest.get("schema") != CACHE_SCHEMA or manifest.get("fields") != json.loads(json.dumps(fields, default=str)):
             return "manifest was written for other settings"
         for shard in manifest.get("shards", []):
-            f = folder / shard["file"]
+            if not isinstance(shard, dict) or not {"file", "bytes", "sha256"} <= set(shard):
+                return "manifest lists a malformed shard"
+            f = folder / str(shard["file"])
             if not f.is_file():
                 return f"shard {shard['file']} is missing"
             if f.stat().st_size != shard["bytes"] or _sha256(f) != shard["sha256"]:

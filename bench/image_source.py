@@ -32,14 +32,35 @@ def _tar(shard: Path):
     return _open_tars[key]
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB, with high bit-depth greyscale scaled rather than clipped.
+
+    PIL's ``convert("RGB")`` clips 16-bit and 32-bit greyscale (modes I;16, I, F) at 255, so a
+    16-bit PNG comes out almost all white; here the full range maps onto 0..255 instead.
+    """
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        elif img.mode == "I":
+            top = 65535.0 if arr.size and arr.max() > 255 else 255.0
+        else:  # F: floats in [0, 1] by convention, else 8-bit values
+            top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
+        arr8 = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    return img.convert("RGB")
+
+
 def open_image(path) -> Image.Image:
     shard, member = split(path)
     if member is None:
         with Image.open(shard) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     tf, members = _tar(shard)
     with Image.open(io.BytesIO(tf.extractfile(members[member]).read())) as img:
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 def identity(path) -> str:

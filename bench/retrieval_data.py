@@ -37,6 +37,22 @@ class RetrievalSet:
         h.update(",".join(map(str, self.caption_image)).encode())
         return h.hexdigest()[:16]
 
+    def validate(self) -> "RetrievalSet":
+        """A set that every metric is defined on: images, each with at least one caption."""
+        label = f"{self.name} ({self.split} split)"
+        if not self.image_paths or not self.captions:
+            raise DataError(f"{label} is empty: {len(self.image_paths)} images, {len(self.captions)} captions. "
+                            "Point the data root at a complete copy of the dataset.")
+        counts = [0] * len(self.image_paths)
+        for i in self.caption_image:
+            counts[i] += 1
+        bare = [str(self.image_paths[i]) for i, c in enumerate(counts) if c == 0]
+        if bare:
+            raise DataError(f"{label}: {len(bare)} of {len(self.image_paths)} images have no caption (e.g. "
+                            f"{', '.join(bare[:3])}); an image without a caption can never be retrieved. Add their "
+                            "captions or remove them from the annotation file.")
+        return self
+
 
 def _check_images(paths: list[Path], dataset: str, limit: int = 5) -> None:
     missing = [p for p in paths if not p.is_file()]
@@ -48,7 +64,8 @@ def _check_images(paths: list[Path], dataset: str, limit: int = 5) -> None:
         if empty:
             parts.append(f"{len(empty)} empty (e.g. {', '.join(str(p) for p in empty[:limit])}; "
                          f"an interrupted download leaves these: delete and fetch them again)")
-        raise DataError(f"{dataset}: of {len(paths)} images, " + "; ".join(parts) + ".")
+        raise DataError(f"{dataset}: of {len(paths)} images, " + "; ".join(parts) + ". Restore them, or remove their "
+                        "entries from the annotation file so the test set is what it says it is.")
 
 
 def _require(path: Path, dataset: str, layout: str) -> None:
@@ -62,9 +79,11 @@ def read_coco(root: Path, split: str) -> RetrievalSet:
     ann = root / f"coco_{split}_karpathy.json"
     _require(ann, "mscoco_captions", DATASETS["mscoco_captions"].layout)
     try:
-        data = json.loads(ann.read_text())
+        data = json.loads(ann.read_text(encoding="utf-8"))
         images = {img["id"]: img["file_name"] for img in data["images"]}
         anns = [(a["image_id"], a["caption"]) for a in data["annotations"]]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"mscoco_captions: {ann} is not UTF-8 text ({exc}); re-save it as UTF-8.") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"mscoco_captions: {ann} is not a COCO-style caption file ({type(exc).__name__}: {exc}).") from None
     order = sorted(images)
@@ -73,7 +92,10 @@ def read_coco(root: Path, split: str) -> RetrievalSet:
     for image_id, caption in anns:
         if image_id not in index:
             raise DataError(f"mscoco_captions: {ann} has a caption for unknown image id {image_id}.")
-        if not str(caption).strip():
+        if not isinstance(caption, str):
+            raise DataError(f"mscoco_captions: {ann} has a caption that is {json.dumps(caption)}, not text, for image id "
+                            f"{image_id}; fix or remove that annotation.")
+        if not caption.strip():
             raise DataError(f"mscoco_captions: {ann} has an empty caption for image id {image_id}.")
         captions.append(str(caption).strip())
         caption_image.append(index[image_id])
@@ -87,7 +109,10 @@ def read_flickr(root: Path, split: str) -> RetrievalSet:
     _require(ann, "flickr30k", DATASETS["flickr30k"].layout)
     images: dict[str, int] = {}
     captions, caption_image = [], []
-    lines = ann.read_text().splitlines()[1:]  # header line, as clip_benchmark skips it
+    try:
+        lines = ann.read_text(encoding="utf-8").splitlines()[1:]  # header line, as clip_benchmark skips it
+    except UnicodeDecodeError as exc:
+        raise DataError(f"flickr30k: {ann} is not UTF-8 text ({exc}); re-save it as UTF-8.") from None
     for n, line in enumerate(lines, start=2):
         line = line.strip()
         if not line:
@@ -179,7 +204,10 @@ def wds_samples(shards: list[Path], fields: tuple[str, ...]):
                         raise DataError(f"webdataset: {shard} sample {key!r} lacks an image or one of {fields}.")
                     if image.size == 0:
                         raise DataError(f"webdataset: {shard} member {image.name} is empty.")
-                    texts = {f: tf.extractfile(parts[f]).read().decode("utf-8").strip() for f in fields}
+                    try:
+                        texts = {f: tf.extractfile(parts[f]).read().decode("utf-8").strip() for f in fields}
+                    except UnicodeDecodeError as exc:
+                        raise DataError(f"webdataset: {shard} sample {key!r} has text that is not UTF-8 ({exc}).") from None
                     yield Path(f"{shard}{image_source.SEP}{image.name}"), texts
         except tarfile.TarError as exc:
             raise DataError(f"webdataset: {shard} is not a readable tar ({exc}); it may be truncated.") from None
@@ -219,9 +247,9 @@ def clip_benchmark_shards(folder: Path, split: str) -> list[Path] | None:
 def load(data_root: Path, name: str, split: str) -> RetrievalSet:
     """A dataset by name under ``data_root``; or ``csv:PATH`` / ``wds:SHARDS`` as open_clip's trainer reads them."""
     if name.startswith("csv:"):
-        return read_csv(Path(name[4:]).expanduser())
+        return read_csv(Path(name[4:]).expanduser()).validate()
     if name.startswith("wds:"):
-        return read_webdataset(name[4:])
+        return read_webdataset(name[4:]).validate()
     if name not in DATASETS:
         from bench.registry import suggest
 
@@ -229,11 +257,11 @@ def load(data_root: Path, name: str, split: str) -> RetrievalSet:
     root = Path(data_root) / name
     shards = clip_benchmark_shards(root, split) if root.is_dir() else None
     if shards is not None:  # clip_benchmark's webdataset export of the same dataset
-        return _from_wds(name, split, shards)
+        return _from_wds(name, split, shards).validate()
     if not root.is_dir():
         info = DATASETS[name]
         raise DataError(f"{name}: folder {root} does not exist. Expected layout:\n{info.layout}\nGet it from: {info.source}")
-    return DATASETS[name].reader(root, split)
+    return DATASETS[name].reader(root, split).validate()
 
 
 def check_all(data_root: Path, split: str = "test") -> list[dict]:

@@ -104,14 +104,15 @@ def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta
     }
 
 
-def _reusable(out_dir: Path, suite: str, cell: Cell) -> dict | None:
+def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -> dict | None:
     """The earlier record of this cell if its key (config, code, data, libraries, device type) matches."""
     path = results.run_path(out_dir, suite, cell.head)
     if not path.exists():
         return None
     try:
         record = results.read(path)
-    except results.ResultFileError:
+    except results.ResultFileError as exc:
+        log(f"[{suite}] {cell.head}: {exc} It is recomputed now.")
         return None
     ok = record.get("status") == "ok" and record.get("config", {}).get("key") == cell.key
     return record if ok and record["schema_version"] == SCHEMA_VERSION else None
@@ -199,7 +200,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
 
     todo = []
     for cell in cells:
-        previous = None if force else _reusable(out_dir, suite_name, cell)
+        previous = None if force else _reusable(out_dir, suite_name, cell, log)
         if previous is None:
             todo.append(cell)
             continue
