@@ -284,7 +284,7 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
     record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, metrics, "failed" if error else "ok", error,
                      timings, device, cfg)
     record["undefined_metrics"] = undefined
-    path = results.write(out_dir, record)
+    path = results.write(out_dir, record) if is_main else None
     distributed.barrier()
     if not error:
         value = metrics.get(suite_cls.main_metric)
