@@ -60,7 +60,9 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
             if device is not None:
                 tiny.check_device(device)
         except (ValueError, TypeError) as exc:
-            raise config.ConfigError(f"heads.{name}: {exc}") from None
+            text = str(exc)
+            text = text[len(name) + 1:].lstrip() if text.startswith(f"{name}:") else text
+            raise config.ConfigError(f"heads.{name}: {text}") from None
         except Exception:  # noqa: BLE001 (a head broken in another way fails alone, when it runs, and the others still run)
             pass
         cell_cfg = {**protocol, "head": name, "head_version": cls.version, "head_options": options}

@@ -323,16 +323,21 @@ def test_a_broken_user_head_fails_alone(head, phrase, tmp_path, capsys, forget_b
 # --------------------------------------------------------------------------------------------
 # Real-data suites: data, backbone, checkpoint and cache problems (tiny random backbone, tiny data).
 
-@pytest.fixture(scope="module")
-def realdata(tmp_path_factory):
-    root = tmp_path_factory.mktemp("real")
+def make_real_data(root: Path) -> tuple[Path, Path]:
+    """Tiny COCO (test and train) and Flickr folders, and the tiny random backbone's config."""
     data = root / "data"
     make_coco(data, n_images=4, per=2, split="test")
     make_coco(data, n_images=4, per=2, split="train")
     make_flickr(data, n_images=3, per=2)
     tiny = root / "simbench-tiny.json"
     tiny.write_text(json.dumps(TINY))
-    return root, data, tiny
+    return data, tiny
+
+
+@pytest.fixture(scope="module")
+def realdata(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    return (root, *make_real_data(root))
 
 
 def _real_cfg(tmp: Path, retrieval: dict | None = None, train: dict | None = None) -> Path:
@@ -501,6 +506,22 @@ def test_bad_real_data_input(case, realdata, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and phrase in err and "Traceback" not in err, err
     assert snapshot(data) == before and not out.exists()  # the data root untouched, nothing written
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+def test_simbench_cache_env_that_cannot_hold_a_cache(kind, realdata, tmp_path, monkeypatch, capsys):
+    root, data, tiny = realdata
+    target = tmp_path / "cachefile" if kind == "file" else Path("/proc/simbench-cache")
+    if kind == "file":
+        target.write_text("x")
+    monkeypatch.setenv("SIMBENCH_CACHE", str(target))
+    cfg = _real_cfg(tmp_path, {"cache_dir": ""})
+    out = tmp_path / "out"
+    code = main(["--suite", "retrieval", "--backbone", str(tiny), "--data-root", str(data), "--config", str(cfg),
+                 "--heads", "clip_frozen", "--out", str(out), "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "($SIMBENCH_CACHE)" in err and ("is a file" in err or "is not writable" in err), err
+    assert not out.exists()
 
 
 def test_batch_larger_than_real_training_set(realdata, tmp_path, capsys):

@@ -21,9 +21,7 @@ import heads
 from bench import leaderboard, regression, results
 from bench.cli import main
 from helpers import SMALL
-from test_backbone import TINY
-from test_bad_inputs import snapshot
-from test_retrieval_data import make_coco, make_flickr
+from test_bad_inputs import _real_cfg, make_real_data, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -153,17 +151,8 @@ def test_a_head_without_source_is_never_reused():
 
 @pytest.fixture
 def real(tmp_path):
-    data = tmp_path / "data"
-    make_coco(data, n_images=4, per=2, split="test")
-    make_coco(data, n_images=4, per=2, split="train")
-    make_flickr(data, n_images=3, per=2)
-    tiny = tmp_path / "simbench-tiny.json"
-    tiny.write_text(json.dumps(TINY))
-    cfg = tmp_path / "real.yaml"
-    cfg.write_text(yaml.safe_dump({"train": {"steps": 2, "batch_size": 4, "warmup_steps": 1},
-                                   "suites": {"retrieval": {"layers": 2, "workers": 0, "batch_size": 4,
-                                                            "cache_dir": str(tmp_path / "cache")}}}))
-    return data, tiny, cfg
+    data, tiny = make_real_data(tmp_path)
+    return data, tiny, _real_cfg(tmp_path)
 
 
 def _retrieval(data, backbone, cfg, out, heads_="clip_frozen,cosine"):
