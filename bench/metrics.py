@@ -3,7 +3,7 @@
 Recall@k follows clip_benchmark's definition (a query is a hit when any of its positives is in
 its top k; tests check agreement with ``clip_benchmark.metrics.zeroshot_retrieval.recall_at_k``)
 but streams over query blocks instead of building a one-hot [queries, k, candidates] tensor, which
-at COCO size would take ~10 GB.
+at COCO size would take ~10 GB, and scores ties exactly instead of by a kernel's arbitrary order.
 """
 from __future__ import annotations
 
@@ -11,20 +11,38 @@ import torch
 
 
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10), block: int = 4096) -> dict[int, float]:
-    """Fraction of query rows with at least one positive among their top-k candidates."""
+    """Fraction of query rows with at least one positive among their top-k candidates.
+
+    Ties are scored exactly, as the expectation over a uniformly random order of tied candidates.
+    A top-k kernel breaks ties arbitrarily (``topk(k=1)`` and ``topk(k=10)[:, :1]`` may disagree),
+    so with duplicate captions or scores clamped to a floor a recall would otherwise depend on the
+    kernel. With ``g`` negatives strictly above the best positive, and ``e`` negatives and ``p``
+    positives tied with it, the query is a hit at k with probability ``1 - C(e, m) / C(e + p, m)``,
+    ``m = k - g`` (0 if m <= 0, 1 if m > e). Without ties this is clip_benchmark's definition.
+    """
     if scores.shape != positives.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and positives {tuple(positives.shape)} differ in shape.")
     if not bool(positives.any(dim=1).all()):
         raise ValueError("every query needs at least one positive candidate.")
-    kmax = min(max(ks), scores.shape[1])
-    hits = {k: 0 for k in ks}
+    hits = {k: 0.0 for k in ks}
     for start in range(0, scores.shape[0], block):
-        top = torch.topk(scores[start:start + block], kmax, dim=1).indices
-        found = torch.gather(positives[start:start + block].to(top.device), 1, top)
-        first = found.cumsum(dim=1) > 0  # positive seen within the first j+1 results
+        s = scores[start:start + block].double()
+        pos = positives[start:start + block].to(s.device)
+        best = s.masked_fill(~pos, float("-inf")).max(dim=1, keepdim=True).values
+        above = ((s > best) & ~pos).sum(dim=1).double()          # g
+        tied_neg = ((s == best) & ~pos).sum(dim=1).double()      # e
+        tied_pos = ((s == best) & pos).sum(dim=1).double()       # p >= 1
         for k in ks:
-            hits[k] += int(first[:, min(k, kmax) - 1].sum())
+            hits[k] += float(_hit_probability(k - above, tied_neg, tied_pos).sum())
     return {k: hits[k] / scores.shape[0] for k in ks}
+
+
+def _hit_probability(m: torch.Tensor, e: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """P(a positive is among the first m of e tied negatives and p tied positives in random order)."""
+    mm = m.clamp(min=0).minimum(e)
+    log_miss = (torch.lgamma(e + 1) - torch.lgamma(e - mm + 1)) - (torch.lgamma(e + p + 1) - torch.lgamma(e + p - mm + 1))
+    prob = 1 - log_miss.exp()
+    return torch.where(m <= 0, torch.zeros_like(prob), torch.where(m > e, torch.ones_like(prob), prob))
 
 
 def retrieval_recalls(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
@@ -51,15 +69,13 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-300))
 
 
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(x.double().flatten(), stable=True)
-    ranks = torch.empty_like(order, dtype=torch.float64)
-    ranks[order] = torch.arange(order.numel(), dtype=torch.float64, device=x.device)
-    return ranks
-
-
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    return pearson(_ranks(a), _ranks(b))
+    """Spearman's rho: Pearson's r of average ranks, so ties (scores clamped to a floor) count as ties."""
+    from scipy.stats import rankdata
+
+    ra = torch.from_numpy(rankdata(a.double().flatten().cpu().numpy(), method="average"))
+    rb = torch.from_numpy(rankdata(b.double().flatten().cpu().numpy(), method="average"))
+    return pearson(ra, rb)
 
 
 def centred_rmse(scores: torch.Tensor, target: torch.Tensor) -> float:

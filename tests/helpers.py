@@ -16,3 +16,29 @@ def small_config(tmp_path: Path, **overrides) -> Path:
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def rebuild(suite_name: str, cfg_path: Path, backbone: Path, data_root: Path, out: Path, head_name: str):
+    """The suite's test data (from the feature cache) and the trained head loaded from its saved
+    weights, built outside the runner: for checking reported metrics by an independent route."""
+    import torch
+    from safetensors.torch import load_file
+
+    import heads
+    import suites
+    from bench import config, results
+
+    record = results.read(results.run_path(out, suite_name, head_name))
+    user = yaml.safe_load(Path(cfg_path).read_text())
+    user.setdefault("suites", {}).setdefault(suite_name, {}).update(backbone=str(backbone), data_root=str(data_root))
+    cfg = config.resolve(user)
+    suite_cls = suites.get_suite(suite_name)
+    params = config.merge_checked(suite_cls.default_params(), cfg["suites"][suite_name], suite_name)
+    data = suite_cls(params).build(cfg["seed"])
+    head = heads.get_head(head_name)(data.image_dim, data.text_dim, **record["head"]["options"])
+    weights = results.weights_path(out, suite_name, head_name)
+    if weights.exists():
+        head.load_state_dict(load_file(str(weights)))
+    head.eval()
+    torch.set_grad_enabled(True)
+    return record, data, head

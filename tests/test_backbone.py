@@ -46,9 +46,17 @@ def test_earlier_points_are_the_pooled_token_through_final_norm_and_projection(t
     assert torch.allclose(bb.image_points(images)[:, -2], expected, atol=1e-5)
 
 
-def test_random_weights_are_announced_and_recorded(tiny_backbone, caplog):
+def test_random_weights_are_announced_and_recorded(tiny_backbone, caplog, tmp_path):
+    import logging
+
     assert tiny_backbone.identity["weights"] == "random:seed0"
     assert tiny_backbone.identity["model_config_sha256"]
+    path = tmp_path / "simbench-tiny.json"
+    path.write_text(json.dumps(TINY))
+    with caplog.at_level(logging.WARNING, logger="bench.backbone"):
+        other = Backbone(BackboneSpec.parse(str(path)), layers=2, seed=3)
+    assert other.identity["weights"] == "random:seed3"
+    assert any("NO pretrained weights" in r.getMessage() and "seed 3" in r.getMessage() for r in caplog.records)
 
 
 def test_unknown_model_name_suggests():

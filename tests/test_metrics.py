@@ -75,3 +75,86 @@ def test_accuracy_and_mean_per_class_recall():
     assert acc[1] == pytest.approx(0.75) and acc[2] == pytest.approx(1.0)
     # class 0: 1/1, class 1: 1/2, class 2: 1/1
     assert metrics.mean_per_class_recall(logits, targets, 3) == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_spearman_uses_average_ranks_on_ties():
+    a = torch.tensor([1, 2, 2, 3, 4, 4, 4, 5.0])
+    b = torch.tensor([2, 1, 3, 3, 5, 4, 6, 7.0])
+    expected = pd.Series(a.numpy()).corr(pd.Series(b.numpy()), method="spearman")
+    assert expected == pytest.approx(0.9200, abs=1e-4)  # ordinal ranks would give 0.9524
+    assert metrics.spearman(a, b) == pytest.approx(expected, abs=1e-12)
+    # Scores clamped to a floor: many ties, as a saturated head produces.
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 50, generator=g)
+    y = (x + 0.5 * torch.randn(40, 50, generator=g)).clamp(min=0.0)
+    assert metrics.spearman(x, y) == pytest.approx(
+        pd.Series(x.flatten().numpy()).corr(pd.Series(y.flatten().numpy()), method="spearman"), abs=1e-9)
+
+
+@pytest.mark.parametrize("targets,logits_argmax,n_classes", [
+    ([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1], 3),   # class 2 never predicted
+    ([0, 0, 1, 1], [0, 2, 1, 2], 3),               # class 2 predicted, never a target
+    ([1, 1, 1, 2], [1, 0, 1, 2], 4),               # classes 0 and 3 absent from the targets
+])
+def test_mean_per_class_recall_equals_sklearn_balanced_accuracy(targets, logits_argmax, n_classes):
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    logits = torch.nn.functional.one_hot(torch.tensor(logits_argmax), n_classes).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about predicted classes absent from y_true
+        expected = balanced_accuracy_score(targets, logits_argmax)
+    assert metrics.mean_per_class_recall(logits, torch.tensor(targets), n_classes) == pytest.approx(expected, abs=1e-12)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 12), st.integers(2, 15), st.integers(0, 2**31 - 1))
+def test_recall_is_monotone_in_k_and_reaches_one(n_queries, n_candidates, seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(n_queries, n_candidates, generator=g)
+    positives = torch.rand(n_queries, n_candidates, generator=g) < 0.3
+    positives[torch.arange(n_queries), torch.randint(n_candidates, (n_queries,), generator=g)] = True
+    ks = tuple(range(1, n_candidates + 1))
+    r = metrics.recall_at_k(scores, positives, ks)
+    assert all(r[k] <= r[k + 1] for k in ks[:-1]) and r[n_candidates] == 1.0
+    assert r == metrics.recall_at_k(scores, positives, ks, block=1)  # blocks do not change the answer
+    for k in ks:  # clip_benchmark: a query is a hit when its recall at k is > 0
+        assert r[k] == pytest.approx((cb_recall_at_k(scores, positives, k) > 0).double().mean().item(), abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 60), st.integers(0, 2**31 - 1))
+def test_correlations_are_symmetric_and_spearman_ignores_monotone_maps(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, generator=g)
+    b = a + torch.randn(n, generator=g)
+    assert metrics.pearson(a, b) == pytest.approx(metrics.pearson(b, a), abs=1e-12)
+    assert metrics.spearman(a, b) == pytest.approx(metrics.spearman(b, a), abs=1e-12)
+    assert metrics.spearman(torch.exp(a), b ** 3) == pytest.approx(metrics.spearman(a, b), abs=1e-12)
+
+
+def test_recall_scores_ties_as_the_expectation_over_random_tie_breaking():
+    """Brute force: every order of the tied candidates, equally likely."""
+    import itertools
+
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.1, 0.5],    # g=1 above; tied: 2 negatives, 2 positives
+                           [0.3, 0.3, 0.3, 0.3, 0.3, 0.3],    # everything tied
+                           [0.2, 0.8, 0.1, 0.0, 0.0, 0.0]])   # no ties
+    positives = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    ks = (1, 2, 3, 4, 5, 6)
+
+    def brute(row):
+        s, p = scores[row].tolist(), positives[row].tolist()
+        orders = set(itertools.permutations(range(6)))
+        valid = [o for o in orders if all(s[o[i]] >= s[o[i + 1]] for i in range(5))]  # every tie order
+        return {k: sum(any(p[j] for j in o[:k]) for o in valid) / len(valid) for k in ks}
+
+    expected = {k: sum(brute(r)[k] for r in range(3)) / 3 for k in ks}
+    got = metrics.recall_at_k(scores, positives, ks)
+    for k in ks:
+        assert got[k] == pytest.approx(expected[k], abs=1e-12), k
+    assert got[1] == pytest.approx((0 + 1 / 6 + 1) / 3)  # row 0: a negative is strictly above the positives

@@ -28,7 +28,7 @@ def make_flickr(root: Path, n_images=3, per=5):
     lines = ["image,caption"]
     for i in range(n_images):
         Image.new("RGB", (20, 30)).save(folder / f"{1000 + i}.jpg")
-        lines += [f"{1000 + i}.jpg,a caption, with a comma {j}" for j in range(per)]
+        lines += [f"{1000 + i}.jpg,a caption of {i}, with a comma {j}" for j in range(per)]  # distinct: no tied scores
     (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -39,7 +39,7 @@ def test_coco_and_flickr_are_read_with_every_caption(tmp_path):
     assert len(coco.image_paths) == 4 and len(coco.captions) == 20
     assert coco.caption_image[:6] == [0, 0, 0, 0, 0, 1]
     flickr = retrieval_data.load(tmp_path, "flickr30k", "test")
-    assert len(flickr.image_paths) == 3 and flickr.captions[0] == "a caption, with a comma 0"
+    assert len(flickr.image_paths) == 3 and flickr.captions[0] == "a caption of 0, with a comma 0"
     assert flickr.fingerprint() == retrieval_data.load(tmp_path, "flickr30k", "test").fingerprint()
 
 

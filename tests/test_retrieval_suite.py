@@ -8,6 +8,7 @@ from PIL import Image
 
 from bench import results
 from bench.cli import main
+from helpers import rebuild
 from test_backbone import TINY
 from test_retrieval_data import make_coco, make_flickr
 
@@ -57,8 +58,8 @@ def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
     assert run_retrieval(root, cfg, small, tmp_path / "a") == 0
     recs = {r["head"]["name"]: r for r in results.load_all(tmp_path / "a")}
     assert set(recs) == {"clip_frozen", "cosine", "kme_rbf", "kme_rff"}
-    m = recs["kme_rbf"]["metrics"]
-    assert 0 <= m["flickr30k/text_retrieval_recall@1"] <= 1 and m["mscoco_captions/recall_sum"] > 0
+    for head in ("kme_rbf", "kme_rff", "cosine"):  # each number against an independent computation
+        assert_recalls_match_clip_benchmark(root, cfg, small, tmp_path / "a", head)
     ident = recs["cosine"]["suite"]["test_set"]
     assert ident["backbone"]["weights"] == "random:seed0" and ident["train"]["pairs"] == 30
     assert ident["datasets"]["flickr30k"]["captions"] == 40
@@ -69,6 +70,27 @@ def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in shards} == stamps  # features came from the cache
     b = results.read(results.run_path(tmp_path / "b", "retrieval", "clip_frozen"))
     assert b["metrics"] == recs["clip_frozen"]["metrics"]
+
+
+def assert_recalls_match_clip_benchmark(root, cfg, small, out, head_name):
+    """The head's own score() on the cached test features, ranked by clip_benchmark's recall_at_k."""
+    from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k as cb_recall_at_k
+
+    record, data, head = rebuild("retrieval", small, cfg, root, out, head_name)
+    with torch.no_grad():
+        for name, t in data.test.items():
+            scores = head.score(head.encode_image(t.images), head.encode_text(t.texts))
+            positives = torch.zeros_like(scores, dtype=torch.bool)
+            positives[t.caption_image, torch.arange(len(t.texts))] = True
+            total = 0.0
+            for k in (1, 5, 10):
+                # clip_benchmark's topk needs k <= candidates; beyond that every query is a hit, as in ours
+                text_to_image = (cb_recall_at_k(scores.T, positives.T, min(k, len(t.images))) > 0).double().mean().item()
+                image_to_text = (cb_recall_at_k(scores, positives, min(k, len(t.texts))) > 0).double().mean().item()
+                assert record["metrics"][f"{name}/image_retrieval_recall@{k}"] == pytest.approx(text_to_image, abs=1e-9)
+                assert record["metrics"][f"{name}/text_retrieval_recall@{k}"] == pytest.approx(image_to_text, abs=1e-9)
+                total += text_to_image + image_to_text
+            assert record["metrics"][f"{name}/recall_sum"] == pytest.approx(total, abs=1e-9)
 
 
 def test_clip_frozen_equals_clip_benchmark_retrieval(data, tmp_path):
