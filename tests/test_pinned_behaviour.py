@@ -1,0 +1,152 @@
+"""Behaviour that a plausible wrong version would otherwise pass: each test here was checked by
+breaking the code once (see the comment on each) and watching it fail."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from bench import leaderboard, regression, results
+from bench.train import cosine_schedule, param_groups
+from heads import get_head
+from test_pipeline import fixture_record
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_cosine_prompt_combination_renormalises_the_class_vector():
+    """Without renormalisation, class 0 (spread prompts, short mean) loses to class 1; CLIP's recipe
+    renormalises, and class 0 wins. Broken by dropping the normalize in VectorRep.mean_over_groups."""
+    from heads.cosine import VectorRep
+
+    head = get_head("cosine")(3, 3)
+    c = math.cos(math.radians(60)), math.sin(math.radians(60))
+    prompts = torch.tensor([[c[0], c[1], 0.0], [c[0], -c[1], 0.0],   # class 0: mean (0.5, 0, 0)
+                            [0.8, 0.6, 0.0], [0.8, 0.6, 0.0]])        # class 1: mean (0.8, 0.6, 0)
+    classes = head.combine_prompts(VectorRep(prompts), 2, 2)
+    assert torch.allclose(classes.vectors.norm(dim=1), torch.ones(2))
+    image = VectorRep(torch.tensor([[1.0, 0.0, 0.0]]))
+    with torch.no_grad():
+        assert int(head.score(image, classes).argmax()) == 0
+    unnormalised = prompts.reshape(2, 2, 3).mean(1)
+    assert int((image.vectors @ unnormalised.T).argmax()) == 1  # the fixture does separate the two
+
+
+@pytest.mark.parametrize("main,up", [("acc", True), ("loss", False)])
+def test_leaderboard_rows_are_ordered_by_the_main_metric_in_its_direction(tmp_path, main, up):
+    """References first, then heads best first, failed last. Broken by sorting descending always."""
+    recs = [fixture_record("mid", value=0.5), fixture_record("best_acc", value=0.9), fixture_record("worst_acc", value=0.1),
+            fixture_record("ceiling", value=1.0, kind="reference"), fixture_record("broken", status="failed")]
+    for r in recs:
+        r["suite"]["main_metric"] = main
+        results.write(tmp_path, r)
+    leaderboard.build(tmp_path)
+    rows = [line.split(",")[3] for line in (tmp_path / "leaderboard.csv").read_text().splitlines()[1:]]
+    # loss = 1 - acc, lower is better: the same heads lead either way, so an order that ignores the
+    # direction (largest loss first) puts worst_acc first and fails.
+    assert rows == ["ceiling", "best_acc", "mid", "worst_acc", "broken"]
+
+
+def test_learning_rate_schedule_exact_values():
+    """Linear warm-up to the peak, then half a cosine to zero. Broken by an off-by-one in warm-up."""
+    f = cosine_schedule(warmup=4, total=12)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    expected = [0.5 * (1 + math.cos(math.pi * (s - 4) / 8)) for s in range(4, 13)]
+    assert [f(s) for s in range(4, 13)] == pytest.approx(expected, abs=1e-15)
+    assert f(12) == pytest.approx(0.0, abs=1e-15) and f(100) == pytest.approx(0.0, abs=1e-15)
+    assert cosine_schedule(0, 10)(0) == 1.0
+
+
+NO_DECAY = {  # scales, bandwidths, biases: never decayed (decaying log sigma would pull sigma to 1)
+    "cosine": {"log_logit_scale"},
+    "kme_rbf": {"bandwidth.log_sigma", "image_encoder.point_score.bias", "text_encoder.point_score.bias"},
+    "kme_rff": {"bandwidth.log_sigma", "image_encoder.point_score.bias", "text_encoder.point_score.bias"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NO_DECAY))
+def test_weight_decay_applies_to_matrices_only(name):
+    """Broken by putting every parameter in the decayed group."""
+    head = get_head(name)(8, 8)
+    decay, rest = param_groups(head, 0.1)
+    names = {id(p): n for n, p in head.named_parameters()}
+    assert {names[id(p)] for p in rest["params"]} == NO_DECAY[name] and rest["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert len(decay["params"]) + len(rest["params"]) == len(list(head.parameters()))
+
+
+def test_feature_cache_entries_differ_by_layers(tmp_path):
+    """A layers=2 entry must never serve layers=3. Broken by dropping layers from the backbone identity."""
+    from bench.cli import main
+    from test_bad_inputs import _real_cfg, make_real_data
+
+    data, tiny = make_real_data(tmp_path)
+    counts = []
+    for layers in (2, 3):
+        cfg = _real_cfg(tmp_path, {"layers": layers})
+        assert main(["--suite", "retrieval", "--backbone", str(tiny), "--data-root", str(data), "--config", str(cfg),
+                     "--heads", "clip_frozen", "--out", str(tmp_path / f"o{layers}"), "--no-progress", "--device", "cpu"]) == 0
+        counts.append(len(list((tmp_path / "cache").glob("*/manifest.json"))))
+        shapes = {json.loads(m.read_text())["shape"][1] for m in (tmp_path / "cache").glob("*/manifest.json")}
+    assert counts == [6, 12] and shapes == {2, 3}
+
+
+def test_committed_baseline_is_what_the_code_makes_from_the_published_results():
+    """The baseline's scores are exactly the published cells' metrics (whose keys a test ties to this
+    code), under the same protocol. Broken by editing a score in the baseline by hand."""
+    published = results.load_all(REPO / "results")
+    committed = regression.load(REPO / "results" / "baselines" / "synthetic.json")
+    made, kept = regression.make([r for r in published if r["suite"]["name"] == "synthetic"])
+    assert kept == []
+    for key in ("scores", "protocol_hash", "suite_version", "metric_directions", "protocol"):
+        assert made[key] == committed[key], key
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+def _unit(n, p, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, p, d, generator=g), dim=-1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 12), st.floats(0.1, 3.0), st.integers(0, 2**31 - 1))
+def test_proposition_2_for_any_bandwidth_and_dimension(d, sigma, seed):
+    """One point per side: kme_rbf = (u.v - 1) / sigma^2, the cosine head's form with t = 1/sigma^2."""
+    head = get_head("kme_rbf")(d, d, sigma=sigma, max_inverse_sigma2=200.0)
+    u, v = _unit(5, 1, d, seed), _unit(7, 1, d, seed + 1)
+    with torch.no_grad():
+        got = head.score(head.encode_image(u), head.encode_text(v))
+    assert torch.allclose(got, (u[:, 0] @ v[:, 0].T - 1) / sigma**2, atol=1e-3 / sigma**2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["kme_rbf", "kme_rff"]), st.integers(2, 6), st.integers(0, 2**31 - 1))
+def test_point_sets_are_sets(name, p, seed):
+    """Any order of the non-pooled points gives the same score (the pooled point stays last)."""
+    head = get_head(name)(6, 6)
+    x, y = _unit(4, p, 6, seed), _unit(5, p, 6, seed + 1)
+    perm = torch.cat([torch.randperm(p - 1, generator=torch.Generator().manual_seed(seed)), torch.tensor([p - 1])])
+    with torch.no_grad():
+        a = head.score(head.encode_image(x), head.encode_text(y))
+        b = head.score(head.encode_image(x[:, perm]), head.encode_text(y[:, perm]))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from(["kme_rbf", "kme_rff"]), st.integers(1, 40), st.integers(1, 40), st.integers(1, 6),
+       st.floats(1e-4, 0.05), st.integers(0, 2**31 - 1))
+def test_chunked_equals_unchunked_for_any_sizes(name, n, m, p, budget, seed):
+    torch.manual_seed(seed)
+    whole = get_head(name)(6, 6)
+    chunked = get_head(name)(6, 6, memory_budget_mb=budget)
+    chunked.load_state_dict(whole.state_dict())
+    x, y = torch.randn(n, p, 6), torch.randn(m, p, 6)
+    with torch.no_grad():
+        a = whole.score(whole.encode_image(x), whole.encode_text(y))
+        b = chunked.score(chunked.encode_image(x), chunked.encode_text(y))
+    assert a.shape == (n, m) and torch.allclose(a, b, atol=1e-5)
