@@ -158,3 +158,31 @@ def test_recall_scores_ties_as_the_expectation_over_random_tie_breaking():
     for k in ks:
         assert got[k] == pytest.approx(expected[k], abs=1e-12), k
     assert got[1] == pytest.approx((0 + 1 / 6 + 1) / 3)  # row 0: a negative is strictly above the positives
+
+
+def test_recall_rejects_mismatched_shapes_and_any_query_without_a_positive():
+    with pytest.raises(ValueError, match=r"scores \(3, 4\) and positives \(3, 5\) differ in shape"):
+        metrics.recall_at_k(torch.randn(3, 4), torch.ones(3, 5, dtype=torch.bool))
+    positives = torch.eye(3, dtype=torch.bool)
+    positives[1, 1] = False  # one query of three has no positive
+    with pytest.raises(ValueError, match="every query needs at least one positive"):
+        metrics.recall_at_k(torch.randn(3, 3), positives)
+
+
+def test_retrieval_recalls_use_the_ks_asked_for():
+    g = torch.Generator().manual_seed(5)
+    scores, positives = torch.randn(6, 6, generator=g), torch.eye(6, dtype=torch.bool)
+    got = metrics.retrieval_recalls(scores, positives, ks=(2, 3))
+    assert set(got) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (2, 3)}
+    assert got["text_retrieval_recall@2"] == metrics.recall_at_k(scores, positives, (2,))[2]
+    assert got["image_retrieval_recall@3"] == metrics.recall_at_k(scores.T, positives.T, (3,))[3]
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 1.0, 1e4])
+def test_pearson_is_scale_invariant(scale):
+    g = torch.Generator().manual_seed(6)
+    a = torch.randn(50, generator=g, dtype=torch.float64)
+    b = a + torch.randn(50, generator=g, dtype=torch.float64)
+    expected = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
+    assert metrics.pearson(scale * a, b) == pytest.approx(expected, abs=1e-9)
+    assert metrics.pearson(a, scale * b) == pytest.approx(expected, abs=1e-9)
