@@ -150,3 +150,25 @@ def test_chunked_equals_unchunked_for_any_sizes(name, n, m, p, budget, seed):
         a = whole.score(whole.encode_image(x), whole.encode_text(y))
         b = chunked.score(chunked.encode_image(x), chunked.encode_text(y))
     assert a.shape == (n, m) and torch.allclose(a, b, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30), st.floats(1.0, 200.0), st.floats(1e-5, 2e-3))
+def test_chunked_score_tiles_the_matrix_exactly_once_within_the_budget(n_rows, n_cols, bytes_per_pair, budget_mb):
+    """Every (row, column) pair is computed in exactly one block, and no block exceeds the budget.
+    Broken by blocks that overlap, or a budget in the
+    wrong unit: such versions give the right matrix at the wrong memory or time."""
+    from heads.pointsets import chunked_score
+
+    seen = torch.zeros(n_rows, n_cols, dtype=torch.int64)
+    budget_pairs = max(1, int(budget_mb * 2**20 // bytes_per_pair))
+    target = torch.arange(n_rows * n_cols, dtype=torch.float32).reshape(n_rows, n_cols)
+
+    def block(rs, cs):
+        seen[rs, cs] += 1
+        pairs = (rs.stop - rs.start) * (cs.stop - cs.start)
+        assert pairs <= budget_pairs, (rs, cs, budget_pairs)
+        return target[rs, cs]
+
+    out = chunked_score(block, n_rows, n_cols, bytes_per_pair, budget_mb, device="cpu")
+    assert torch.equal(out, target) and bool((seen == 1).all())
