@@ -84,6 +84,7 @@ def cell_key(config_hash: str, identity: dict) -> str:
 
 def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta: dict, metrics: dict, status: str,
             error: str | None, timings: dict, device, cfg: dict) -> dict:
+    metrics, undefined = _finite_metrics(metrics)
     return {
         "schema_version": SCHEMA_VERSION,
         **provenance.code_version(),
@@ -99,6 +100,7 @@ def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta
         "identity": cell.identity,
         "seed": cfg["seed"],
         "metrics": metrics,
+        "undefined_metrics": undefined,
         "timing": timings,
         "memory": provenance.peak_memory_mb(device),
         "device": provenance.device_description(device),
@@ -228,14 +230,16 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             f"train.batch_size={cfg['train']['batch_size']} is larger than the {len(data.train)} training pairs of suite "
             f"{suite_name!r}; lower train.batch_size (at most {len(data.train)}) or use more training data.")
 
+    made = suite.references(data)
+    if set(made) != set(references):
+        raise TypeError(f"suite {suite_name!r}: references() returned {sorted(made)} but the class declares "
+                        f"reference_names = {sorted(references)}; declare every reference row in reference_names.")
     reference_records = []
-    for ref_name, ref_metrics in suite.references(data).items():
+    for ref_name, ref_metrics in made.items():
         meta = {"name": ref_name, "version": suite_cls.version, "kind": "reference", "trainable": False,
                 "description": f"{suite_name} reference row", "options": {}}
-        ref_metrics, undefined = _finite_metrics(ref_metrics)
         record = _record(suite_cls, data, protocol, references[ref_name], protocol_hash, meta, ref_metrics, "ok", None,
                          {"build_seconds": build_seconds}, device, cfg)
-        record["undefined_metrics"] = undefined
         reference_records.append(record)
 
     for cell in todo:
@@ -262,7 +266,7 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
             "description": cls.description, "options": cell.options}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timings, metrics, error, undefined = {"build_seconds": build_seconds}, {}, None, []
+    timings, metrics, error = {"build_seconds": build_seconds}, {}, None
     try:
         torch.manual_seed(cfg["seed"])  # same initialisation stream for every head
         head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
@@ -277,7 +281,7 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
             atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head), head.state_dict(),
                                 {"head": cell.head, "version": cls.version, "config_key": cell.key})
         t1 = time.perf_counter()
-        metrics, undefined = _finite_metrics(suite.evaluate(head, data, device))
+        metrics = suite.evaluate(head, data, device)
         timings["eval_seconds"] = round(time.perf_counter() - t1, 3)
     except Exception as exc:  # noqa: BLE001 (a head's code can raise anything; it fails that head, not the run)
         error = _describe_failure(exc)
@@ -285,14 +289,14 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
         metrics = {}
     record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, metrics, "failed" if error else "ok", error,
                      timings, device, cfg)
-    record["undefined_metrics"] = undefined
     path = results.write(out_dir, record) if is_main else None
     distributed.barrier()
     if not error:
-        value = metrics.get(suite_cls.main_metric)
+        value = record["metrics"].get(suite_cls.main_metric)
         shown = "n/a (not measured in this run)" if value is None else f"{value:.4f}"
         log(f"[{suite_name}] {cell.head}: {suite_cls.main_metric}={shown} "
             f"(train {timings['train_seconds']:.1f}s, eval {timings['eval_seconds']:.1f}s) -> {path}")
-        if undefined:
-            log(f"[{suite_name}] {cell.head}: undefined (NaN/inf) metrics recorded as empty: {', '.join(undefined)}")
+        if record["undefined_metrics"]:
+            log(f"[{suite_name}] {cell.head}: undefined (NaN/inf) metrics recorded as empty: "
+                f"{', '.join(record['undefined_metrics'])}")
     return record

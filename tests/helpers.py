@@ -21,7 +21,6 @@ def small_config(tmp_path: Path, **overrides) -> Path:
 def rebuild(suite_name: str, cfg_path: Path, backbone: Path, data_root: Path, out: Path, head_name: str):
     """The suite's test data (from the feature cache) and the trained head loaded from its saved
     weights, built outside the runner: for checking reported metrics by an independent route."""
-    import torch
     from safetensors.torch import load_file
 
     import heads
@@ -40,5 +39,4 @@ def rebuild(suite_name: str, cfg_path: Path, backbone: Path, data_root: Path, ou
     if weights.exists():
         head.load_state_dict(load_file(str(weights)))
     head.eval()
-    torch.set_grad_enabled(True)
     return record, data, head
