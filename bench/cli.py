@@ -93,9 +93,9 @@ def data_root(arg: str | None) -> Path:
 def _check_data(args) -> int:
     import pandas as pd
 
-    from bench import retrieval_data
+    from bench.data import retrieval_data
 
-    from bench import classification_data
+    from bench.data import classification_data
 
     root = data_root(args.data_root)
     rows = [{"task": "retrieval", **r} for r in retrieval_data.check_all(root)]
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(args)
     except UsageError as exc:
-        from bench import distributed
+        from bench.core import distributed
 
         if not distributed.is_main():
             return EXIT_USAGE
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from bench import distributed
+    from bench.core import distributed
 
     try:
         return _run(args)
@@ -183,7 +183,9 @@ def check_out_dir(out: Path) -> None:
 
 def _plan_run(args):
     """Everything a user can get wrong, checked before any work: names, config, options, device, paths."""
-    from bench import config, distributed, provenance, regression, runner
+    from bench.run import config, runner
+    from bench.core import distributed
+    from bench.report import provenance, regression
     import heads
     import suites
 
@@ -229,7 +231,7 @@ def _run(args) -> int:
         if args.list_suites:
             print(_listing("suites"))
         return EXIT_OK
-    from bench import distributed
+    from bench.core import distributed
 
     everything, suite_names, cfg, head_names, device, baseline = _plan_run(args)
     out = Path(args.out)
@@ -267,17 +269,17 @@ def _runs_state(out: Path) -> dict:
 
 
 def _leaderboard(out: Path) -> str:
-    from bench import leaderboard
+    from bench.report import leaderboard
 
     return leaderboard.build(out, warn=lambda m: print(m, file=sys.stderr))
 
 
 def _run_one(args, name, head_names, cfg, out, device, everything):
     """One suite; data problems skip it under --suite all and are a usage error otherwise."""
-    from bench import runner
-    from bench.backbone import BackboneError
-    from bench.config import ConfigError
-    from bench.retrieval_data import DataError
+    from bench.run import runner
+    from bench.features.backbone import BackboneError
+    from bench.run.config import ConfigError
+    from bench.data.retrieval_data import DataError
     from suites.backbone_suite import CorruptImages
 
     try:
@@ -298,7 +300,7 @@ def _run_one(args, name, head_names, cfg, out, device, everything):
 
 
 def _update_baseline(args, summary) -> None:
-    from bench import regression
+    from bench.report import regression
 
     target = Path(args.update_baseline or f"{args.out}/baselines/{args.suite}.json")
     try:
@@ -313,7 +315,7 @@ def _update_baseline(args, summary) -> None:
 
 
 def _check(args, summary, baseline) -> int:
-    from bench import regression
+    from bench.report import regression
 
     try:
         found, unjudged = regression.compare(summary.records, baseline)

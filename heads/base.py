@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 HEADS: Registry[type["SimilarityHead"]] = Registry("head")
 

@@ -4,9 +4,9 @@
 #   bash scripts/gpu_check.sh OUT_DIR          # on the GPU machine, from the repository root
 #   QUICK=1 bash scripts/gpu_check.sh /tmp/o   # a smoke run of the same steps on a CPU
 #
-# Steps: the fused kme_rbf kernel against the PyTorch path on the GPU (tests), bench.perf at COCO
-# size (ratios kme_rbf_vs_matmul, kme_rff_vs_cosine, reference_vs_fused_kme_rbf), bench.perf_extraction
-# (ours_vs_clip_benchmark on ViT-B-32), and bench.e2e_check (the retrieval suite end to end). Each step
+# Steps: the fused kme_rbf kernel against the PyTorch path on the GPU (tests), bench.tools.perf at COCO
+# size (ratios kme_rbf_vs_matmul, kme_rff_vs_cosine, reference_vs_fused_kme_rbf), bench.tools.perf_extraction
+# (ours_vs_clip_benchmark on ViT-B-32), and bench.tools.e2e_check (the retrieval suite end to end). Each step
 # has its own time limit, so one slow step cannot take the others' figures with it.
 # Machines without open_clip / clip_benchmark: carry wheels in .whl/ (see README, "Speed").
 set -u
@@ -34,7 +34,7 @@ step() {  # step NAME SECONDS COMMAND...: log to OUT/NAME.log, keep going on fai
   tail -n 3 "$OUT/$name.log" >&2
 }
 step tests 150 $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}"
-step perf 200 $PY -m bench.perf "${PERF[@]}" --json "$OUT/perf.json" --out /tmp/simbench-perf
-step extraction 150 $PY -m bench.perf_extraction "${EXTRACT[@]}" --json "$OUT/extraction.json"
-step e2e 200 $PY -m bench.e2e_check "${E2E[@]}" --json "$OUT/e2e.json"
+step perf 200 $PY -m bench.tools.perf "${PERF[@]}" --json "$OUT/perf.json" --out /tmp/simbench-perf
+step extraction 150 $PY -m bench.tools.perf_extraction "${EXTRACT[@]}" --json "$OUT/extraction.json"
+step e2e 200 $PY -m bench.tools.e2e_check "${E2E[@]}" --json "$OUT/e2e.json"
 exit $status

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
-from bench import distributed, features, retrieval_data
-from bench.backbone import Backbone, BackboneSpec, weights_identity
-from bench.config import ConfigError
-from bench.registry import suggest
-from bench.feature_cache import FeatureCache
+from bench.core import distributed
+from bench.features import extract
+from bench.data import retrieval_data
+from bench.features.backbone import Backbone, BackboneSpec, weights_identity
+from bench.run.config import ConfigError
+from bench.core.registry import suggest
+from bench.features.cache import FeatureCache
 from suites.base import PointSets, Suite
 
 
@@ -83,7 +85,7 @@ class BackboneSuite(Suite):
         captions, labels and prompts by content. Nothing is decoded, no model is built."""
         self.check_cache_dir()
         tests, train = self.loaded()
-        stamp = lambda ds: {"fingerprint": ds.fingerprint(), "files": features.fingerprint_files(ds.image_paths)}  # noqa: E731
+        stamp = lambda ds: {"fingerprint": ds.fingerprint(), "files": extract.fingerprint_files(ds.image_paths)}  # noqa: E731
         return {"backbone": weights_identity(BackboneSpec.parse(self.params["backbone"]), seed),
                 "test": {name: stamp(ds) for name, ds in tests.items()}, "train": stamp(train)}
 
@@ -118,7 +120,7 @@ class BackboneSuite(Suite):
     def image_points(self, backbone, cache, name: str, split: str, paths) -> tuple[torch.Tensor, torch.Tensor]:
         """Points for every image, and which to keep: undecodable ones fail the run unless skip_corrupt."""
         kw = {"batch_size": self.params["batch_size"], "workers": self.params["workers"]}
-        got = features.image_points(cache, backbone, name, split, paths, **kw)
+        got = extract.image_points(cache, backbone, name, split, paths, **kw)
         keep = torch.ones(len(paths), dtype=torch.bool)
         if got.corrupt:
             files = {str(paths[i]): why for i, why in sorted(got.corrupt.items())}
@@ -132,7 +134,7 @@ class BackboneSuite(Suite):
         return got.points, keep
 
     def text_points(self, backbone, cache, name: str, split: str, texts) -> torch.Tensor:
-        return features.text_points(cache, backbone, name, split, texts, batch_size=self.params["text_batch_size"]).points
+        return extract.text_points(cache, backbone, name, split, texts, batch_size=self.params["text_batch_size"]).points
 
     def train_set(self) -> retrieval_data.RetrievalSet:
         """Validated before any backbone work, like every test set."""

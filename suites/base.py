@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import yaml
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 SUITES: Registry[type["Suite"]] = Registry("suite")
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import classification_data, metrics
-from bench.scoring import encode, score_matrix
+from bench.data import classification_data
+from bench.eval import metrics
+from bench.eval.scoring import encode, score_matrix
 from suites.backbone_suite import BackboneSuite
 from suites.base import SuiteData, register_suite
 

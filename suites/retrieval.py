@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import metrics, retrieval_data
-from bench.scoring import encode, score_matrix
+from bench.eval import metrics
+from bench.data import retrieval_data
+from bench.eval.scoring import encode, score_matrix
 from suites.backbone_suite import BackboneSuite
 from suites.base import SuiteData, register_suite
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import metrics
-from bench.config import ConfigError
-from bench.scoring import encode, score_matrix
+from bench.eval import metrics
+from bench.run.config import ConfigError
+from bench.eval.scoring import encode, score_matrix
 from suites.base import PointSets, Suite, SuiteData, register_suite
 from suites.synthetic_world import World
 

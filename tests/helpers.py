@@ -25,7 +25,8 @@ def rebuild(suite_name: str, cfg_path: Path, backbone: Path, data_root: Path, ou
 
     import heads
     import suites
-    from bench import config, results
+    from bench.run import config
+    from bench.report import results
 
     record = results.read(results.run_path(out, suite_name, head_name))
     user = yaml.safe_load(Path(cfg_path).read_text())

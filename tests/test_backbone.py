@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from bench.backbone import Backbone, BackboneError, BackboneSpec
+from bench.features.backbone import Backbone, BackboneError, BackboneSpec
 
 TINY = {
     "embed_dim": 32,
@@ -53,7 +53,7 @@ def test_random_weights_are_announced_and_recorded(tiny_backbone, caplog, tmp_pa
     assert tiny_backbone.identity["model_config_sha256"]
     path = tmp_path / "simbench-tiny.json"
     path.write_text(json.dumps(TINY))
-    with caplog.at_level(logging.WARNING, logger="bench.backbone"):
+    with caplog.at_level(logging.WARNING, logger="bench.features.backbone"):
         other = Backbone(BackboneSpec.parse(str(path)), layers=2, seed=3)
     assert other.identity["weights"] == "random:seed3"
     assert any("NO pretrained weights" in r.getMessage() and "seed 3" in r.getMessage() for r in caplog.records)
@@ -73,8 +73,8 @@ def test_spec_parsing():
 def test_dataset_features_go_through_the_cache_and_match_the_model(tiny_backbone, tmp_path, monkeypatch):
     from PIL import Image
 
-    from bench import features
-    from bench.feature_cache import FeatureCache
+    from bench.features import extract
+    from bench.features.cache import FeatureCache
 
     paths = []
     for i in range(5):
@@ -96,15 +96,15 @@ def test_dataset_features_go_through_the_cache_and_match_the_model(tiny_backbone
     monkeypatch.setattr(tiny_backbone, "image_points", count_image)
     monkeypatch.setattr(tiny_backbone, "text_points", count_text)
     cache = FeatureCache(tmp_path / "cache")
-    got = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    got = extract.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
     img, cached = got.points, got.cached
-    txt = features.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False).points
+    txt = extract.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False).points
     assert got.corrupt == {}
     assert not cached and img.shape == (5, 3, 32) and txt.shape == (3, 3, 32)
     assert calls == {"image": 3, "text": 2}
-    again = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    again = extract.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
     img2, cached = again.points, again.cached
-    txt2 = features.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False).points
+    txt2 = extract.text_points(cache, tiny_backbone, "toy", "test", texts, batch_size=2, progress=False).points
     assert cached and calls == {"image": 3, "text": 2}  # no forward pass the second time
     assert torch.equal(img, img2) and torch.equal(txt, txt2)
     with torch.no_grad():
@@ -113,5 +113,5 @@ def test_dataset_features_go_through_the_cache_and_match_the_model(tiny_backbone
         assert torch.allclose(img[:, -1], tiny_backbone.model.encode_image(pre), atol=1e-5)
     # touching an image changes the fingerprint: the entry is rebuilt, not reused
     Image.new("RGB", (50, 50)).save(paths[0])
-    features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    extract.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
     assert calls["image"] == 6

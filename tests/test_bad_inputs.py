@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 import heads
-from bench import results
+from bench.report import results
 from bench.cli import main
 from helpers import SMALL
 from test_backbone import TINY
@@ -552,7 +552,7 @@ def test_cache_manifest_holding_null_is_rebuilt(realdata, tmp_path, capsys):
 
 
 def test_sixteen_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
-    from bench.image_source import open_image
+    from bench.data.image_source import open_image
 
     ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
     Image.fromarray(ramp).save(tmp_path / "g16.png")

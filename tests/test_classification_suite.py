@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import classification_data, results
+from bench.data import classification_data
+from bench.report import results
 from bench.cli import main
-from bench.retrieval_data import DataError
+from bench.data.retrieval_data import DataError
 from helpers import rebuild
 from test_backbone import TINY
 from test_retrieval_suite import make_coco_train
@@ -56,14 +57,14 @@ def test_clip_frozen_equals_clip_benchmark_zero_shot(data, tmp_path):
     from clip_benchmark.datasets.builder import build_dataset
     from clip_benchmark.metrics import zeroshot_classification
 
-    from bench.backbone import Backbone, BackboneSpec
+    from bench.features.backbone import Backbone, BackboneSpec
 
     root, cfg, small = data
     args = ["--suite", "classification", "--backbone", str(cfg), "--data-root", str(root), "--config", str(small),
             "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
     assert main([*args, "--heads", "clip_frozen,kme_rbf"]) == 0
     ours = results.read(results.run_path(tmp_path, "classification", "clip_frozen"))["metrics"]
-    # kme_rbf's numbers from its own score() and combine_prompts, counted here without bench.metrics.
+    # kme_rbf's numbers from its own score() and combine_prompts, counted here without bench.eval.metrics.
     record, cdata, head = rebuild("classification", small, cfg, root, tmp_path, "kme_rbf")
     t = cdata.test["imagenet_sketch"]
     with torch.no_grad():

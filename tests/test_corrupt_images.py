@@ -9,8 +9,9 @@ from PIL import Image
 from test_backbone import tiny_backbone  # noqa: F401 (fixture)
 from test_retrieval_suite import data, run_retrieval  # noqa: F401 (module fixture: COCO + Flickr + a tiny backbone)
 
-from bench import features, results
-from bench.feature_cache import FeatureCache
+from bench.features import extract
+from bench.report import results
+from bench.features.cache import FeatureCache
 
 
 def corrupt(path, how):
@@ -28,18 +29,18 @@ def test_undecodable_rows_are_zero_recorded_and_cached(tiny_backbone, tmp_path):
         arr = (torch.rand(48, 48, 3, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(p, quality=95)
         paths.append(p)
-    clean = features.image_points(FeatureCache(tmp_path / "c0"), tiny_backbone, "toy", "test", paths,
+    clean = extract.image_points(FeatureCache(tmp_path / "c0"), tiny_backbone, "toy", "test", paths,
                                   batch_size=4, workers=0, progress=False)
     corrupt(paths[1], "garbage")
     corrupt(paths[4], "truncated")
     cache = FeatureCache(tmp_path / "c1")
-    got = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=4, workers=0, progress=False)
+    got = extract.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=4, workers=0, progress=False)
     assert sorted(got.corrupt) == [1, 4]
     assert "UnidentifiedImageError" in got.corrupt[1] and "truncated" in got.corrupt[4]
     assert not got.points[[1, 4]].any()
     keep = [0, 2, 3, 5]
     assert torch.allclose(got.points[keep], clean.points[keep], atol=1e-6)  # a bad image spoils nothing else
-    again = features.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=4, workers=0, progress=False)
+    again = extract.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=4, workers=0, progress=False)
     assert again.cached and again.corrupt == got.corrupt and torch.equal(again.points, got.points)
 
 

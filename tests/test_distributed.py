@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import small_config
 
-from bench import results
+from bench.report import results
 from bench.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
 def test_batch_must_divide_across_processes(monkeypatch):
     import torch
 
-    from bench import distributed
+    from bench.core import distributed
 
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(ValueError, match="divisible by the number of processes"):
@@ -48,9 +48,10 @@ SHARDED_EXTRACTION = r'''
 import json, os, sys
 import torch
 from pathlib import Path
-from bench import distributed, features
-from bench.backbone import Backbone, BackboneSpec
-from bench.feature_cache import FeatureCache
+from bench.core import distributed
+from bench.features import extract
+from bench.features.backbone import Backbone, BackboneSpec
+from bench.features.cache import FeatureCache
 
 work = Path(sys.argv[1])
 distributed.init("cpu")
@@ -68,8 +69,8 @@ paths = sorted((work / "images").glob("*.jpg"))
 texts = [f"caption number {i}" for i in range(9)]
 for attempt in ("first", "again"):
     cache = FeatureCache(work / "cache")
-    img = features.image_points(cache, bb, "toy", "test", paths, batch_size=2, workers=0, progress=False)
-    txt = features.text_points(cache, bb, "toy", "test", texts, batch_size=4, progress=False)
+    img = extract.image_points(cache, bb, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    txt = extract.text_points(cache, bb, "toy", "test", texts, batch_size=4, progress=False)
     torch.save({"images": img.points, "texts": txt.points, "corrupt": img.corrupt, "cached": img.cached and txt.cached,
                 "seen": dict(seen)}, work / f"{attempt}-rank{distributed.rank()}.pt")
 distributed.shutdown()
@@ -85,9 +86,9 @@ def test_torchrun_shards_feature_extraction_and_publishes_one_cache(tmp_path):
     from PIL import Image
     from test_backbone import TINY
 
-    from bench import features
-    from bench.backbone import Backbone, BackboneSpec
-    from bench.feature_cache import FeatureCache
+    from bench.features import extract
+    from bench.features.backbone import Backbone, BackboneSpec
+    from bench.features.cache import FeatureCache
 
     (tmp_path / "simbench-tiny.json").write_text(json.dumps(TINY))
     (tmp_path / "images").mkdir()
@@ -106,8 +107,8 @@ def test_torchrun_shards_feature_extraction_and_publishes_one_cache(tmp_path):
     assert [r["seen"] for r in ranks] == [{"images": 4, "texts": 5}, {"images": 3, "texts": 4}]
     bb = Backbone(BackboneSpec.parse(str(tmp_path / "simbench-tiny.json")), layers=2, seed=0)
     paths = sorted((tmp_path / "images").glob("*.jpg"))
-    one = features.image_points(FeatureCache(tmp_path / "one"), bb, "toy", "test", paths, batch_size=2, workers=0, progress=False)
-    one_txt = features.text_points(FeatureCache(tmp_path / "one"), bb, "toy", "test",
+    one = extract.image_points(FeatureCache(tmp_path / "one"), bb, "toy", "test", paths, batch_size=2, workers=0, progress=False)
+    one_txt = extract.text_points(FeatureCache(tmp_path / "one"), bb, "toy", "test",
                                    [f"caption number {i}" for i in range(9)], batch_size=4, progress=False)
     for r in ranks:
         assert not r["cached"] and r["corrupt"] == one.corrupt and list(one.corrupt) == [5]

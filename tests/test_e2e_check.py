@@ -1,7 +1,7 @@
 """The GPU end-to-end script runs on a CPU at toy size (the numbers it prints are what matters on a GPU)."""
 import json
 
-from bench import e2e_check
+from bench.tools import e2e_check
 from test_backbone import TINY
 
 

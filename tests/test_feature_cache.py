@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from bench.feature_cache import FeatureCache
+from bench.features.cache import FeatureCache
 
 FIELDS = {"backbone": {"model": "tiny", "weights": "random:seed0", "layers": 2}, "dataset": "toy", "split": "test",
           "fingerprint": "abc", "side": "image"}

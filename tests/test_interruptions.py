@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import atomic, results
+from bench.core import atomic
+from bench.report import results
 from helpers import small_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +72,7 @@ def test_out_of_memory_while_scoring_retries_with_smaller_chunks_then_fails_clea
     import torch
 
     import heads
-    from bench.scoring import ScoreError, score_matrix
+    from bench.eval.scoring import ScoreError, score_matrix
 
     head = heads.get_head("kme_rbf")(8, 8, memory_budget_mb=64.0)
     real = type(head).score
@@ -102,7 +103,7 @@ def test_kill_9_in_the_middle_of_writes_never_leaves_a_corrupt_file(tmp_path):
     target = tmp_path / "runs" / "s" / "h.json"
     script = (
         "import sys; sys.path.insert(0, %r)\n"
-        "from bench import atomic\n"
+        "from bench.core import atomic\n"
         "i = 0\n"
         "while True:\n"
         "    atomic.write_json(%r, {'i': i, 'payload': ['x' * 1000] * 2000})\n"

@@ -57,7 +57,7 @@ else:
     raise AssertionError("kernel=triton with gradients should refuse")
 
 # The benchmark's GPU branch (fused row + its PyTorch reference beside it), with "GPU" faked as the interpreter.
-from bench import perf
+from bench.tools import perf
 from heads.kme_rbf import KmeRbfHead
 KmeRbfHead._fused = lambda self, a, b: self.kernel != "torch" and not torch.is_grad_enabled()
 report = perf.run(12, 20, 3, 8, 16, 8, torch.device("cpu"), 1, 1.0, 1.0, log=lambda s: None)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from clip_benchmark.metrics.zeroshot_retrieval import recall_at_k as cb_recall_at_k
 
-from bench import metrics
+from bench.eval import metrics
 
 
 def test_recall_matches_clip_benchmark_with_several_positives_per_image():

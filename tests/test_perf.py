@@ -2,7 +2,7 @@
 import json
 import math
 
-from bench import perf
+from bench.tools import perf
 
 
 def test_perf_benchmark_writes_rows_and_ratios(tmp_path, capsys):
@@ -39,7 +39,7 @@ def test_naive_is_skipped_with_a_note_when_too_big(tmp_path):
 
 
 def test_extraction_benchmark_runs_both_loops(tmp_path, capsys):
-    from bench import perf_extraction
+    from bench.tools import perf_extraction
     from test_backbone import TINY
 
     cfg = tmp_path / "simbench-tiny.json"

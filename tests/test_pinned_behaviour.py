@@ -10,8 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from bench import leaderboard, regression, results
-from bench.train import cosine_schedule, param_groups
+from bench.report import leaderboard, regression, results
+from bench.run.train import cosine_schedule, param_groups
 from heads import get_head
 from test_pipeline import fixture_record
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import heads
-from bench import SCHEMA_VERSION, leaderboard, regression, results
+from bench import SCHEMA_VERSION
+from bench.report import leaderboard, regression, results
 from bench.cli import main
-from bench.config import ConfigError, resolve
-from bench.train import TrainingDiverged, train_head
+from bench.run.config import ConfigError, resolve
+from bench.run.train import TrainingDiverged, train_head
 from helpers import small_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
                                           "points_used": None, "memory_budget_mb": 256.0, "kernel": "auto"}}
     assert record["config"]["resolved"]["head_options"] == record["head"]["options"]  # defaults included
     identity = record["identity"]
-    assert {"heads/kme_rbf.py", "heads/pointsets.py", "suites/synthetic.py", "bench/train.py"} <= set(identity["code"]["files"])
+    assert {"heads/kme_rbf.py", "heads/pointsets.py", "suites/synthetic.py", "bench/run/train.py"} <= set(identity["code"]["files"])
     assert "heads/cosine.py" not in identity["code"]["files"]  # another head's code is not this cell's
     assert identity["libraries"]["torch"] == torch.__version__ and identity["device_type"] == "cpu"
     assert record["suite"]["name"] == "synthetic" and record["suite"]["test_set"]["test_pairs"] == 150

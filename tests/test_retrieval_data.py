@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench import retrieval_data
-from bench.retrieval_data import DataError
+from bench.data import retrieval_data
+from bench.data.retrieval_data import DataError
 
 
 def make_coco(root: Path, n_images=4, per=5, split="test"):
@@ -132,7 +132,7 @@ def make_shards(tmp_path, n_shards=2, per_shard=3):
 
 
 def test_webdataset_shards_are_a_training_source_read_through_the_tar(tmp_path):
-    from bench import image_source
+    from bench.data import image_source
 
     make_shards(tmp_path)
     ds = retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..001}}.tar", "train")
@@ -187,7 +187,7 @@ def test_clip_benchmark_webdataset_export_of_a_retrieval_test_set(tmp_path):
 def test_clip_benchmark_webdataset_export_of_a_classification_set(tmp_path):
     from clip_benchmark.datasets.builder import build_wds_dataset
 
-    from bench import classification_data
+    from bench.data import classification_data
 
     folder = tmp_path / "imagenet-r"
     (folder / "test").mkdir(parents=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import results
+from bench.report import results
 from bench.cli import main
 from helpers import rebuild
 from test_backbone import TINY
@@ -98,7 +98,7 @@ def test_clip_frozen_equals_clip_benchmark_retrieval(data, tmp_path):
     from clip_benchmark.datasets.flickr import Flickr
     from clip_benchmark.metrics import zeroshot_retrieval
 
-    from bench.backbone import Backbone, BackboneSpec
+    from bench.features.backbone import Backbone, BackboneSpec
 
     root, cfg, small = data
     assert run_retrieval(root, cfg, small, tmp_path, heads="clip_frozen") == 0

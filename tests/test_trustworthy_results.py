@@ -18,7 +18,7 @@ import torch
 import yaml
 
 import heads
-from bench import leaderboard, regression, results
+from bench.report import leaderboard, regression, results
 from bench.cli import main
 from helpers import SMALL
 from test_bad_inputs import _real_cfg, make_real_data, snapshot
@@ -115,14 +115,14 @@ def test_setting_an_option_to_its_default_is_the_same_cell(tmp_path, capsys):
 
 
 def test_code_identity_is_the_import_closure_by_content(tmp_path):
-    from bench.code_identity import closure, code_identity
+    from bench.run.code_identity import closure, code_identity
     import suites
 
     ident = code_identity(heads.get_head("cosine"), suites.get_suite("synthetic"))
     files = set(ident["files"])
     assert {"heads/cosine.py", "heads/pointsets.py", "heads/base.py", "suites/synthetic.py",
-            "suites/synthetic_world.py", "bench/train.py", "bench/scoring.py", "bench/metrics.py", "bench/runner.py"} <= files
-    assert not files & {"heads/kme_rbf.py", "suites/retrieval.py", "bench/leaderboard.py", "bench/cli.py"}
+            "suites/synthetic_world.py", "bench/run/train.py", "bench/eval/scoring.py", "bench/eval/metrics.py", "bench/run/runner.py"} <= files
+    assert not files & {"heads/kme_rbf.py", "suites/retrieval.py", "bench/report/leaderboard.py", "bench/cli.py"}
     # A dependency's content, not its path or time, is what counts.
     pkg = tmp_path / "pkg"
     pkg.mkdir()
@@ -136,7 +136,7 @@ def test_code_identity_is_the_import_closure_by_content(tmp_path):
 
 
 def test_a_head_without_source_is_never_reused():
-    from bench.code_identity import code_identity
+    from bench.run.code_identity import code_identity
 
     namespace: dict = {}
     exec("class Ghost:\n    pass\n", namespace)
@@ -262,8 +262,8 @@ def test_committed_results_are_not_reused_for_changed_code(broken_repo):
 def test_published_results_come_from_this_code():
     """results/ claims to be made by this code: every committed cell's key must be the key this code
     would compute (else regenerate it: see the README's 'Published results')."""
-    from bench import config, runner
-    from bench.provenance import resolve_device
+    from bench.run import config, runner
+    from bench.report.provenance import resolve_device
 
     records = results.load_all(REPO / "results")
     assert records and all(r["status"] == "ok" for r in records)

@@ -17,7 +17,7 @@ import secrets
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("bench", "heads", "suites")
 
 
@@ -104,7 +104,7 @@ def source_file(obj) -> Path | None:
 
 def code_identity(*objects) -> dict:
     """{"hash", "files"} for the import closure of the modules defining ``objects`` plus the runner."""
-    roots, unknown = [REPO / "bench" / "runner.py"], []
+    roots, unknown = [REPO / "bench" / "run" / "runner.py"], []
     for obj in objects:
         file = source_file(obj)
         if file is None:

@@ -12,8 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import image_source
-from bench.retrieval_data import DataError, clip_benchmark_shards, wds_samples
+from bench.data import image_source
+from bench.data.retrieval_data import DataError, clip_benchmark_shards, wds_samples
 
 LAYOUTS = {
     "imagenet1k": ("DATA_ROOT/imagenet1k/ILSVRC2012_devkit_t12.tar.gz + val/ (torchvision ImageNet layout)",
@@ -83,7 +83,7 @@ def _from_wds(name: str, root: Path, shards: list[Path]) -> ClassificationSet:
 
 def load(data_root: Path, name: str) -> ClassificationSet:
     if name not in LAYOUTS:
-        from bench.registry import suggest
+        from bench.core.registry import suggest
 
         raise DataError(f"unknown classification dataset {name!r}.{suggest(name, LAYOUTS)} Known: {', '.join(LAYOUTS)}.")
     layout, source = LAYOUTS[name]

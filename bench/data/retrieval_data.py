@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench import image_source
+from bench.data import image_source
 
 
 class DataError(ValueError):
@@ -251,7 +251,7 @@ def load(data_root: Path, name: str, split: str) -> RetrievalSet:
     if name.startswith("wds:"):
         return read_webdataset(name[4:]).validate()
     if name not in DATASETS:
-        from bench.registry import suggest
+        from bench.core.registry import suggest
 
         raise DataError(f"unknown dataset {name!r}.{suggest(name, DATASETS)} Known: {', '.join(DATASETS)}.")
     root = Path(data_root) / name

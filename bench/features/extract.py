@@ -23,9 +23,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from bench import distributed, image_source
-from bench.backbone import Backbone
-from bench.feature_cache import FeatureCache
+from bench.core import distributed
+from bench.data import image_source
+from bench.features.backbone import Backbone
+from bench.features.cache import FeatureCache
 
 log = logging.getLogger(__name__)
 

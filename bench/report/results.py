@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import SCHEMA_VERSION, atomic
+from bench import SCHEMA_VERSION
+from bench.core import atomic
 
 
 def suite_dir(out_dir: Path, suite: str) -> Path:

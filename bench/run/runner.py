@@ -16,10 +16,13 @@ import torch
 
 import heads as head_registry
 import suites as suite_registry
-from bench import SCHEMA_VERSION, atomic, config, distributed, provenance, results
-from bench.code_identity import code_identity
-from bench.scoring import HeadContractError, ScoreError
-from bench.train import TrainingDiverged, train_head
+from bench import SCHEMA_VERSION
+from bench.core import atomic, distributed
+from bench.run import config
+from bench.report import provenance, results
+from bench.run.code_identity import code_identity
+from bench.eval.scoring import HeadContractError, ScoreError
+from bench.run.train import TrainingDiverged, train_head
 
 
 @dataclass

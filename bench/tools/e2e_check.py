@@ -1,7 +1,7 @@
 """End-to-end check of the retrieval suite on generated data, with throughput figures.
 
-    python -m bench.e2e_check                      # ViT-B-32, random weights, 2,000 images (meant for a GPU)
-    python -m bench.e2e_check --images 40 --backbone tiny.json --steps 5   # a CPU smoke run
+    python -m bench.tools.e2e_check                      # ViT-B-32, random weights, 2,000 images (meant for a GPU)
+    python -m bench.tools.e2e_check --images 40 --backbone tiny.json --steps 5   # a CPU smoke run
 
 Writes COCO- and Flickr-layout data into a temporary folder, runs ``run_bench.py --suite retrieval``
 on it with every head, and reports backbone feature extraction in images/s (timed on its own,
@@ -54,12 +54,13 @@ def make_data(root: Path, n_images: int, per: int = 5, seed: int = 0) -> None:
 
 
 def main(argv=None) -> int:
-    from bench import features, provenance
-    from bench.backbone import Backbone, BackboneSpec
+    from bench.features import extract
+    from bench.report import provenance
+    from bench.features.backbone import Backbone, BackboneSpec
     from bench.cli import main as bench_main
-    from bench.results import load_all
+    from bench.report.results import load_all
 
-    p = argparse.ArgumentParser(prog="python -m bench.e2e_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.tools.e2e_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--backbone", default="ViT-B-32")
     p.add_argument("--layers", type=int, default=4)
@@ -77,12 +78,12 @@ def main(argv=None) -> int:
         print(f"generated data in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         bb = Backbone(BackboneSpec.parse(args.backbone), args.layers, device, 0)
         paths = sorted((root / "mscoco_captions" / "val2014").glob("*.jpg"))
-        for _ in features.ImageBatches(bb, paths[:256], batch_size=256, workers=args.workers, progress=False):
+        for _ in extract.ImageBatches(bb, paths[:256], batch_size=256, workers=args.workers, progress=False):
             pass  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        n = sum(len(b) for b in features.ImageBatches(bb, paths, batch_size=256, workers=args.workers, progress=False))
+        n = sum(len(b) for b in extract.ImageBatches(bb, paths, batch_size=256, workers=args.workers, progress=False))
         if device.type == "cuda":
             torch.cuda.synchronize()
         extract = n / (time.perf_counter() - t0)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from bench import distributed
-from bench.scoring import check_rep
+from bench.core import distributed
+from bench.eval.scoring import check_rep
 from suites.base import PointSets
 
 

@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from bench import atomic
+from bench.core import atomic
 
 log = logging.getLogger(__name__)
 CACHE_SCHEMA = 1

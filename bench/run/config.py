@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from bench.registry import suggest
+from bench.core.registry import suggest
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import atomic, results
+from bench.core import atomic
+from bench.report import results
 
 
 def _directions(record) -> list[tuple[str, bool]]:

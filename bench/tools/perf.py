@@ -1,7 +1,7 @@
 """Speed benchmark: heads side by side on the same inputs, in one process, as ratios.
 
-    python -m bench.perf            # 2,000 x 10,000 sets, 8 points, d=512 on CPU; COCO size on a GPU
-    python -m bench.perf --quick    # every size shrunk: under a minute on 2 CPU cores
+    python -m bench.tools.perf            # 2,000 x 10,000 sets, 8 points, d=512 on CPU; COCO size on a GPU
+    python -m bench.tools.perf --quick    # every size shrunk: under a minute on 2 CPU cores
 
 Rows: scoring an N x M matrix with ``cosine``, ``kme_rbf`` (on a GPU the fused Triton kernel, with
 its PyTorch reference timed beside it), ``kme_rff`` (D=1024); a naive
@@ -23,8 +23,9 @@ import pandas as pd
 import torch
 
 import heads
-from bench import atomic, provenance
-from bench.train import symmetric_infonce
+from bench.core import atomic
+from bench.report import provenance
+from bench.run.train import symmetric_infonce
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -176,7 +177,7 @@ def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.tools.perf", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="shrink every size (under a minute on 2 CPU cores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="also write rows and ratios to this file")

@@ -98,7 +98,7 @@ class Backbone:
         if spec.model.endswith(".json"):
             _add_model_config(Path(spec.model))
         if name not in open_clip.list_models():
-            from bench.registry import suggest
+            from bench.core.registry import suggest
 
             raise BackboneError(f"unknown open_clip model {name!r}.{suggest(name, open_clip.list_models())}")
         pretrained = spec.pretrained

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import SCHEMA_VERSION, atomic
+from bench import SCHEMA_VERSION
+from bench.core import atomic
 
 DEFAULT_TOLERANCE = 0.02
 # Unbounded or scale-dependent metrics move more between machines than fractions do.

@@ -1,7 +1,7 @@
 """Feature extraction speed against clip_benchmark's evaluation loop, measured side by side.
 
-    python -m bench.perf_extraction                         # ViT-B-32 (random weights), 1,000 images, batch 256
-    python -m bench.perf_extraction --backbone tiny.json --images 64 --batch 16   # a smoke run
+    python -m bench.tools.perf_extraction                         # ViT-B-32 (random weights), 1,000 images, batch 256
+    python -m bench.tools.perf_extraction --backbone tiny.json --images 64 --batch 16   # a smoke run
 
 Both sides read the same Flickr-layout folder through DataLoaders with the same backbone, batch size
 and workers: clip_benchmark's ``zeroshot_retrieval.evaluate`` (images and their captions, one
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.e2e_check import make_flickr
+from bench.tools.e2e_check import make_flickr
 
 
 def _sync(device):
@@ -32,7 +32,8 @@ def measure(backbone, folder: Path, batch: int, workers: int, rounds: int = 2) -
     from clip_benchmark.datasets.flickr import Flickr
     from clip_benchmark.metrics import zeroshot_retrieval
 
-    from bench import features, retrieval_data
+    from bench.features import extract
+    from bench.data import retrieval_data
 
     ds = retrieval_data.read_flickr(folder, "test")
     device = backbone.device
@@ -46,9 +47,9 @@ def measure(backbone, folder: Path, batch: int, workers: int, rounds: int = 2) -
                                     recall_k_list=[1])
 
     def ours():
-        for _ in features.ImageBatches(backbone, ds.image_paths, batch_size=batch, workers=workers, progress=False):
+        for _ in extract.ImageBatches(backbone, ds.image_paths, batch_size=batch, workers=workers, progress=False):
             pass
-        for _ in features.text_batches(backbone, ds.captions, batch_size=batch * per_image, progress=False):
+        for _ in extract.text_batches(backbone, ds.captions, batch_size=batch * per_image, progress=False):
             pass
 
     best = {"clip_benchmark": float("inf"), "simbench": float("inf")}
@@ -68,10 +69,11 @@ def measure(backbone, folder: Path, batch: int, workers: int, rounds: int = 2) -
 
 
 def main(argv=None) -> int:
-    from bench import atomic, provenance
-    from bench.backbone import Backbone, BackboneSpec
+    from bench.core import atomic
+    from bench.report import provenance
+    from bench.features.backbone import Backbone, BackboneSpec
 
-    p = argparse.ArgumentParser(prog="python -m bench.perf_extraction", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.tools.perf_extraction", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="ViT-B-32")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--images", type=int, default=1000)

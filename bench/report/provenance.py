@@ -14,7 +14,7 @@ import torch
 
 import bench
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str | None:

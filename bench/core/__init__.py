@@ -1,0 +1,1 @@
+"""Foundations every layer may use: the generic registry, atomic writes, torch.distributed helpers."""

@@ -1,0 +1,1 @@
+"""Metrics and scoring: where recall, accuracy and the PMI metrics are computed."""

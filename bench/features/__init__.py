@@ -1,0 +1,1 @@
+"""The frozen backbone, feature extraction and the on-disk feature cache."""

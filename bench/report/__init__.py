@@ -1,0 +1,1 @@
+"""Result files, provenance, leaderboards and the regression check."""

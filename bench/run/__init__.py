@@ -1,0 +1,1 @@
+"""Orchestration: config, cell keys, training and the runner that ties heads to suites."""
