@@ -85,9 +85,9 @@ def _listing(kind: str) -> str:
 
 
 def data_root(arg: str | None) -> Path:
-    import os
+    from bench.data import default_root
 
-    return Path(arg or os.environ.get("SIMBENCH_DATA") or "data")
+    return default_root(arg)
 
 
 def _check_data(args) -> int:
@@ -277,9 +277,7 @@ def _leaderboard(out: Path) -> str:
 def _run_one(args, name, head_names, cfg, out, device, everything):
     """One suite; data problems skip it under --suite all and are a usage error otherwise."""
     from bench.run import runner
-    from bench.features.backbone import BackboneError
-    from bench.run.config import ConfigError
-    from bench.data.retrieval_data import DataError
+    from bench.core.errors import DataError, UserError
     from suites.backbone_suite import CorruptImages
 
     try:
@@ -294,7 +292,7 @@ def _run_one(args, name, head_names, cfg, out, device, everything):
         if not everything:
             raise UsageError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None
         print(f"[{name}] skipped: its data is not ready ({str(exc).splitlines()[0]})", file=sys.stderr)
-    except (BackboneError, ConfigError) as exc:
+    except UserError as exc:
         raise UsageError(str(exc)) from None
     return None
 

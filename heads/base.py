@@ -48,6 +48,9 @@ class SimilarityHead(nn.Module):
     version: int = 1
     description: str = ""
     trainable: bool = True
+    # Scoring memory in MiB for heads that score in blocks (None: the head does not chunk). An
+    # option users can set; on out-of-memory, evaluation halves it and retries (bench/eval/scoring.py).
+    memory_budget_mb: float | None = None
 
     def __init__(self, image_dim: int, text_dim: int):
         super().__init__()

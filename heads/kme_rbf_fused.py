@@ -1,7 +1,7 @@
 """Fused exact ``kme_rbf`` scores for evaluation on a GPU, as one Triton kernel.
 
 Each program takes a tile of image sets x text sets, accumulates the augmented point products
-(u.v/sigma^2 + log a_i + log b_j, see ``kme_rbf._augment``) over the feature dimension, and reduces
+(u.v/sigma^2 + log a_i + log b_j, see ``kme_rbf_reference.augment``) over the feature dimension, and reduces
 every set pair's m x n block with a log-sum-exp before anything leaves registers. The [N*m, M*n]
 logits the PyTorch path streams through memory in chunks are never written, so memory is the
 output alone, whatever N and M are. Forward only: training needs gradients and uses the PyTorch
@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from heads.kme_rbf_reference import NO_WEIGHT, augment
 from heads.pointsets import PointSetRep
 
 MAX_POINTS = 64  # per set, after padding to a power of two; beyond this the tile would spill registers
@@ -86,21 +87,20 @@ def _build_kernel():
 
 
 def log_inner(image_rep: PointSetRep, text_rep: PointSetRep, inv_sigma2: torch.Tensor) -> torch.Tensor:
-    """Exact score matrix [N, M], equal to ``kme_rbf.kme_log_inner`` up to float rounding."""
+    """Exact score matrix [N, M], equal to ``kme_rbf_reference.kme_log_inner`` up to float rounding."""
     import triton
 
-    from heads.kme_rbf import _augment
 
     global _kernel
     if _kernel is None:
         _kernel = _build_kernel()
     with torch.no_grad():
-        U = _augment(image_rep.points, image_rep.log_weights, inv_sigma2, first=True)
-        V = _augment(text_rep.points, text_rep.log_weights, None, first=False)
+        U = augment(image_rep.points, image_rep.log_weights, inv_sigma2, first=True)
+        V = augment(text_rep.points, text_rep.log_weights, None, first=False)
         n_img, m, k = U.shape
         n_txt, n = V.shape[:2]
         MP, NP = max(_pow2(m), 1), max(_pow2(n), 1)
-        U, V = _pad(U, MP, (-1e4, 1.0)), _pad(V, NP, (1.0, -1e4))
+        U, V = _pad(U, MP, (NO_WEIGHT, 1.0)), _pad(V, NP, (1.0, NO_WEIGHT))
         BA, BB = 64 // MP, 64 // NP  # 64 x 64 point tiles (MP, NP <= 64 are powers of two; tl.dot wants >= 16)
         out = torch.empty(n_img, n_txt, dtype=torch.float32, device=U.device)
         grid = (triton.cdiv(n_img, BA), triton.cdiv(n_txt, BB))

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from heads.base import SimilarityHead, register_head
-from heads.pointsets import Bandwidth, PointSetEncoder, PointSetRep, chunk_sizes
+from heads.base import register_head
+from heads.kme_base import KernelMeanHead
+from heads.pointsets import PointSetRep, chunk_sizes
 
 _TINY = 1e-30
 
@@ -59,7 +60,7 @@ def orthogonal_gaussian(rows: int, dim: int, generator: torch.Generator) -> torc
 
 
 @register_head("kme_rff")
-class KmeRffHead(SimilarityHead):
+class KmeRffHead(KernelMeanHead):
     version = 1
     description = "KME-CLIP with explicit random features (positive orthogonal by default): mean embeddings are D-vectors."
     trainable = True
@@ -68,29 +69,22 @@ class KmeRffHead(SimilarityHead):
                  orthogonal: bool = True, seed: int = 0, sigma: float = math.sqrt(0.07),
                  max_inverse_sigma2: float = 100.0, learn_sigma: bool = True, points_used: int | None = None,
                  fourier_floor: float = 1e-4, memory_budget_mb: float = 256.0):
-        super().__init__(image_dim, text_dim)
         if features not in ("positive", "fourier"):
             raise ValueError(f"kme_rff: features must be 'positive' or 'fourier', got {features!r}.")
         if int(num_features) < 1:
             raise ValueError(f"kme_rff: num_features must be a positive integer, got {num_features!r}.")
-        if sigma <= 0 or 1 / sigma**2 > max_inverse_sigma2:
-            raise ValueError(f"kme_rff: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
-        if not memory_budget_mb > 0:
-            raise ValueError(f"kme_rff: memory_budget_mb must be positive, got {memory_budget_mb}.")
         if not fourier_floor > 0:
             raise ValueError(f"kme_rff: fourier_floor must be positive, got {fourier_floor}.")
+        super().__init__(image_dim, text_dim, sigma=sigma, max_inverse_sigma2=max_inverse_sigma2,
+                         learn_sigma=learn_sigma, points_used=points_used, memory_budget_mb=memory_budget_mb)
         self.options = {"num_features": int(num_features), "features": features, "orthogonal": orthogonal,
                         "seed": seed, "sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2,
                         "learn_sigma": learn_sigma, "points_used": points_used,
                         "fourier_floor": fourier_floor, "memory_budget_mb": memory_budget_mb}
         out_dim = max(image_dim, text_dim)
-        self.image_encoder = PointSetEncoder(image_dim, out_dim, points_used)
-        self.text_encoder = PointSetEncoder(text_dim, out_dim, points_used)
-        self.bandwidth = Bandwidth(sigma, max_inverse_sigma2, learnable=learn_sigma)
         self.kind = features
         self.num_features = int(num_features)
         self.fourier_floor = float(fourier_floor)
-        self.memory_budget_mb = float(memory_budget_mb)
         gen = torch.Generator().manual_seed(int(seed))
         if orthogonal:
             omega = orthogonal_gaussian(self.num_features, out_dim, gen)
@@ -98,10 +92,6 @@ class KmeRffHead(SimilarityHead):
             omega = torch.randn(self.num_features, out_dim, generator=gen)
         self.register_buffer("omega", omega)
         self.register_buffer("phase", torch.rand(self.num_features, generator=gen) * 2 * math.pi)
-
-    @property
-    def sigma(self) -> torch.Tensor:
-        return self.bandwidth()
 
     # -- feature map ----------------------------------------------------------------------
     def _log_features(self, points: torch.Tensor) -> torch.Tensor:
@@ -138,12 +128,10 @@ class KmeRffHead(SimilarityHead):
         return FeatureRep(torch.cat(feats), torch.cat(scales))
 
     def encode_image(self, points, mask=None) -> FeatureRep:
-        mask = self.check_points(points, mask, self.image_dim, "image")
-        return self._embed(self.image_encoder(points.float(), mask))
+        return self._embed(self.point_sets("image", points, mask))
 
     def encode_text(self, points, mask=None) -> FeatureRep:
-        mask = self.check_points(points, mask, self.text_dim, "text")
-        return self._embed(self.text_encoder(points.float(), mask))
+        return self._embed(self.point_sets("text", points, mask))
 
     def score(self, image_rep: FeatureRep, text_rep: FeatureRep) -> torch.Tensor:
         inner = image_rep.features @ text_rep.features.T

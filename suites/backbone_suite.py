@@ -15,15 +15,15 @@ import torch
 
 from bench.core import distributed
 from bench.features import extract
-from bench.data import retrieval_data
+from bench.data import default_root, retrieval_data
 from bench.features.backbone import Backbone, BackboneSpec, weights_identity
-from bench.run.config import ConfigError
+from bench.core.errors import ConfigError, DataError
 from bench.core.registry import suggest
 from bench.features.cache import FeatureCache
 from suites.base import PointSets, Suite
 
 
-class CorruptImages(retrieval_data.DataError):
+class CorruptImages(DataError):
     """Images that exist but cannot be decoded; the message lists them."""
 
 
@@ -107,7 +107,7 @@ class BackboneSuite(Suite):
 
     def roots(self) -> tuple[Path, Path]:
         p = self.params
-        root = Path(p["data_root"] or os.environ.get("SIMBENCH_DATA") or "data")
+        root = default_root(p["data_root"])
         cache = p["cache_dir"] or os.environ.get("SIMBENCH_CACHE") or Path.home() / ".cache" / "simbench" / "features"
         return root, Path(cache)  # never inside the data root, which may be read-only or shared
 

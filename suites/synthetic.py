@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.eval import metrics
-from bench.run.config import ConfigError
+from bench.core.errors import ConfigError
 from bench.eval.scoring import encode, score_matrix
 from suites.base import PointSets, Suite, SuiteData, register_suite
 from suites.synthetic_world import World
@@ -104,7 +104,7 @@ class SyntheticSuite(Suite):
     def _metrics(self, scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest) -> dict[str, float]:
         n = scores.shape[0]
         out = {
-            "infonce_excess": metrics.symmetric_infonce(scores) - metrics.symmetric_infonce(test.pmi),
+            "infonce_excess": float(metrics.symmetric_infonce(scores.double())) - float(metrics.symmetric_infonce(test.pmi.double())),
             "pmi_row_kl": metrics.row_kl(test.pmi, scores),
             "pmi_pearson": metrics.pearson(scores, test.pmi),
             "pmi_spearman": metrics.spearman(scores, test.pmi),

@@ -23,7 +23,7 @@ from bench.report import results
 from bench.cli import main
 from helpers import SMALL
 from test_backbone import TINY
-from test_retrieval_data import make_coco, make_flickr
+from bench.tools.fixtures import make_coco, make_flickr
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 

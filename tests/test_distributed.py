@@ -129,7 +129,7 @@ def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
     from safetensors.torch import load_file
 
     from test_backbone import TINY
-    from test_retrieval_data import make_flickr
+    from bench.tools.fixtures import make_flickr
     from test_retrieval_suite import make_coco_train, noisy_images
 
     root = tmp_path / "data"

@@ -18,17 +18,20 @@ class Producer:
 
     def __call__(self):
         g = torch.Generator().manual_seed(0)
+        batches = []
         for start in range(0, self.n, self.batch):
             self.calls += 1
-            yield torch.randn(min(self.batch, self.n - start), 2, 4, generator=g)
+            batches.append(torch.randn(min(self.batch, self.n - start), 2, 4, generator=g))
+        return torch.cat(batches), {"made_by": "Producer"}
 
 
 def test_second_run_does_no_forward_pass(tmp_path):
     cache, produce = FeatureCache(tmp_path, shard_rows=10), Producer()
-    first, cached = cache.get_or_build(FIELDS, produce)
+    first, cached, extra = cache.get_or_build(FIELDS, produce)
     assert not cached and produce.calls == 3 and first.shape == (25, 2, 4)
-    again, cached = cache.get_or_build(FIELDS, produce)
+    again, cached, extra_again = cache.get_or_build(FIELDS, produce)
     assert cached and produce.calls == 3 and torch.equal(first, again)
+    assert extra == extra_again == {"made_by": "Producer"}  # what the builder recorded comes back from disk
     assert len(list(cache.path(FIELDS).glob("shard-*.safetensors"))) == 3
     assert not list(tmp_path.glob("*.partial"))
 
@@ -45,7 +48,7 @@ def test_any_change_of_key_fields_misses(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "alter", "delete", "manifest"])
 def test_damaged_cache_is_detected_and_rebuilt(tmp_path, damage, caplog):
     cache, produce = FeatureCache(tmp_path, shard_rows=10), Producer()
-    good, _ = cache.get_or_build(FIELDS, produce)
+    good = cache.get_or_build(FIELDS, produce).points
     shard = cache.path(FIELDS) / "shard-00001.safetensors"
     if damage == "truncate":
         shard.write_bytes(shard.read_bytes()[:-7])
@@ -58,7 +61,7 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, damage, caplog):
     else:
         (cache.path(FIELDS) / "manifest.json").write_text("{not json")
     assert cache.problem(FIELDS) is not None
-    rebuilt, cached = cache.get_or_build(FIELDS, produce)
+    rebuilt, cached, _ = cache.get_or_build(FIELDS, produce)
     assert not cached and produce.calls == 6 and torch.equal(rebuilt, good)
     assert "stale" in caplog.text
     assert cache.problem(FIELDS) is None
@@ -68,8 +71,7 @@ def test_interrupted_build_leaves_nothing_usable_behind(tmp_path):
     cache = FeatureCache(tmp_path)
 
     def boom():
-        yield torch.randn(3, 2, 4)
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # the forward pass is interrupted before anything is published
 
     with pytest.raises(KeyboardInterrupt):
         cache.get_or_build(FIELDS, boom)
@@ -92,10 +94,10 @@ def test_a_concurrent_writer_that_publishes_first_wins_cleanly(tmp_path):
     other = FeatureCache(tmp_path)
 
     def produce_while_other_publishes():
-        yield torch.ones(2, 2, 4)
-        other.get_or_build(FIELDS, lambda: iter([torch.ones(2, 2, 4)]))  # the other rank finishes first
+        other.get_or_build(FIELDS, lambda: (torch.ones(2, 2, 4), {}))  # the other rank finishes first
+        return torch.ones(2, 2, 4), {}
 
-    points, cached = cache.get_or_build(FIELDS, produce_while_other_publishes)
+    points, cached, _ = cache.get_or_build(FIELDS, produce_while_other_publishes)
     assert not cached and torch.equal(points, torch.ones(2, 2, 4))
     assert cache.problem(FIELDS) is None
     assert [p.name for p in tmp_path.iterdir()] == [cache.path(FIELDS).name]

@@ -165,7 +165,7 @@ def test_budget_really_forces_several_chunks(monkeypatch):
             return pair_fn(rs, cs)
         return original(counted, *args, **kwargs)
 
-    import heads.kme_rbf as mod
+    import heads.kme_rbf_reference as mod
     monkeypatch.setattr(mod, "chunked_score", spy)
     head = get_head("kme_rbf")(8, 8, memory_budget_mb=0.01)
     with torch.no_grad():

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 CHECK = r'''
 import math, torch
 from heads import get_head, kme_rbf_fused
-from heads.kme_rbf import kme_log_inner
+from heads.kme_rbf_reference import kme_log_inner
 from heads.pointsets import PointSetRep
 
 def rep(g, n, m, d, masked):
@@ -59,7 +59,7 @@ else:
 # The benchmark's GPU branch (fused row + its PyTorch reference beside it), with "GPU" faked as the interpreter.
 from bench.tools import perf
 from heads.kme_rbf import KmeRbfHead
-KmeRbfHead._fused = lambda self, a, b: self.kernel != "torch" and not torch.is_grad_enabled()
+KmeRbfHead.uses_fused_kernel = lambda self, a, b: self.kernel != "torch" and not torch.is_grad_enabled()
 report = perf.run(12, 20, 3, 8, 16, 8, torch.device("cpu"), 1, 1.0, 1.0, log=lambda s: None)
 assert report["sizes"]["kme_rbf_kernel"] == "triton" and report["ratios"]["reference_vs_fused_kme_rbf"] > 0
 print(f"OK worst abs error {worst:.2e}")
@@ -82,7 +82,7 @@ def test_kernel_option_is_checked_and_auto_keeps_cpu_on_the_reference(monkeypatc
     head = get_head("kme_rbf")(8, 8).eval()
     with torch.no_grad():
         s = head.score(head.encode_image(torch.randn(3, 2, 8)), head.encode_text(torch.randn(4, 2, 8)))
-    assert s.shape == (3, 4) and not called
+    assert s.shape == (3, 4) and not called and head.last_kernel == "torch"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA device"), torch.no_grad():
             get_head("kme_rbf")(8, 8, kernel="triton").score(head.encode_image(torch.randn(3, 2, 8)),
@@ -97,7 +97,7 @@ def test_auto_falls_back_to_the_reference_when_the_kernel_fails(monkeypatch, cap
         raise RuntimeError("triton compilation failed")
 
     head = get_head("kme_rbf")(8, 8).eval()
-    monkeypatch.setattr(type(head), "_fused", lambda self, a, b: self.kernel == "auto" and not getattr(self, "_fused_failed", False))
+    monkeypatch.setattr(type(head), "uses_fused_kernel", lambda self, a, b: self.kernel == "auto" and not self.fused_failed)
     monkeypatch.setattr(kme_rbf_fused, "log_inner", broken)
     x, y = torch.randn(3, 2, 8), torch.randn(4, 2, 8)
     with torch.no_grad():
@@ -106,12 +106,13 @@ def test_auto_falls_back_to_the_reference_when_the_kernel_fails(monkeypatch, cap
         assert torch.allclose(s, get_head("kme_rbf")(8, 8, kernel="torch").score(img, txt))
         head.score(img, txt)
     assert sum("fused Triton kernel failed" in r.message for r in caplog.records) == 1  # said once, not per call
+    assert head.fused_failed and head.last_kernel == "torch"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it)")
 def test_fused_kernel_on_gpu_matches_float64_brute_force():
     from heads import kme_rbf_fused
-    from heads.kme_rbf import kme_log_inner
+    from heads.kme_rbf_reference import kme_log_inner
     from heads.pointsets import PointSetRep
 
     g = torch.Generator().manual_seed(0)

@@ -1,5 +1,4 @@
 """Retrieval datasets in the real on-disk formats, made by the tests; bad data fails clearly."""
-import json
 import os
 from pathlib import Path
 
@@ -8,28 +7,7 @@ from PIL import Image
 
 from bench.data import retrieval_data
 from bench.data.retrieval_data import DataError
-
-
-def make_coco(root: Path, n_images=4, per=5, split="test"):
-    folder = root / "mscoco_captions" / ("train2014" if split == "train" else "val2014")
-    folder.mkdir(parents=True)
-    images, anns = [], []
-    for i in range(n_images):
-        name = f"COCO_val2014_{i:012d}.jpg"
-        Image.new("RGB", (32, 24), color=(30 * i, 60, 90)).save(folder / name)
-        images.append({"id": 100 + i, "file_name": name})
-        anns += [{"image_id": 100 + i, "id": 1000 + i * per + j, "caption": f"image {i} caption {j}"} for j in range(per)]
-    (root / "mscoco_captions" / f"coco_{split}_karpathy.json").write_text(json.dumps({"images": images, "annotations": anns}))
-
-
-def make_flickr(root: Path, n_images=3, per=5):
-    folder = root / "flickr30k"
-    folder.mkdir(parents=True)
-    lines = ["image,caption"]
-    for i in range(n_images):
-        Image.new("RGB", (20, 30)).save(folder / f"{1000 + i}.jpg")
-        lines += [f"{1000 + i}.jpg,a caption of {i}, with a comma {j}" for j in range(per)]  # distinct: no tied scores
-    (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+from bench.tools.fixtures import make_coco, make_flickr
 
 
 def test_coco_and_flickr_are_read_with_every_caption(tmp_path):

@@ -10,7 +10,7 @@ from bench.report import results
 from bench.cli import main
 from helpers import rebuild
 from test_backbone import TINY
-from test_retrieval_data import make_coco, make_flickr
+from bench.tools.fixtures import make_coco, make_flickr
 
 
 def noisy_images(folder, names, seed):

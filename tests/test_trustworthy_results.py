@@ -18,7 +18,7 @@ import torch
 import yaml
 
 import heads
-from bench.report import leaderboard, regression, results
+from bench.report import leaderboard, results
 from bench.cli import main
 from helpers import SMALL
 from test_bad_inputs import _real_cfg, make_real_data, snapshot

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.data import image_source
-from bench.data.retrieval_data import DataError, clip_benchmark_shards, wds_samples
+from bench.core.errors import DataError
+from bench.data.webdataset import clip_benchmark_shards, wds_samples
 
 LAYOUTS = {
     "imagenet1k": ("DATA_ROOT/imagenet1k/ILSVRC2012_devkit_t12.tar.gz + val/ (torchvision ImageNet layout)",
@@ -60,7 +61,7 @@ def _samples(ds) -> list[tuple[str, int]]:
     raise DataError(f"{type(ds).__name__}: this dataset's layout lists no files; it is not supported yet.")
 
 
-def _from_wds(name: str, root: Path, shards: list[Path]) -> ClassificationSet:
+def classes_from_shards(name: str, root: Path, shards: list[Path]) -> ClassificationSet:
     """clip_benchmark's webdataset export: image + ``cls`` per sample, classnames.txt and templates beside."""
     lists = {}
     for fname in ("classnames.txt", "zeroshot_classification_templates.txt"):
@@ -90,7 +91,7 @@ def load(data_root: Path, name: str) -> ClassificationSet:
     root = Path(data_root) / name
     shards = clip_benchmark_shards(root, "test") if root.is_dir() else None
     if shards is not None:
-        return validate(_from_wds(name, root, shards))
+        return validate(classes_from_shards(name, root, shards))
     if not root.is_dir() or not any(root.iterdir()):
         raise DataError(f"{name}: folder {root} is missing or empty. Expected layout:\n  {layout}\nGet it from: {source}")
     if name == "imagenetv2":

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from bench.core.errors import DataError
 from bench.data import image_source
-
-
-class DataError(ValueError):
-    """Missing or malformed data; the message names the files and how to fix them."""
+from bench.data.webdataset import clip_benchmark_shards, wds_samples
 
 
 @dataclass
@@ -179,41 +177,8 @@ def read_csv(path: Path, separator: str = "\t", image_column: str = "filepath", 
     return RetrievalSet(f"csv:{path.name}", "train", paths, [c.strip() for c in frame[caption_column]], caption_image)
 
 
-def wds_samples(shards: list[Path], fields: tuple[str, ...]):
-    """Yield (image address, {field: text}) per sample of webdataset shards, in order.
-
-    A sample is the members sharing a key: one image (webp/png/jpg/jpeg) and the text ``fields``
-    (e.g. ``txt`` captions, ``cls`` label), as open_clip, img2dataset and clip_benchmark write them.
-    """
-    import tarfile
-
-    missing = [str(s) for s in shards if not s.is_file()]
-    if missing:
-        raise DataError(f"webdataset: {len(missing)} of {len(shards)} shards missing (e.g. {', '.join(missing[:3])}).")
-    for shard in shards:
-        try:
-            with tarfile.open(shard) as tf:
-                samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for m in tf.getmembers():
-                    if m.isfile():
-                        key, _, ext = m.name.rpartition(".")
-                        samples.setdefault(key, {})[ext.lower()] = m
-                for key, parts in samples.items():
-                    image = next((parts[e] for e in ("webp", "png", "jpg", "jpeg") if e in parts), None)
-                    if image is None or any(f not in parts for f in fields):
-                        raise DataError(f"webdataset: {shard} sample {key!r} lacks an image or one of {fields}.")
-                    if image.size == 0:
-                        raise DataError(f"webdataset: {shard} member {image.name} is empty.")
-                    try:
-                        texts = {f: tf.extractfile(parts[f]).read().decode("utf-8").strip() for f in fields}
-                    except UnicodeDecodeError as exc:
-                        raise DataError(f"webdataset: {shard} sample {key!r} has text that is not UTF-8 ({exc}).") from None
-                    yield Path(f"{shard}{image_source.SEP}{image.name}"), texts
-        except tarfile.TarError as exc:
-            raise DataError(f"webdataset: {shard} is not a readable tar ({exc}); it may be truncated.") from None
-
-
-def _from_wds(name: str, split: str, shards: list[Path]) -> RetrievalSet:
+def pairs_from_shards(name: str, split: str, shards: list[Path]) -> RetrievalSet:
+    """Image-caption pairs from webdataset shards: ``txt`` holds one caption per line."""
     paths, captions, caption_image = [], [], []
     for path, texts in wds_samples(shards, ("txt",)):
         lines = [c.strip() for c in texts["txt"].splitlines() if c.strip()]  # several captions per image
@@ -229,19 +194,7 @@ def read_webdataset(pattern: str) -> RetrievalSet:
     """Training shards given by a brace pattern (``/path/train-{000..009}.tar``)."""
     from braceexpand import braceexpand
 
-    return _from_wds(f"wds:{Path(pattern).name}", "train", [Path(p).expanduser() for p in braceexpand(pattern)])
-
-
-def clip_benchmark_shards(folder: Path, split: str) -> list[Path] | None:
-    """The shards of a dataset exported by clip_benchmark (``SPLIT/nshards.txt`` + ``SPLIT/{0..n-1}.tar``)."""
-    count = folder / split / "nshards.txt"
-    if not count.is_file():
-        return None
-    try:
-        n = int(count.read_text().strip())
-    except ValueError:
-        raise DataError(f"{count} must hold the number of shards, got {count.read_text()[:40]!r}.") from None
-    return [folder / split / f"{i}.tar" for i in range(n)]
+    return pairs_from_shards(f"wds:{Path(pattern).name}", "train", [Path(p).expanduser() for p in braceexpand(pattern)])
 
 
 def load(data_root: Path, name: str, split: str) -> RetrievalSet:
@@ -257,7 +210,7 @@ def load(data_root: Path, name: str, split: str) -> RetrievalSet:
     root = Path(data_root) / name
     shards = clip_benchmark_shards(root, split) if root.is_dir() else None
     if shards is not None:  # clip_benchmark's webdataset export of the same dataset
-        return _from_wds(name, split, shards).validate()
+        return pairs_from_shards(name, split, shards).validate()
     if not root.is_dir():
         info = DATASETS[name]
         raise DataError(f"{name}: folder {root} does not exist. Expected layout:\n{info.layout}\nGet it from: {info.source}")

@@ -55,12 +55,12 @@ def retrieval_recalls(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 1
     return out
 
 
-def symmetric_infonce(scores: torch.Tensor) -> float:
-    """Symmetric InfoNCE of a square matrix whose diagonal holds the positives."""
-    s = scores.double()
-    target = torch.arange(s.shape[0], device=s.device)
+def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of a square matrix whose diagonal holds the positives: the training loss
+    (differentiable, in the logits' dtype) and, on the whole test matrix, a synthetic-suite metric."""
+    target = torch.arange(logits.shape[0], device=logits.device)
     ce = torch.nn.functional.cross_entropy
-    return float((ce(s, target) + ce(s.T, target)) / 2)
+    return (ce(logits, target) + ce(logits.T, target)) / 2
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:

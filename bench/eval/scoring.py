@@ -55,7 +55,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _score_with_retries(head, image_rep, text_rep, retries: int = 4) -> torch.Tensor:
     """On out-of-memory, halve the head's scoring budget and try again; then fail with the numbers."""
-    budget = getattr(head, "memory_budget_mb", None)
+    budget = head.memory_budget_mb
     for attempt in range(retries + 1):
         try:
             return head.score(image_rep, text_rep)

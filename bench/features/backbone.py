@@ -7,19 +7,16 @@ lives in the joint embedding space. The last point is the model's own ``encode_i
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bench.core import hashing
+from bench.core.errors import BackboneError
+
 log = logging.getLogger(__name__)
-
-
-class BackboneError(ValueError):
-    pass
 
 
 @dataclass
@@ -49,11 +46,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_MEMO[memo] = h.hexdigest()[:16]
+        _SHA_MEMO[memo] = hashing.file_sha256(path)[:16]
     return _SHA_MEMO[memo]
 
 
@@ -122,7 +115,7 @@ class Backbone:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
+        return hashing.json_sha256(self.identity, 16)
 
     @torch.no_grad()
     def image_points(self, images: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,6 @@ writer's (another torchrun rank's).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,11 +19,11 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, NamedTuple
 
 import torch
 
-from bench.core import atomic
+from bench.core import atomic, distributed, hashing
 
 log = logging.getLogger(__name__)
 CACHE_SCHEMA = 1
@@ -32,15 +31,13 @@ STALE_PARTIAL_SECONDS = 24 * 3600  # a building folder from another host is pres
 
 
 def cache_key(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return hashing.json_sha256(fields, 20)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+class CacheEntry(NamedTuple):
+    points: torch.Tensor
+    cached: bool   # read from disk: no forward pass was needed
+    extra: dict    # what the builder recorded beside the points (JSON, as stored in the manifest)
 
 
 class FeatureCache:
@@ -72,7 +69,7 @@ class FeatureCache:
             f = folder / str(shard["file"])
             if not f.is_file():
                 return f"shard {shard['file']} is missing"
-            if f.stat().st_size != shard["bytes"] or _sha256(f) != shard["sha256"]:
+            if f.stat().st_size != shard["bytes"] or hashing.file_sha256(f) != shard["sha256"]:
                 return f"shard {shard['file']} is truncated or altered (checksum mismatch)"
         return None
 
@@ -87,21 +84,23 @@ class FeatureCache:
         parts = [load_file(str(folder / s["file"]))["points"] for s in manifest["shards"]]
         return torch.cat(parts) if parts else torch.empty(0)
 
-    def get_or_build(self, fields: dict, produce: Callable[[], Iterable[torch.Tensor]]) -> tuple[torch.Tensor, bool]:
-        """Cached points for ``fields``, or build them from ``produce()`` batches. Returns (points, was_cached)."""
-        why = self.problem(fields)
-        if why is None:
-            return self.load(fields), True
-        if why != "not cached":
-            log.warning("feature cache %s is stale (%s); rebuilding it.", self.path(fields), why)
-        points = self._build(fields, produce)
-        return points, False
+    def get_or_build(self, fields: dict, build: Callable[[], tuple[torch.Tensor, dict]]) -> CacheEntry:
+        """The entry for ``fields``, or ``build()``'s (points, extra) published as that entry.
 
-    def _build(self, fields: dict, produce) -> torch.Tensor:
-        chunks = [b.detach().float().cpu() for b in produce()]
-        points = torch.cat(chunks) if chunks else torch.empty(0)
-        self.store(fields, points)
-        return points
+        Under torchrun every rank calls this: all take the same branch (a rank that alone saw a valid
+        entry would skip the gathers inside ``build`` and hang the others), and rank 0 alone publishes.
+        """
+        why = self.problem(fields)
+        if distributed.all_true(why is None):
+            return CacheEntry(self.load(fields), True, self.manifest(fields).get("extra", {}))
+        if why not in (None, "not cached"):
+            log.warning("feature cache %s is stale (%s); rebuilding it.", self.path(fields), why)
+        points, extra = build()
+        points = points.detach().float().cpu()
+        if distributed.is_main():
+            self.store(fields, points, extra)
+        distributed.barrier()
+        return CacheEntry(points, False, json.loads(json.dumps(extra or {}, default=str)))
 
     def store(self, fields: dict, points: torch.Tensor, extra: dict | None = None) -> None:
         """Publish ``points`` for ``fields`` whole, or not at all. ``extra`` (JSON) goes into the manifest."""
@@ -119,7 +118,7 @@ class FeatureCache:
                 name = f"shard-{i:05d}.safetensors"
                 save_file({"points": points[start:start + self.shard_rows].contiguous()}, str(tmp / name))
                 shards.append({"file": name, "rows": int(min(self.shard_rows, len(points) - start)),
-                               "bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)})
+                               "bytes": (tmp / name).stat().st_size, "sha256": hashing.file_sha256(tmp / name)})
             manifest = {"schema": CACHE_SCHEMA, "fields": fields, "rows": len(points),
                         "shape": list(points.shape), "shards": shards, "extra": extra or {}}
             atomic.write_json(tmp / "manifest.json", json.loads(json.dumps(manifest, default=str)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,34 +79,35 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-class ImageBatches:
-    """Point batches for images[start:stop]; ``corrupt`` fills in (global index -> error) as it goes."""
+def loader_workers(requested: int) -> int:
+    """DataLoader workers: as many as asked, but never more than the CPUs this process may use."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(requested), cpus))
 
-    def __init__(self, backbone: Backbone, paths, start: int = 0, stop: int | None = None, batch_size: int = 256,
-                 workers: int = 4, progress: bool = True):
-        self.backbone, self.paths, self.start = backbone, list(paths), start
-        self.stop = len(self.paths) if stop is None else stop
-        self.batch_size, self.workers, self.progress = batch_size, workers, progress
-        self.corrupt: dict[int, str] = {}
 
-    def __iter__(self):
-        bb = self.backbone
-        loader = DataLoader(ImageFiles(self.paths[self.start:self.stop], bb.preprocess), batch_size=self.batch_size,
-                            num_workers=self.workers, pin_memory=bb.device.type == "cuda")
-        done = self.start
-        with tqdm(total=self.stop - self.start, desc="image features", unit="img",
-                  disable=None if self.progress else True) as bar:
-            for images, errors in loader:
-                with _autocast(bb.device):
-                    points = bb.image_points(images)
-                bad = [j for j, e in enumerate(errors) if e]
-                if bad:
-                    points = points.clone()
-                    points[bad] = 0
-                    self.corrupt.update({done + j: errors[j] for j in bad})
-                yield points
-                done += len(images)
-                bar.update(len(images))
+def image_batches(backbone: Backbone, paths, start: int = 0, stop: int | None = None, batch_size: int = 256,
+                  workers: int = 4, progress: bool = True):
+    """Yield (points, undecodable) per batch of images[start:stop]; ``undecodable`` maps a global
+    index to why it could not be decoded (its row is zero)."""
+    paths = list(paths)
+    stop = len(paths) if stop is None else stop
+    loader = DataLoader(ImageFiles(paths[start:stop], backbone.preprocess), batch_size=batch_size,
+                        num_workers=loader_workers(workers), pin_memory=backbone.device.type == "cuda")
+    done = start
+    with tqdm(total=stop - start, desc="image features", unit="img", disable=None if progress else True) as bar:
+        for images, errors in loader:
+            with _autocast(backbone.device):
+                points = backbone.image_points(images)
+            bad = [j for j, e in enumerate(errors) if e]
+            if bad:
+                points = points.clone()
+                points[bad] = 0
+            yield points, {done + j: errors[j] for j in bad}
+            done += len(images)
+            bar.update(len(images))
 
 
 def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, progress: bool = True):
@@ -117,41 +119,47 @@ def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, p
             bar.update(len(chunk))
 
 
-def _cached_or_extracted(cache: FeatureCache, fields: dict, n: int, produce) -> Extracted:
-    """``produce(start, stop)`` returns batches for items [start, stop), optionally with ``corrupt``.
+def _cached_or_extracted(cache: FeatureCache, fields: dict, n: int, share) -> Extracted:
+    """``share(start, stop)`` returns (points, undecodable) for items [start, stop). Under torchrun each
+    rank extracts its contiguous share and the shares are gathered; one process is the case of one rank."""
+    def build():
+        world, rank = distributed.world_size(), distributed.rank()
+        per_rank = -(-n // world)
+        points, corrupt = share(min(n, rank * per_rank), min(n, (rank + 1) * per_rank))
+        points = distributed.gather_rows(points)
+        merged = {}
+        for part in distributed.gather_objects(corrupt):
+            merged.update(part)
+        return points, {"corrupt": {str(i): reason for i, reason in sorted(merged.items())}}
 
-    One process is the case of one rank: its share is everything and it publishes the entry.
-    """
-    why = cache.problem(fields)
-    # Under torchrun every rank must take the same branch, or the gathers below would hang.
-    if distributed.all_true(why is None):
-        recorded = cache.manifest(fields).get("extra", {}).get("corrupt", {})
-        return Extracted(cache.load(fields), True, {int(i): reason for i, reason in recorded.items()})
-    if why not in (None, "not cached"):
-        log.warning("feature cache %s is stale (%s); rebuilding it.", cache.path(fields), why)
-    world, rank = distributed.world_size(), distributed.rank()
-    share = -(-n // world)
-    batches = produce(min(n, rank * share), min(n, (rank + 1) * share))
-    chunks = [b.detach().float().cpu() for b in batches]
-    points = distributed.gather_rows(torch.cat(chunks) if chunks else None)
-    corrupt = {}
-    for part in distributed.gather_objects(getattr(batches, "corrupt", {})):
-        corrupt.update(part)
-    if distributed.is_main():
-        cache.store(fields, points, {"corrupt": {str(i): reason for i, reason in sorted(corrupt.items())}})
-    distributed.barrier()
-    return Extracted(points, False, corrupt)
+    entry = cache.get_or_build(fields, build)
+    return Extracted(entry.points, entry.cached, {int(i): why for i, why in entry.extra.get("corrupt", {}).items()})
+
+
+def _image_share(backbone, paths, **kw):
+    def share(start: int, stop: int):
+        chunks, corrupt = [], {}
+        for points, bad in image_batches(backbone, paths, start, stop, **kw):
+            chunks.append(points.detach().float().cpu())
+            corrupt.update(bad)
+        return (torch.cat(chunks) if chunks else None), corrupt
+    return share
+
+
+def _text_share(backbone, texts, **kw):
+    def share(start: int, stop: int):
+        chunks = [b.detach().float().cpu() for b in text_batches(backbone, texts[start:stop], **kw)]
+        return (torch.cat(chunks) if chunks else None), {}
+    return share
 
 
 def image_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, paths, **kw) -> Extracted:
     fields = {"backbone": backbone.identity, "dataset": dataset, "split": split,
               "fingerprint": fingerprint_files(paths), "side": "image"}
-    return _cached_or_extracted(cache, fields, len(paths),
-                                lambda start, stop: ImageBatches(backbone, paths, start, stop, **kw))
+    return _cached_or_extracted(cache, fields, len(paths), _image_share(backbone, paths, **kw))
 
 
 def text_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, texts: list[str], **kw) -> Extracted:
     fields = {"backbone": backbone.identity, "dataset": dataset, "split": split,
               "fingerprint": fingerprint_texts(texts), "side": "text"}
-    return _cached_or_extracted(cache, fields, len(texts),
-                                lambda start, stop: text_batches(backbone, texts[start:stop], **kw))
+    return _cached_or_extracted(cache, fields, len(texts), _text_share(backbone, texts, **kw))

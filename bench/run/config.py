@@ -7,20 +7,16 @@ default. The hash of the resolved config is what result files and resumes are ke
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench.core import hashing
+from bench.core.errors import ConfigError  # noqa: F401 (raised here, and imported from here by callers)
 from bench.core.registry import suggest
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; the message says how."""
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -196,5 +192,4 @@ def resolve(user: dict) -> dict:
 
 def config_hash(obj: Any) -> str:
     """Stable hash of a JSON-able object (key order does not matter)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashing.json_sha256(obj, 16, compact=True)

@@ -125,21 +125,6 @@ def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -
     return record if ok and record["schema_version"] == SCHEMA_VERSION else None
 
 
-def _reusable_references(out_dir: Path, suite: str, reference_key: str) -> list[dict] | None:
-    """The reference rows of an earlier run with this exact key, or None if there may be others to make."""
-    refs = []
-    for path in sorted(results.suite_dir(out_dir, suite).glob("*.json")):
-        try:
-            record = results.read(path)
-        except results.ResultFileError:
-            return None
-        if record.get("head", {}).get("kind") == "reference":
-            if record.get("config", {}).get("key") != reference_key or record["schema_version"] != SCHEMA_VERSION:
-                return None
-            refs.append(record)
-    return refs
-
-
 def _identify(suite, suite_cls, protocol: dict, cells: list[Cell], cfg: dict, device) -> tuple[str, dict]:
     """Key every cell by config, code, data, libraries and device type; returns (protocol hash, reference cells)."""
     data_identity = suite.data_identity(cfg["seed"])  # validates the data: cheap, no backbone or features

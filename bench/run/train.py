@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.core import distributed
+from bench.eval.metrics import symmetric_infonce
 from bench.eval.scoring import check_rep
 from suites.base import PointSets
 
@@ -27,12 +28,6 @@ class TrainStats:
     final_loss: float | None
     seconds: float
     pairs_per_second: float | None
-
-
-def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
-    target = torch.arange(logits.shape[0], device=logits.device)
-    ce = torch.nn.functional.cross_entropy
-    return (ce(logits, target) + ce(logits.T, target)) / 2
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:

@@ -11,7 +11,6 @@ nothing, the speeds do.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -19,38 +18,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image
 
-
-def random_image(path: Path, g: torch.Generator) -> None:
-    arr = (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
-    Image.fromarray(arr).resize((224, 224)).save(path, quality=90)
-
-
-def make_flickr(folder: Path, n_images: int, per: int = 5, g: torch.Generator | None = None) -> None:
-    """A Flickr30k-layout test set of random images, ``per`` distinct captions each."""
-    g = g or torch.Generator().manual_seed(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["image,caption"]
-    for i in range(n_images):
-        random_image(folder / f"{i}.jpg", g)
-        lines += [f"{i}.jpg,a flickr picture {i} caption {j}" for j in range(per)]
-    (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+from bench.core import atomic
+from bench.tools.fixtures import make_coco, make_flickr
 
 
 def make_data(root: Path, n_images: int, per: int = 5, seed: int = 0) -> None:
+    """COCO train and test sets and a Flickr30k test set of random images."""
     g = torch.Generator().manual_seed(seed)
-    for split, folder in (("train", "train2014"), ("test", "val2014")):
-        d = root / "mscoco_captions" / folder
-        d.mkdir(parents=True)
-        images, anns = [], []
-        for i in range(n_images):
-            name = f"COCO_{folder}_{i:012d}.jpg"
-            random_image(d / name, g)
-            images.append({"id": i, "file_name": name})
-            anns += [{"image_id": i, "id": i * per + j, "caption": f"a photo number {i} seen the {j} way"} for j in range(per)]
-        (root / "mscoco_captions" / f"coco_{split}_karpathy.json").write_text(json.dumps({"images": images, "annotations": anns}))
-    make_flickr(root / "flickr30k", max(10, n_images // 5), per, g)
+    for split in ("train", "test"):
+        make_coco(root, n_images, per, split, g)
+    make_flickr(root, max(10, n_images // 5), per, g)
 
 
 def main(argv=None) -> int:
@@ -78,30 +56,30 @@ def main(argv=None) -> int:
         print(f"generated data in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         bb = Backbone(BackboneSpec.parse(args.backbone), args.layers, device, 0)
         paths = sorted((root / "mscoco_captions" / "val2014").glob("*.jpg"))
-        for _ in extract.ImageBatches(bb, paths[:256], batch_size=256, workers=args.workers, progress=False):
+        for _ in extract.image_batches(bb, paths[:256], batch_size=256, workers=args.workers, progress=False):
             pass  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        n = sum(len(b) for b in extract.ImageBatches(bb, paths, batch_size=256, workers=args.workers, progress=False))
+        n = sum(len(b) for b, _ in extract.image_batches(bb, paths, batch_size=256, workers=args.workers, progress=False))
         if device.type == "cuda":
             torch.cuda.synchronize()
-        extract = n / (time.perf_counter() - t0)
+        images_per_s = n / (time.perf_counter() - t0)
         cfg = root / "e2e.yaml"
         cfg.write_text(f"train: {{steps: {args.steps}, batch_size: {min(args.batch, args.images * 5)}, warmup_steps: 10}}\n"
                        f"suites: {{retrieval: {{layers: {args.layers}, workers: {args.workers}, cache_dir: '{root / 'cache'}'}}}}\n")
         out = root / "out"
         status = bench_main(["--suite", "retrieval", "--backbone", args.backbone, "--data-root", str(root), "--config", str(cfg),
                              "--out", str(out), "--no-progress", "--device", str(device)])
-        rows = [{"what": f"feature extraction ({args.backbone}, {device.type})", "per_second": extract, "unit": "images/s"}]
+        rows = [{"what": f"feature extraction ({args.backbone}, {device.type})", "per_second": images_per_s, "unit": "images/s"}]
         for r in load_all(out):
             if r["head"]["kind"] == "head" and r["timing"].get("train_pairs_per_second"):
                 rows.append({"what": f"train {r['head']['name']}", "per_second": r["timing"]["train_pairs_per_second"],
                              "unit": "pairs/s"})
         print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))
         if args.json:
-            Path(args.json).write_text(json.dumps({"device": provenance.device_description(device), "rows": rows,
-                                                   "status": status}, indent=2))
+            atomic.write_json(args.json, {"device": provenance.device_description(device), "rows": rows,
+                                          "status": status})
     return status
 
 

@@ -5,7 +5,7 @@
 
 Both sides read the same Flickr-layout folder through DataLoaders with the same backbone, batch size
 and workers: clip_benchmark's ``zeroshot_retrieval.evaluate`` (images and their captions, one
-embedding each), and simbench's extraction (``ImageBatches`` + ``text_batches``: L points each).
+embedding each), and simbench's extraction (``image_batches`` + ``text_batches``: L points each).
 The runs alternate and each side keeps its best time, so a warm cache or a noisy neighbour favours
 neither. ``ours_vs_clip_benchmark`` > 1 means simbench is faster.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.tools.e2e_check import make_flickr
+from bench.tools.fixtures import make_flickr
 
 
 def _sync(device):
@@ -47,7 +47,7 @@ def measure(backbone, folder: Path, batch: int, workers: int, rounds: int = 2) -
                                     recall_k_list=[1])
 
     def ours():
-        for _ in extract.ImageBatches(backbone, ds.image_paths, batch_size=batch, workers=workers, progress=False):
+        for _ in extract.image_batches(backbone, ds.image_paths, batch_size=batch, workers=workers, progress=False):
             pass
         for _ in extract.text_batches(backbone, ds.captions, batch_size=batch * per_image, progress=False):
             pass
@@ -86,8 +86,7 @@ def main(argv=None) -> int:
     device = provenance.resolve_device(args.device)
     backbone = Backbone(BackboneSpec.parse(args.backbone), args.layers, device, 0)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "flickr30k"
-        make_flickr(folder, args.images)
+        folder = make_flickr(Path(tmp), args.images, g=torch.Generator().manual_seed(0))
         row = measure(backbone, folder, args.batch, args.workers, args.rounds)
     record = {"created_utc": provenance.utc_now(), **provenance.code_version(), "backbone": args.backbone,
               "layers": args.layers, "device": provenance.device_description(device),

@@ -1,0 +1,53 @@
+"""Small datasets in the real on-disk layouts (clip_benchmark's), made on the spot.
+
+The tests, ``e2e_check`` and ``perf_extraction`` share them, so what the benchmarks run on is what
+the tests have checked the readers against. Without a generator the images are flat colours (fast
+to write and decode); with one they are random pixels, so a backbone gives them distinct features.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def random_image(path: Path, g: torch.Generator) -> None:
+    arr = (torch.rand(64, 64, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(arr).resize((224, 224)).save(path, quality=90)
+
+
+def _image(path: Path, i: int, g: torch.Generator | None) -> None:
+    if g is None:
+        Image.new("RGB", (32, 24), color=(30 * i % 256, 60, 90)).save(path)
+    else:
+        random_image(path, g)
+
+
+def make_coco(root: Path, n_images: int = 4, per: int = 5, split: str = "test", g: torch.Generator | None = None) -> None:
+    """``root/mscoco_captions``: val2014/ (test) or train2014/ (train) and coco_SPLIT_karpathy.json.
+    Image ids start at 100 and caption ids at 1000, so nothing can confuse an id with a position."""
+    folder_name = "train2014" if split == "train" else "val2014"
+    folder = root / "mscoco_captions" / folder_name
+    folder.mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n_images):
+        name = f"COCO_{folder_name}_{i:012d}.jpg"
+        _image(folder / name, i, g)
+        images.append({"id": 100 + i, "file_name": name})
+        anns += [{"image_id": 100 + i, "id": 1000 + i * per + j, "caption": f"image {i} caption {j}"} for j in range(per)]
+    (root / "mscoco_captions" / f"coco_{split}_karpathy.json").write_text(json.dumps({"images": images, "annotations": anns}))
+
+
+def make_flickr(root: Path, n_images: int = 3, per: int = 5, g: torch.Generator | None = None) -> Path:
+    """``root/flickr30k``: images and flickr30k_test_karpathy.txt, whose captions hold unquoted commas
+    (the reader splits at the first one, as clip_benchmark does) and are all distinct (no tied scores). Returns the folder."""
+    folder = root / "flickr30k"
+    folder.mkdir(parents=True)
+    lines = ["image,caption"]
+    for i in range(n_images):
+        _image(folder / f"{1000 + i}.jpg", i, g)
+        lines += [f"{1000 + i}.jpg,a caption of {i}, with a comma {j}" for j in range(per)]
+    (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
+    return folder

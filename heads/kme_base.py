@@ -1,0 +1,36 @@
+"""What the kernel-mean-embedding heads share, so ``kme_rbf`` and ``kme_rff`` differ only in how
+they evaluate the RKHS inner product: the point-set encoders, the Gaussian bandwidth, the
+scoring budget and their checks (docs/heads.md)."""
+from __future__ import annotations
+
+import torch
+
+from heads.base import SimilarityHead
+from heads.pointsets import Bandwidth, PointSetEncoder, PointSetRep
+
+
+class KernelMeanHead(SimilarityHead):
+    """Base of heads that embed a weighted point set as a Gaussian-kernel mean embedding."""
+
+    def __init__(self, image_dim: int, text_dim: int, *, sigma: float, max_inverse_sigma2: float,
+                 learn_sigma: bool, points_used: int | None, memory_budget_mb: float):
+        if not sigma > 0 or 1 / sigma**2 > max_inverse_sigma2:
+            raise ValueError(f"{self.name}: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
+        if not memory_budget_mb > 0:
+            raise ValueError(f"{self.name}: memory_budget_mb must be positive, got {memory_budget_mb}.")
+        super().__init__(image_dim, text_dim)
+        out_dim = max(image_dim, text_dim)
+        self.image_encoder = PointSetEncoder(image_dim, out_dim, points_used)
+        self.text_encoder = PointSetEncoder(text_dim, out_dim, points_used)
+        self.bandwidth = Bandwidth(sigma, max_inverse_sigma2, learnable=learn_sigma)
+        self.memory_budget_mb = float(memory_budget_mb)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        return self.bandwidth()
+
+    def point_sets(self, side: str, points: torch.Tensor, mask: torch.Tensor | None) -> PointSetRep:
+        """The weighted, unit-norm point set of each input on ``side`` ("image" or "text")."""
+        dim, encoder = (self.image_dim, self.image_encoder) if side == "image" else (self.text_dim, self.text_encoder)
+        mask = self.check_points(points, mask, dim, side)
+        return encoder(points.float(), mask)

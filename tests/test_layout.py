@@ -1,0 +1,104 @@
+"""The layout the README describes is the layout of the code: rooms, and dependencies one way.
+
+Each project module belongs to a layer; a module may import from its own room and from layers
+below it, never from above and never from a sibling room of its own layer. A new file in a new
+room fails here until the README's layout section and this table name it.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# room -> layer; lower layers never import higher ones (see README, "Layout").
+LAYERS = {
+    "bench": 0, "bench.core": 0,
+    "bench.data": 1, "bench.eval": 1, "bench.report": 1,
+    "bench.features": 2,
+    "heads": 3,
+    "suites": 4,
+    "bench.run": 5,
+    "bench.cli": 6,
+    "bench.tools": 7,  # benchmarks and end-to-end checks drive the command line
+}
+# Sibling rooms of one layer that may use each other, and why.
+SIBLINGS_ALLOWED: set[tuple[str, str]] = set()
+
+
+def room_of(module: str) -> str | None:
+    parts = module.split(".")
+    for n in (2, 1):
+        name = ".".join(parts[:n])
+        if name in LAYERS and (n == 1 or len(parts) >= 2):
+            if n == 2 or name != "bench" or len(parts) == 1:
+                return name
+    return None
+
+
+def project_modules():
+    for top in ("bench", "heads", "suites"):
+        for path in sorted((REPO / top).rglob("*.py")):
+            rel = path.relative_to(REPO).with_suffix("")
+            parts = list(rel.parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            yield ".".join(parts), path
+
+
+def imported(path: Path, module: str):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
+            for alias in node.names:  # ``from bench.core import atomic`` imports bench.core.atomic
+                yield node.lineno, f"{base}.{alias.name}" if base else alias.name
+
+
+def test_room_table_knows_every_module():
+    unknown = [m for m, _ in project_modules() if room_of(m) is None]
+    assert not unknown, f"modules outside any room in LAYERS: {unknown}"
+
+
+def test_dependencies_run_one_way():
+    wrong = []
+    for module, path in project_modules():
+        here = room_of(module)
+        for line, target in imported(path, module):
+            if target.split(".")[0] not in ("bench", "heads", "suites"):
+                continue
+            there = room_of(target)
+            if there is None or there == here or there == "bench":
+                continue
+            if LAYERS[there] > LAYERS[here]:
+                wrong.append(f"{path.relative_to(REPO)}:{line} imports {target} (layer {LAYERS[there]} > {LAYERS[here]})")
+            elif LAYERS[there] == LAYERS[here] and (here, there) not in SIBLINGS_ALLOWED:
+                wrong.append(f"{path.relative_to(REPO)}:{line} imports sibling room {target}")
+    assert not wrong, "dependencies against the layering:\n" + "\n".join(wrong)
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    wrong = []
+    for module, path in project_modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("bench", "heads", "suites"):
+                wrong += [f"{path.relative_to(REPO)}:{node.lineno} imports {node.module}.{a.name}"
+                          for a in node.names if a.name.startswith("_")]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_in_the_repository_points_outside_it():
+    tracked = [p for p in REPO.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".toml", ".sh"}
+               and not {"mutants", "outputs", ".git", ".hypothesis"} & set(p.relative_to(REPO).parts)
+               and "egg-info" not in str(p)]
+    wrong = [str(p.relative_to(REPO)) for p in tracked
+             if p.name != "test_layout.py" and ("../shared" in (t := p.read_text(errors="ignore")) or "DESIGN.md" in t)]
+    assert not wrong, f"files that point outside the repository: {wrong}"
