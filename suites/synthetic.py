@@ -1,6 +1,7 @@
 """The synthetic PMI suite: how close is each head's similarity to the true PMI?
 
-Why the default world (suites/synthetic.yaml) looks as it does, from the paper's assumptions:
+Why the default world (suites/synthetic.yaml) looks as it does, from KME-CLIP's assumptions
+(docs/heads.md; the world and its metrics: docs/protocol.md):
 * image and text are conditionally independent given a topic: the condition under which the
   InfoNCE optimum exp PMI is an inner product that a kernel mean embedding can represent;
 * topics are sparse, overlapping mixtures of shared concepts (Dirichlet 0.5 over 16 concepts) and

@@ -1,7 +1,7 @@
 """A generated world in which the true PMI between an image and a text is known exactly.
 
 Image and text are conditionally independent given a latent topic z, the assumption under which
-exp PMI(x, y) = sum_z p(z|x) p(z|y) / p(z) is an inner product (DESIGN.md). A topic is a
+exp PMI(x, y) = sum_z p(z|x) p(z|y) / p(z) is an inner product (docs/heads.md, docs/protocol.md). A topic is a
 distribution over shared concepts; an input is a set of noisy draws around its concepts' centres,
 plus a pooled point (the mean), as a backbone would give. Text centres are image centres under a
 fixed orthogonal map (aligned towers); an optional smooth invertible bend makes the geometry

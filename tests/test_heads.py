@@ -58,7 +58,7 @@ def test_kme_rbf_matches_brute_force(masked):
 
 
 def test_proposition_2_single_point_is_scaled_cosine():
-    """One point per side, unit weight: kme_rbf = (u.v - 1) / sigma^2 exactly."""
+    """KME-CLIP's Proposition 2 (docs/heads.md): one point per side, unit weight: kme_rbf = (u.v - 1) / sigma^2 exactly."""
     head = get_head("kme_rbf")(16, 16, sigma=0.3)
     u, v = unit_sets(10, 1, 16, 3), unit_sets(12, 1, 16, 4)
     with torch.no_grad():

@@ -102,3 +102,14 @@ def test_nothing_in_the_repository_points_outside_it():
     wrong = [str(p.relative_to(REPO)) for p in tracked
              if p.name != "test_layout.py" and ("../shared" in (t := p.read_text(errors="ignore")) or "DESIGN.md" in t)]
     assert not wrong, f"files that point outside the repository: {wrong}"
+
+
+def test_every_cited_doc_exists():
+    import re
+
+    cited = {}
+    for p in [REPO / "README.md", *REPO.glob("docs/*.md"), *(p for _, p in project_modules()), *REPO.glob("tests/*.py")]:
+        for ref in re.findall(r"docs/[\w./-]+\.md", p.read_text(encoding="utf-8")):
+            cited.setdefault(ref, str(p.relative_to(REPO)))
+    missing = {ref: where for ref, where in cited.items() if not (REPO / ref).is_file()}
+    assert cited and not missing, f"cited but absent: {missing}"
