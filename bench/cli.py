@@ -72,10 +72,24 @@ def _listing(kind: str) -> str:
     import pandas as pd
 
     if kind == "heads":
-        import heads
+        import textwrap
 
-        rows = [{"head": n, "version": c.version, "trainable": c.trainable, "description": c.description}
-                for n in heads.list_heads() for c in [heads.get_head(n)]]
+        import heads
+        from bench.core.errors import ConfigError
+        from bench.run import config
+
+        lines = ["Heads (set options under heads.NAME in --config; every option below is recorded in each result):"]
+        for n in heads.list_heads():
+            c = heads.get_head(n)
+            try:
+                opts = config.head_options(c, {}, f"heads.{n}")
+                shown = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items())
+            except ConfigError as exc:
+                shown = str(exc)
+            lines += ["", f"{n} (v{c.version}, {'trainable' if c.trainable else 'trains nothing'})"]
+            lines += textwrap.wrap(c.description, 100, initial_indent="  ", subsequent_indent="  ")
+            lines += textwrap.wrap(f"options: {shown or 'none'}", 100, initial_indent="  ", subsequent_indent="    ")
+        return "\n".join(lines)
     else:
         import suites
 
@@ -91,24 +105,43 @@ def data_root(arg: str | None) -> Path:
 
 
 def _check_data(args) -> int:
-    import pandas as pd
+    """Which datasets are ready: a short table, then for each missing one its problem, layout and
+    source, wrapped to 100 columns."""
+    import textwrap
 
-    from bench.data import retrieval_data
-
-    from bench.data import classification_data
+    from bench.data import classification_data, retrieval_data
 
     root = data_root(args.data_root)
     rows = [{"task": "retrieval", **r} for r in retrieval_data.check_all(root)]
     for name, (layout, source) in classification_data.LAYOUTS.items():
         try:
             ds = classification_data.load(root, name)
-            rows.append({"task": "classification", "dataset": name, "split": "test", "ready": True,
+            rows.append({"task": "classification", "dataset": name, "ready": True,
                          "detail": f"{len(ds.image_paths)} images, {len(ds.classnames)} classes"})
         except classification_data.DataError as exc:
-            rows.append({"task": "classification", "dataset": name, "split": "test", "ready": False,
-                         "detail": str(exc).split("\n")[0] + f" | layout: {layout} | source: {source}"})
-    print(f"data root: {root.resolve()}")
-    print(pd.DataFrame(rows).to_markdown(index=False))
+            rows.append({"task": "classification", "dataset": name, "ready": False, "detail": str(exc),
+                         "layout": layout, "source": source})
+    lines = [f"data root: {root.resolve()}", "", f"{'task':<15} {'dataset':<17} {'ready':<6} detail"]
+    for r in rows:
+        detail = r["detail"] if r["ready"] else "missing or incomplete (below)"
+        lines.append(f"{r['task']:<15} {r['dataset']:<17} {'yes' if r['ready'] else 'no':<6} {detail}"[:100])
+    missing = [r for r in rows if not r["ready"]]
+    if missing:
+        lines += ["", "What is missing, the layout expected and where to get it:"]
+
+    def block(label: str, text: str) -> list[str]:
+        out = []
+        for i, para in enumerate(str(text).strip("\n").splitlines()):
+            first = f"  {label:<8} " if i == 0 else " " * 11
+            out += textwrap.wrap(para.strip(), 100, initial_indent=first, subsequent_indent=" " * 13,
+                                 break_long_words=False, break_on_hyphens=False) or [first]
+        return out
+
+    for r in missing:
+        problem = r["detail"].split(" Expected layout")[0].splitlines()[0]
+        lines += ["", f"{r['dataset']} ({r['task']})", *block("problem", problem), *block("layout", r["layout"]),
+                  *block("source", r["source"])]
+    print("\n".join(lines))
     return EXIT_OK if all(r["ready"] for r in rows) else EXIT_FAILED
 
 
@@ -291,7 +324,9 @@ def _run_one(args, name, head_names, cfg, out, device, everything):
     except DataError as exc:
         if not everything:
             raise UsageError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None
-        print(f"[{name}] skipped: its data is not ready ({str(exc).splitlines()[0]})", file=sys.stderr)
+        reason = str(exc).split(" Expected layout")[0]  # whole sentences; the layout is --check-data's to show
+        print(f"[{name}] skipped, its data is not ready: {reason}\n  (`run_bench.py --check-data` shows the "
+              "expected layout and where to get it)", file=sys.stderr)
     except UserError as exc:
         raise UsageError(str(exc)) from None
     return None

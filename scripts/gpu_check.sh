@@ -5,8 +5,8 @@
 #   QUICK=1 bash scripts/gpu_check.sh /tmp/o   # a smoke run of the same steps on a CPU
 #
 # Steps: the fused kme_rbf kernel against the PyTorch path on the GPU (tests), bench.tools.perf at COCO
-# size (ratios kme_rbf_vs_matmul, kme_rff_vs_cosine, reference_vs_fused_kme_rbf), bench.tools.perf_extraction
-# (ours_vs_clip_benchmark on ViT-B-32), and bench.tools.e2e_check (the retrieval suite end to end). Each step
+# size (ratios time_kme_rbf_over_matmul, time_kme_rff_over_cosine, time_reference_over_fused_kme_rbf), bench.tools.perf_extraction
+# (time_clip_benchmark_over_ours on ViT-B-32), and bench.tools.e2e_check (the retrieval suite end to end). Each step
 # has its own time limit, so one slow step cannot take the others' figures with it.
 # Machines without open_clip / clip_benchmark: carry wheels in .whl/ (see README, "Speed").
 set -u

@@ -29,6 +29,16 @@ def list_suites() -> list[str]:
     return SUITES.names()
 
 
+@dataclass(frozen=True)
+class ReportTable:
+    """One leaderboard table: a title, (short column label, metric) pairs, and what the labels mean.
+    Columns whose metric no row has (a dataset not in the run) are dropped, and empty tables too."""
+
+    title: str
+    columns: tuple[tuple[str, str], ...]
+    legend: str = ""
+
+
 @dataclass
 class PointSets:
     """Paired point sets: row i of ``images`` goes with row i of ``texts``."""
@@ -68,7 +78,10 @@ class Suite:
     description: str = ""
     main_metric: str = ""
     metrics: dict[str, bool] = {}       # metric -> higher is better
-    headline_metrics: tuple[str, ...] = ()  # what the plot shows
+    headline_metrics: tuple[str, ...] = ()  # what the plot shows beside the main metric
+    summary_metrics: tuple[str, ...] = ()   # the main metric per dataset, for the summary table (default: main_metric)
+    # How the leaderboard lays the metrics out (default: one table of every metric, by its full name).
+    report_tables: tuple[ReportTable, ...] = ()
     defaults_file: str | None = None    # YAML beside the module with the default parameters
     # Parameters that change where or how fast, never what, is computed: left out of the protocol hash.
     non_protocol_params: tuple[str, ...] = ()

@@ -14,7 +14,7 @@ from bench.data import classification_data
 from bench.eval import metrics
 from bench.eval.scoring import encode, score_matrix
 from suites.backbone_suite import BackboneSuite
-from suites.base import SuiteData, register_suite
+from suites.base import ReportTable, SuiteData, register_suite
 
 DATASETS = ("imagenet1k", "imagenetv2", "imagenet-r", "imagenet-a", "imagenet_sketch", "objectnet")
 
@@ -35,6 +35,14 @@ class ClassificationSuite(BackboneSuite):
     main_metric = "imagenet1k/acc1"
     metrics = {f"{d}/{m}": True for d in DATASETS for m in ("acc1", "acc5", "mean_per_class_recall")}
     headline_metrics = ("imagenet1k/acc1", "imagenetv2/acc1", "imagenet-r/acc1")
+    summary_metrics = tuple(f"{d}/acc1" for d in DATASETS)
+    report_tables = tuple(
+        ReportTable(title, tuple((d, f"{d}/{m}") for d in DATASETS), legend)
+        for title, m, legend in [
+            ("zero-shot top-1 accuracy", "acc1", "Columns are datasets."),
+            ("zero-shot top-5 accuracy", "acc5", "Columns are datasets."),
+            ("mean per-class recall", "mean_per_class_recall", "Columns are datasets; balanced accuracy, as clip_benchmark."),
+        ])
     defaults_file = "classification.yaml"
     known_datasets = DATASETS
 

@@ -15,7 +15,7 @@ from bench.eval import metrics
 from bench.data import retrieval_data
 from bench.eval.scoring import encode, score_matrix
 from suites.backbone_suite import BackboneSuite
-from suites.base import SuiteData, register_suite
+from suites.base import ReportTable, SuiteData, register_suite
 
 DATASETS = ("mscoco_captions", "flickr30k")
 KS = (1, 5, 10)
@@ -25,6 +25,14 @@ def _metric_names(ds: str) -> dict[str, bool]:
     names = {f"{ds}/{d}_retrieval_recall@{k}": True for d in ("image", "text") for k in KS}
     names[f"{ds}/recall_sum"] = True
     return names
+
+
+def _report_table(ds: str) -> ReportTable:
+    """The shape retrieval papers use: image-to-text R@1/5/10, text-to-image R@1/5/10, RSUM."""
+    cols = [(f"I→T R@{k}", f"{ds}/text_retrieval_recall@{k}") for k in KS]
+    cols += [(f"T→I R@{k}", f"{ds}/image_retrieval_recall@{k}") for k in KS] + [("RSUM", f"{ds}/recall_sum")]
+    return ReportTable(ds, tuple(cols), "I→T: an image queries the captions (a hit if any of its ~5 captions is in "
+                       "the top k); T→I: a caption queries the images; R@k: recall at k; RSUM: the sum of the six.")
 
 
 @dataclass
@@ -42,6 +50,8 @@ class RetrievalSuite(BackboneSuite):
     metrics = {name: up for ds in DATASETS for name, up in _metric_names(ds).items()}
     headline_metrics = ("mscoco_captions/text_retrieval_recall@1", "mscoco_captions/image_retrieval_recall@1",
                         "flickr30k/text_retrieval_recall@1")
+    summary_metrics = tuple(f"{ds}/recall_sum" for ds in DATASETS)
+    report_tables = tuple(_report_table(ds) for ds in DATASETS)
     defaults_file = "retrieval.yaml"
     known_datasets = DATASETS
 

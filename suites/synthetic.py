@@ -20,7 +20,7 @@ import torch
 from bench.eval import metrics
 from bench.core.errors import ConfigError
 from bench.eval.scoring import encode, score_matrix
-from suites.base import PointSets, Suite, SuiteData, register_suite
+from suites.base import PointSets, ReportTable, Suite, SuiteData, register_suite
 from suites.synthetic_world import World
 
 RETRIEVAL = {f"{d}_retrieval_recall@{k}": True for d in ("image", "text") for k in (1, 5, 10)}
@@ -48,6 +48,21 @@ class SyntheticSuite(Suite):
         "pmi_rmse": False, **RETRIEVAL, "zeroshot_acc1": True, "zeroshot_vs_bayes": True,
     }
     headline_metrics = ("pmi_pearson", "pmi_spearman", "zeroshot_vs_bayes")
+    report_tables = (
+        ReportTable("similarity against the true PMI", (
+            ("InfoNCE excess", "infonce_excess"), ("row KL", "pmi_row_kl"), ("Pearson", "pmi_pearson"),
+            ("Spearman", "pmi_spearman"), ("RMSE", "pmi_rmse")),
+            "InfoNCE excess: the head's symmetric InfoNCE on the test matrix minus the true PMI's (0 is optimal); "
+            "row KL: KL from the PMI's row softmax to the head's; Pearson, Spearman, RMSE (after the best constant) "
+            "against PMI over all test pairs."),
+        ReportTable("retrieval (each item's own partner is the positive)", tuple(
+            [(f"I→T R@{k}", f"text_retrieval_recall@{k}") for k in (1, 5, 10)]
+            + [(f"T→I R@{k}", f"image_retrieval_recall@{k}") for k in (1, 5, 10)]),
+            "I→T: an image queries the texts; T→I: a text queries the images. Many items share a topic, so even "
+            "the oracle's recall is low."),
+        ReportTable("zero-shot classification of topics", (("acc@1", "zeroshot_acc1"), ("vs Bayes", "zeroshot_vs_bayes")),
+                    "vs Bayes: accuracy divided by the Bayes classifier's."),
+    )
     defaults_file = "synthetic.yaml"
     reference_names = ("oracle",)
 

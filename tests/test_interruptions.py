@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.core import atomic
 from bench.report import results
@@ -117,3 +118,20 @@ def test_kill_9_in_the_middle_of_writes_never_leaves_a_corrupt_file(tmp_path):
             assert json.loads(target.read_text())["payload"][0] == "x" * 1000  # whole, never half
     atomic.sweep_stale(tmp_path)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_and_cache_folders_follow_the_umask(tmp_path, umask):
+    from bench.features.cache import FeatureCache
+
+    old = os.umask(umask)
+    try:
+        atomic.write_json(tmp_path / "r.json", {"a": 1})
+        cache = FeatureCache(tmp_path / "cache")
+        cache.store({"k": 1}, torch.zeros(2, 3))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    entry = cache.path({"k": 1})
+    assert entry.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (entry / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~umask

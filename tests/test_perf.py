@@ -10,13 +10,14 @@ def test_perf_benchmark_writes_rows_and_ratios(tmp_path, capsys):
     assert perf.main(["--n", "40", "--m", "60", "--points", "3", "--dim", "16", "--features", "32",
                       "--batch", "16", "--repeats", "1", "--json", str(out), "--out", str(tmp_path / "rec")]) == 0
     record = json.loads(out.read_text())
-    assert set(record["ratios"]) == {"kme_rbf_vs_matmul", "kme_rff_vs_cosine", "naive_vs_kme_rbf"}
+    assert set(record["ratios"]) == {"time_kme_rbf_over_matmul", "time_kme_rff_over_cosine", "time_naive_over_kme_rbf"}
     assert all(v is not None and math.isfinite(v) and v > 0 for v in record["ratios"].values())
     rows = {r["row"] for r in record["rows"]}
     assert {"score cosine", "score kme_rbf", "score kme_rff", "score kme_rbf naive", "matmul same FLOPs as kme_rbf"} <= rows
     assert record["git_commit"] is not None and record["libraries"]["torch"]
     assert list((tmp_path / "rec").glob("perf-cpu-*.json"))
-    assert "kme_rbf_vs_matmul" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "time_kme_rbf_over_matmul" in out and "sizes: " in out and "nan" not in out
 
 
 def test_naive_reference_equals_the_head():
@@ -35,7 +36,7 @@ def test_naive_is_skipped_with_a_note_when_too_big(tmp_path):
     import torch
 
     report = perf.run(30, 40, 3, 8, 16, 8, torch.device("cpu"), 1, 1.0, naive_max_gb=1e-9, log=lambda s: None)
-    assert report["ratios"]["naive_vs_kme_rbf"] is None and "skipped" in report["notes"][0]
+    assert report["ratios"]["time_naive_over_kme_rbf"] is None and "skipped" in report["notes"][0]
 
 
 def test_extraction_benchmark_runs_both_loops(tmp_path, capsys):
@@ -49,5 +50,5 @@ def test_extraction_benchmark_runs_both_loops(tmp_path, capsys):
                                  "--workers", "0", "--rounds", "1", "--device", "cpu", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["images"] == 12 and record["captions"] == 60
-    assert math.isfinite(record["ours_vs_clip_benchmark"]) and record["ours_vs_clip_benchmark"] > 0
-    assert "ours_vs_clip_benchmark" in capsys.readouterr().out
+    assert math.isfinite(record["time_clip_benchmark_over_ours"]) and record["time_clip_benchmark_over_ours"] > 0
+    assert "time_clip_benchmark_over_ours" in capsys.readouterr().out

@@ -128,8 +128,33 @@ def test_leaderboard_from_fixture_files_marks_best_and_never_mixes_versions(tmp_
     assert any("schema_version" in w for w in warnings)
     csv = (tmp_path / "leaderboard.csv").read_text().splitlines()
     assert csv[0].startswith("suite,") and len(csv) == 1 + 4
-    assert (tmp_path / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "leaderboard-toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_leaderboard_follows_the_recorded_layout_in_natural_metric_order(tmp_path):
+    """Retrieval in the shape papers use, a summary of the main metric per dataset, short labels with a
+    legend, columns of datasets not in the run dropped, and the CSV in the suite's order (@1, @5, @10)."""
+    metrics = ["a/recall@1", "a/recall@5", "a/recall@10", "a/rsum", "b/rsum"]
+    layout = {"summary": ["a/rsum", "b/rsum"],
+              "tables": [{"title": "dataset a", "columns": [["R@1", "a/recall@1"], ["R@5", "a/recall@5"],
+                                                            ["R@10", "a/recall@10"], ["RSUM", "a/rsum"]],
+                          "legend": "R@k: recall at k."},
+                         {"title": "dataset c", "columns": [["RSUM", "c/rsum"]], "legend": "never shown"}]}
+    for head, v in (("h1", 0.2), ("h2", 0.3)):
+        r = fixture_record(head, value=v)
+        r["suite"] |= {"main_metric": "a/rsum", "metric_directions": [[m, "higher"] for m in metrics], "report": layout}
+        r["metrics"] = {m: v + i for i, m in enumerate(metrics) if m != "b/rsum"}
+        results.write(tmp_path, r)
+    md = leaderboard.build(tmp_path)
+    summary = md.split("## Summary")[1].split("## toy")[0]
+    assert "| a " in summary.replace("↑", " ") and "b/rsum" not in summary and "| b " not in summary  # b: no values
+    body = md.split("## toy")[1]
+    assert "### dataset a" in body and "R@10 ↑" in body and "R@k: recall at k." in body
+    assert "dataset c" not in body and "never shown" not in body
+    header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert [h for h in header if h.startswith("metric:")] == [f"metric:{m}" for m in metrics if m != "b/rsum"]
+    assert all(len(line) <= 100 for line in body.split("Protocol")[0].splitlines())
 
 
 def test_regression_check_passes_on_committed_baseline_and_fails_when_raised(tmp_path, capsys):
@@ -292,6 +317,9 @@ def test_suite_all_runs_what_has_data_and_skips_the_rest(small_run, tmp_path, ca
     assert run("--suite", "all", "--config", cfg, "--data-root", empty, "--out", tmp_path / "o", "--heads", "cosine") == 0
     err = capsys.readouterr().err
     assert "[retrieval] skipped" in err and "[classification] skipped" in err
+    for line in err.splitlines():  # whole sentences: no message is cut before its end
+        if "skipped" in line:
+            assert line.rstrip().endswith("."), line
     assert results.read(results.run_path(tmp_path / "o", "synthetic", "cosine"))["status"] == "ok"
     assert list(empty.iterdir()) == []
     assert run("--suite", "all", "--check", "x.json", "--out", tmp_path / "o") == 2
@@ -316,3 +344,17 @@ def test_nothing_to_compute_touches_no_data(small_run, capsys, monkeypatch):
     monkeypatch.undo()
     assert run("--config", cfg, "--out", out, "--heads", "cosine") == 0
     assert "nothing to compute" not in capsys.readouterr().out and results.run_path(out, "synthetic", "oracle").exists()
+
+
+def test_list_heads_prints_every_option_with_its_default(capsys):
+    import inspect
+
+    assert run("--list-heads") == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    for name in heads.list_heads():
+        block = out.split(f"\n{name} (v")[1].split("\n\n")[0]
+        params = [p for p in inspect.signature(heads.get_head(name).__init__).parameters
+                  if p not in ("self", "image_dim", "text_dim")]
+        assert all(f"{p}=" in block for p in params), (name, block)
+    assert "num_features=1024" in out and "kernel=auto" in out

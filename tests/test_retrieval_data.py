@@ -61,7 +61,7 @@ def test_check_all_reports_ready_and_missing(tmp_path):
     make_flickr(tmp_path)
     rows = {r["dataset"]: r for r in retrieval_data.check_all(tmp_path)}
     assert rows["flickr30k"]["ready"] and "3 images, 15 captions" in rows["flickr30k"]["detail"]
-    assert not rows["mscoco_captions"]["ready"] and "coco_test_karpathy.json" in rows["mscoco_captions"]["detail"]
+    assert not rows["mscoco_captions"]["ready"] and "coco_test_karpathy.json" in rows["mscoco_captions"]["layout"]
 
 
 def test_check_data_command(tmp_path, capsys, monkeypatch):
@@ -71,10 +71,11 @@ def test_check_data_command(tmp_path, capsys, monkeypatch):
     make_flickr(tmp_path)
     assert main(["--check-data", "--data-root", str(tmp_path)]) == 1  # the ImageNet variants are missing
     out = capsys.readouterr().out
-    assert "mscoco_captions" in out and "True" in out and "imagenet-r" in out and "hendrycks" in out
+    assert "mscoco_captions" in out and "yes" in out and "imagenet-r" in out and "hendrycks" in out
+    assert max(len(line) for line in out.splitlines()) <= 100 and "| layout" not in out
     monkeypatch.setenv("SIMBENCH_DATA", str(tmp_path / "nowhere"))
     assert main(["--check-data"]) == 1
-    assert "does not exist" in capsys.readouterr().out
+    assert "does not exist" in " ".join(capsys.readouterr().out.split())  # wrapped to 100 columns
 
 
 def test_open_clip_style_csv_is_a_training_source(tmp_path):

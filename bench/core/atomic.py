@@ -8,6 +8,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain open() or mkdir() would give under the current umask (mkstemp and mkdtemp
+    always give 0600/0700, which would hide shared results and caches from a group)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is flushed to disk and renamed over it."""
@@ -19,6 +27,7 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

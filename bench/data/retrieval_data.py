@@ -226,6 +226,6 @@ def check_all(data_root: Path, split: str = "test") -> list[dict]:
             rows.append({"dataset": name, "split": split, "ready": True,
                          "detail": f"{len(ds.image_paths)} images, {len(ds.captions)} captions"})
         except DataError as exc:
-            rows.append({"dataset": name, "split": split, "ready": False,
-                         "detail": str(exc).split("\n")[0] + f" | layout: {info.layout.strip()} | source: {info.source}"})
+            rows.append({"dataset": name, "split": split, "ready": False, "detail": str(exc),
+                         "layout": info.layout.strip("\n"), "source": info.source})
     return rows

@@ -111,6 +111,7 @@ class FeatureCache:
         final = self.path(fields)
         tag = f"{_host()}.{os.getpid()}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}.", suffix=".partial", dir=self.root))
+        os.chmod(tmp, atomic.umask_mode(directory=True))
         try:
             points = points.detach().float().cpu()
             shards = []

@@ -48,16 +48,6 @@ def _order(rs: list[dict]) -> list[dict]:
     return sorted(rs, key=key)
 
 
-def frame(rs: list[dict]) -> pd.DataFrame:
-    metrics = [m for m, _ in _directions(rs[0])]
-    rows = []
-    for r in _order(rs):
-        row = {"head": r["head"]["name"], "version": r["head"]["version"], "status": r["status"]}
-        row.update({m: r["metrics"].get(m) for m in metrics})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def _commit(r: dict) -> str:
     return (r.get("git_commit") or "unknown")[:10] + (" (dirty)" if r.get("git_dirty") else "")
 
@@ -81,41 +71,71 @@ def protocol_line(r: dict) -> str:
     return f"Protocol `{r['config']['protocol_hash']}`: seed {resolved.get('seed')}; train: {train}; suite: {suite}."
 
 
-def markdown_table(rs: list[dict]) -> str:
-    df = frame(rs)
+def _layout(r: dict) -> dict:
+    """The suite's table layout as recorded in the result; one table of every metric if none was."""
+    report = r["suite"].get("report") or {}
+    tables = report.get("tables") or [{"title": "", "columns": [[m, m] for m, _ in _directions(r)], "legend": ""}]
+    return {"summary": report.get("summary") or [r["suite"]["main_metric"]], "tables": tables}
+
+
+def _cell_text(value, status: str, bold: bool) -> str:
+    if status != "ok":
+        return "failed"
+    if value is None or pd.isna(value):
+        return ""
+    return f"**{value:.4f}**" if bold else f"{value:.4f}"
+
+
+def markdown_table(rs: list[dict], columns: list[tuple[str, str]], provenance: bool = True) -> str:
+    """Heads as rows, ``(label, metric)`` columns with ↑/↓, the best head per column in bold.
+    Columns no row has a value for are dropped; returns "" when none is left."""
+    ordered = _order(rs)
     directions = dict(_directions(rs[0]))
-    heads_only = [r["head"].get("kind") != "reference" and r["status"] == "ok" for r in _order(rs)]
-    shown = df[["head", "version"]].copy()
-    for m, up in directions.items():
-        col = df[m]
-        candidates = col[heads_only].dropna()
-        best = (candidates.max() if up else candidates.min()) if len(candidates) else None
-        cells = []
-        for value, is_head, status in zip(col, heads_only, df["status"]):
-            if status != "ok":
-                cells.append("failed")
-            elif value is None or pd.isna(value):
-                cells.append("")
-            else:
-                text = f"{value:.4f}"
-                cells.append(f"**{text}**" if is_head and best is not None and value == best else text)
-        shown[f"{m} {'↑' if up else '↓'}"] = cells
-    if len({_commit(r) for r in rs}) > 1:
-        ordered = _order(rs)
+    columns = [(label, m) for label, m in columns if any(r["metrics"].get(m) is not None for r in ordered)]
+    if not columns:
+        return ""
+    contestant = [r["head"].get("kind") != "reference" and r["status"] == "ok" for r in ordered]
+    shown = pd.DataFrame({"head": [r["head"]["name"] for r in ordered], "v": [str(r["head"]["version"]) for r in ordered]})
+    for label, m in columns:
+        up = directions.get(m, True)
+        values = [r["metrics"].get(m) for r in ordered]
+        candidates = [v for v, c in zip(values, contestant) if c and v is not None and not pd.isna(v)]
+        best = (max(candidates) if up else min(candidates)) if candidates else None
+        shown[f"{label} {'↑' if up else '↓'}"] = [
+            _cell_text(v, r["status"], c and best is not None and v == best) for v, c, r in zip(values, contestant, ordered)]
+    if provenance and len({_commit(r) for r in rs}) > 1:
         shown["commit"] = [_commit(r) for r in ordered]
         shown["date"] = [r["created_utc"][:10] for r in ordered]
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
+def _summary(chosen: dict[str, list[dict]]) -> list[str]:
+    parts = ["## Summary: each suite's main metric", ""]
+    for suite, rs in chosen.items():
+        summary = _layout(rs[0])["summary"]
+        table = markdown_table(rs, [(m.split("/")[0] if "/" in m else m, m) for m in summary], provenance=False)
+        metric = summary[0].split("/")[-1]
+        per = " per dataset" if "/" in summary[0] else ""
+        parts += [f"**{suite}**: `{metric}`{per}.", "", table, ""]
+    return parts
+
+
 def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str = "results") -> str:
     parts = ["# simbench leaderboard", "",
              f"Built from `{source}/runs/` by `run_bench.py`; do not edit by hand. Bold: best head per column "
-             "(reference rows such as `oracle` are ceilings, not contestants). ↑ higher is better, ↓ lower.", ""]
+             "(reference rows such as `oracle` are ceilings, not contestants). ↑ higher is better, ↓ lower; "
+             "v: the head's version.", ""]
+    parts += _summary(chosen)
     for suite, rs in chosen.items():
         first = rs[0]
         parts += [f"## {suite} (suite v{first['suite']['version']}, schema v{first['schema_version']})", "",
                   f"Main metric: `{first['suite']['main_metric']}`. {provenance_line(rs)}", "",
-                  protocol_line(first), "", markdown_table(rs), ""]
+                  protocol_line(first), ""]
+        for t in _layout(first)["tables"]:
+            table = markdown_table(rs, [tuple(c) for c in t["columns"]])
+            if table:
+                parts += ([f"### {t['title']}", ""] if t["title"] else []) + [table, ""]
+                parts += [t["legend"], ""] if t.get("legend") else []
         failed = [r for r in rs if r["status"] != "ok"]
         for r in failed:
             parts.append(f"- `{r['head']['name']}` failed: {r['error']}")
@@ -130,35 +150,60 @@ def build_csv(chosen: dict[str, list[dict]]) -> str:
     rows = []
     for suite, rs in chosen.items():
         for r in _order(rs):
+            declared = [m for m, _ in _directions(r)]  # the suite's natural order: @1, @5, @10
+            extra = sorted(set(r["metrics"]) - set(declared))
             rows.append({"suite": suite, "suite_version": r["suite"]["version"], "schema_version": r["schema_version"],
                          "head": r["head"]["name"], "head_version": r["head"]["version"], "kind": r["head"].get("kind"),
-                         "status": r["status"], **{f"metric:{k}": v for k, v in r["metrics"].items()},
+                         "status": r["status"],
+                         **{f"metric:{m}": r["metrics"].get(m) for m in declared + extra if m in r["metrics"]},
                          "config_hash": r["config"]["hash"], "protocol_hash": r["config"]["protocol_hash"],
                          "seed": r["seed"], "git_commit": r.get("git_commit"), "created_utc": r["created_utc"]})
     return pd.DataFrame(rows).to_csv(index=False)
 
 
-def build_plot(chosen: dict[str, list[dict]], path: Path) -> None:
+def plot_path(out_dir: Path, suite: str) -> Path:
+    return Path(out_dir) / f"leaderboard-{suite}.png"
+
+
+def build_plot(rs: list[dict], path: Path) -> None:
+    """One figure per suite: the main metric first, then the headline metrics, axes labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    suites = list(chosen)
-    fig, axes = plt.subplots(len(suites), 1, figsize=(8, 2.2 + 0.9 * max(len(v) for v in chosen.values()) * max(1, len(suites))),
-                             squeeze=False)
-    for ax, suite in zip(axes[:, 0], suites):
-        rs = [r for r in _order(chosen[suite]) if r["status"] == "ok"]
-        metrics = rs[0]["suite"]["headline_metrics"] or [rs[0]["suite"]["main_metric"]]
-        names = [r["head"]["name"] for r in rs]
-        height = 0.8 / len(metrics)
-        for i, m in enumerate(metrics):
-            values = [r["metrics"].get(m, float("nan")) for r in rs]
-            ax.barh([y + i * height for y in range(len(rs))], values, height=height, label=m)
-        ax.set_yticks([y + height * (len(metrics) - 1) / 2 for y in range(len(rs))], names)
+    rs = [r for r in _order(rs) if r["status"] == "ok"]
+    if not rs:
+        return
+    suite = rs[0]["suite"]
+    directions = dict(_directions(rs[0]))
+    main = suite["main_metric"]
+    headline = [m for m in suite.get("headline_metrics", []) if m != main]
+    names = [r["head"]["name"] for r in rs]
+    panels = 2 if headline else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 1.2 + 0.45 * len(rs)), squeeze=False)
+    ax = axes[0, 0]
+    bars = ax.barh(range(len(rs)), [r["metrics"].get(main) if r["metrics"].get(main) is not None else float("nan")
+                                    for r in rs], color="tab:blue")
+    ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2)
+    ax.set_yticks(range(len(rs)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{main} ({'higher' if directions.get(main, True) else 'lower'} is better)")
+    ax.set_ylabel("head")
+    ax.set_title(f"{suite['name']}: main metric")
+    ax.grid(axis="x", alpha=0.3)
+    if headline:
+        ax = axes[0, 1]
+        height = 0.8 / len(headline)
+        for i, m in enumerate(headline):
+            values = [r["metrics"].get(m) if r["metrics"].get(m) is not None else float("nan") for r in rs]
+            ax.barh([y + i * height for y in range(len(rs))], values, height=height,
+                    label=f"{m} ({'↑' if directions.get(m, True) else '↓'})")
+        ax.set_yticks([y + height * (len(headline) - 1) / 2 for y in range(len(rs))], names)
         ax.invert_yaxis()
-        ax.set_title(f"{suite} (suite v{rs[0]['suite']['version']})")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlabel("metric value")
+        ax.set_title("headline metrics")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
@@ -171,12 +216,17 @@ def build(out_dir: Path, warn=print) -> str:
     out_dir = Path(out_dir)
     chosen, notes = select(results.load_all(out_dir, warn=warn))
     chosen = {s: rs for s, rs in chosen.items() if rs}
+    plots = {plot_path(out_dir, suite) for suite in chosen}
+    for stale in [out_dir / "leaderboard.png", *out_dir.glob("leaderboard-*.png")]:  # never a plot of runs now gone
+        if stale not in plots:
+            stale.unlink(missing_ok=True)
     if not chosen:
-        for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png"):  # never leave a board of runs now gone
+        for name in ("leaderboard.md", "leaderboard.csv"):
             (out_dir / name).unlink(missing_ok=True)
         return "No result files yet: run `python run_bench.py` first."
     md = build_markdown(chosen, notes, source=out_dir.as_posix())
     atomic.write_text(out_dir / "leaderboard.md", md)
     atomic.write_text(out_dir / "leaderboard.csv", build_csv(chosen))
-    build_plot(chosen, out_dir / "leaderboard.png")
+    for suite, rs in chosen.items():
+        build_plot(rs, plot_path(out_dir, suite))
     return md

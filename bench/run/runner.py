@@ -96,7 +96,8 @@ def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta
         "error": error,
         "suite": {"name": suite_cls.name, "version": suite_cls.version, "main_metric": suite_cls.main_metric,
                   "metric_directions": [[m, "higher" if up else "lower"] for m, up in suite_cls.metrics.items()],
-                  "headline_metrics": list(suite_cls.headline_metrics), "test_set": data.identity},
+                  "headline_metrics": list(suite_cls.headline_metrics), "test_set": data.identity,
+                  "report": report_layout(suite_cls)},
         "head": head_meta,
         "config": {"resolved": {**protocol, "head_options": head_meta.get("options", {})},
                    "hash": cell.hash, "protocol_hash": protocol_hash, "key": cell.key},
@@ -123,6 +124,13 @@ def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -
         return None
     ok = record.get("status") == "ok" and record.get("config", {}).get("key") == cell.key
     return record if ok and record["schema_version"] == SCHEMA_VERSION else None
+
+
+def report_layout(suite_cls) -> dict:
+    """How leaderboards lay out this suite's metrics, stored in each result so boards need only files."""
+    return {"summary": list(suite_cls.summary_metrics or (suite_cls.main_metric,)),
+            "tables": [{"title": t.title, "columns": [list(c) for c in t.columns], "legend": t.legend}
+                       for t in suite_cls.report_tables]}
 
 
 def _identify(suite, suite_cls, protocol: dict, cells: list[Cell], cfg: dict, device) -> tuple[str, dict]:

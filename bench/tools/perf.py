@@ -164,13 +164,14 @@ def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, 
         log(f"train {name}: {seconds:.3f}s")
 
     t = {r["row"]: r["seconds"] for r in rows}
+    # Every ratio is a time divided by a time, named time_A_over_B: above 1, A is slower than B.
     ratios = {
-        "kme_rbf_vs_matmul": t["matmul same FLOPs as kme_rbf"] / t["score kme_rbf"],
-        "kme_rff_vs_cosine": t["score kme_rff"] / t["score cosine"],
-        "naive_vs_kme_rbf": (t["score kme_rbf naive"] / t["score kme_rbf"]) if "score kme_rbf naive" in t else None,
+        "time_kme_rbf_over_matmul": t["score kme_rbf"] / t["matmul same FLOPs as kme_rbf"],
+        "time_kme_rff_over_cosine": t["score kme_rff"] / t["score cosine"],
+        "time_naive_over_kme_rbf": (t["score kme_rbf naive"] / t["score kme_rbf"]) if "score kme_rbf naive" in t else None,
     }
     if "score kme_rbf pytorch reference" in t:
-        ratios["reference_vs_fused_kme_rbf"] = t["score kme_rbf pytorch reference"] / t["score kme_rbf"]
+        ratios["time_reference_over_fused_kme_rbf"] = t["score kme_rbf pytorch reference"] / t["score kme_rbf"]
     return {"sizes": {"n_images": n, "n_texts": m_texts, "points": points, "dim": dim, "rff_features": features,
                       "train_batch": batch, "memory_budget_mb": budget_mb, "kme_rbf_kernel": "triton" if fused else "torch"},
             "rows": rows, "ratios": ratios, "notes": notes}
@@ -201,9 +202,16 @@ def main(argv=None) -> int:
                  args.naive_max_gb, log=lambda s: print(s, file=sys.stderr))
     record = {"created_utc": provenance.utc_now(), **provenance.code_version(), "device": provenance.device_description(device),
               "libraries": provenance.library_versions(), **report}
-    table = pd.DataFrame(report["rows"]).to_markdown(index=False, floatfmt=".4g")
-    print(table)
-    print("\nratios: " + ", ".join(f"{k} = {'n/a' if v is None else f'{v:.3f}'}" for k, v in report["ratios"].items()))
+    s = report["sizes"]
+    print(f"sizes: {s['n_images']:,} image sets x {s['n_texts']:,} text sets, {s['points']} points of dim {s['dim']}; "
+          f"kme_rff D = {s['rff_features']}; train batch {s['train_batch']}; memory budget {s['memory_budget_mb']:g} MB; "
+          f"kme_rbf kernel: {s['kme_rbf_kernel']}; device: {record['device']}")
+    shown = [{k: ("n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}
+             for row in report["rows"]]  # training rows have no FLOP count: n/a, not nan
+    print(pd.DataFrame(shown).to_markdown(index=False, disable_numparse=True))
+    print("\nratios (time of A / time of B; above 1, A is slower):")
+    for k, v in report["ratios"].items():
+        print(f"  {k} = {'n/a (not run)' if v is None else f'{v:.3f}'}")
     for note in report["notes"]:
         print(f"note: {note}")
     stamp = record["created_utc"].replace(":", "").replace("-", "")
