@@ -195,23 +195,14 @@ def _apply_suite_flags(args, cfg: dict, suite_names: list[str]) -> None:
 
 
 def check_out_dir(out: Path) -> None:
-    """--out must be a folder this process can write: checked before any work (and without creating it,
-    so a run refused later for bad data leaves nothing behind)."""
-    import tempfile
+    """--out must be a folder this process can write: checked before any work, without creating it."""
+    from bench.core import atomic
 
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing == out and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file, not a folder; pass a folder (it is created if missing).")
-    if not existing.is_dir():
-        raise UsageError(f"--out {str(out)!r} cannot be created: {str(existing)!r} is a file; pass another folder.")
-    try:  # a real write (then removed), since os.access says yes to root even on a read-only mount
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".simbench-write-check."):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--out {str(out)!r} is not writable ({str(existing)!r}: {exc.strerror or exc}); "
-                         "pass a folder you can write to.") from None
+    problem = atomic.folder_problem(out)
+    if problem:
+        fix = "pass another folder" if "cannot be created" in problem else \
+            "pass a folder (it is created if missing)" if "not a folder" in problem else "pass a folder you can write to"
+        raise UsageError(f"--out {str(out)!r} {problem}; {fix}.")
 
 
 def _plan_run(args):

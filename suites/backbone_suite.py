@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-from bench.core import distributed
+from bench.core import atomic, distributed
 from bench.features import extract
 from bench.data import default_root, retrieval_data
 from bench.features.backbone import Backbone, BackboneSpec, weights_identity
 from bench.core.errors import ConfigError, DataError
 from bench.core.registry import suggest
 from bench.features.cache import FeatureCache
-from suites.base import PointSets, Suite
+from bench.eval.scoring import encode
+from suites.base import PointSets, Suite, SuiteData
 
 
 class CorruptImages(DataError):
@@ -94,16 +94,10 @@ class BackboneSuite(Suite):
         cache = self.roots()[1]
         where = "suite option cache_dir" if self.params["cache_dir"] else (
             "$SIMBENCH_CACHE" if os.environ.get("SIMBENCH_CACHE") else "the default cache folder")
-        if cache.exists() and not cache.is_dir():
-            raise ConfigError(f"feature cache {str(cache)!r} ({where}) is a file, not a folder; point {where} at a "
-                              "folder (it is created if missing).")
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=cache, prefix=".write-check."):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"feature cache {str(cache)!r} ({where}) is not writable ({exc.strerror or exc}); point "
-                              f"{where} at a folder you can write to.") from None
+        problem = atomic.folder_problem(cache, create=True)
+        if problem:
+            fix = "a folder (it is created if missing)" if "not a folder" in problem else "a folder you can write to"
+            raise ConfigError(f"feature cache {str(cache)!r} ({where}) {problem}; point {where} at {fix}.")
 
     def roots(self) -> tuple[Path, Path]:
         p = self.params
@@ -146,6 +140,24 @@ class BackboneSuite(Suite):
         image_of_pair = torch.tensor(train.caption_image, dtype=torch.long)
         pairs = keep[image_of_pair]  # a left-out image takes its captions with it
         return PointSets(img, txt[pairs], image_of_pair=image_of_pair[pairs])
+
+    def suite_data(self, backbone, train, pairs: PointSets, test: dict, datasets: dict) -> SuiteData:
+        """The built suite: training pairs, test sets by dataset, and what identifies them."""
+        identity = {"backbone": backbone.identity, "datasets": datasets, "train": self.train_identity(train, pairs),
+                    "corrupt_images_skipped": self.corrupt}
+        return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
+
+    def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:
+        """Every test set in turn; a suite says what one dataset's metrics are (``evaluate_dataset``)."""
+        head.eval()
+        out = {}
+        for name, t in data.test.items():
+            image_rep = encode(head, "image", t.images, None, device)
+            out.update({f"{name}/{k}": v for k, v in self.evaluate_dataset(head, image_rep, t, device).items()})
+        return out
+
+    def evaluate_dataset(self, head, image_rep, test, device) -> dict[str, float]:
+        raise NotImplementedError
 
     @staticmethod
     def train_identity(train: retrieval_data.RetrievalSet, pairs: PointSets) -> dict:

@@ -60,21 +60,13 @@ class ClassificationSuite(BackboneSuite):
                 images[keep], torch.tensor(ds.labels, dtype=torch.long)[keep],
                 self.text_points(backbone, cache, name, "prompts", ds.prompts()),
                 len(ds.classnames), len(ds.templates))
-        identity = {"backbone": backbone.identity, "train": self.train_identity(train, pairs),
-                    "corrupt_images_skipped": self.corrupt,
-                    "datasets": {n: {"images": len(test[n].images), "classes": len(ds.classnames),
-                                     "templates": len(ds.templates), "fingerprint": ds.fingerprint()}
-                                 for n, ds in sets.items()}}
-        return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
+        datasets = {n: {"images": len(test[n].images), "classes": len(ds.classnames), "templates": len(ds.templates),
+                        "fingerprint": ds.fingerprint()} for n, ds in sets.items()}
+        return self.suite_data(backbone, train, pairs, test, datasets)
 
-    def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:
-        out = {}
-        head.eval()
-        for name, t in data.test.items():
-            img = encode(head, "image", t.images, None, device)
-            classes = head.combine_prompts(encode(head, "text", t.prompts, None, device), t.n_classes, t.n_templates)
-            logits = score_matrix(head, img, classes, len(t.images), t.n_classes).cpu()
-            acc = metrics.topk_accuracy(logits, t.labels, ks=(1, 5))
-            out[f"{name}/acc1"], out[f"{name}/acc5"] = acc[1], acc[5]
-            out[f"{name}/mean_per_class_recall"] = metrics.mean_per_class_recall(logits, t.labels, t.n_classes)
-        return out
+    def evaluate_dataset(self, head, image_rep, t: ClassificationTest, device) -> dict[str, float]:
+        classes = head.combine_prompts(encode(head, "text", t.prompts, None, device), t.n_classes, t.n_templates)
+        logits = score_matrix(head, image_rep, classes, len(t.images), t.n_classes).cpu()
+        acc = metrics.topk_accuracy(logits, t.labels, ks=(1, 5))
+        return {"acc1": acc[1], "acc5": acc[5],
+                "mean_per_class_recall": metrics.mean_per_class_recall(logits, t.labels, t.n_classes)}

@@ -70,22 +70,14 @@ class RetrievalSuite(BackboneSuite):
             kept_captions = keep[caption_image]  # a left-out image takes its captions with it
             new_index = torch.cumsum(keep, 0) - 1
             test[name] = RetrievalTest(images[keep], texts[kept_captions], new_index[caption_image[kept_captions]])
-        identity = {"backbone": backbone.identity,
-                    "datasets": {n: {"split": ds.split, "images": len(t.images), "captions": len(t.texts),
-                                     "fingerprint": ds.fingerprint()} for (n, ds), t in zip(tests.items(), test.values())},
-                    "train": self.train_identity(train, pairs), "corrupt_images_skipped": self.corrupt}
-        return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
+        datasets = {n: {"split": ds.split, "images": len(t.images), "captions": len(t.texts),
+                        "fingerprint": ds.fingerprint()} for (n, ds), t in zip(tests.items(), test.values())}
+        return self.suite_data(backbone, train, pairs, test, datasets)
 
-    def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:
-        out = {}
-        head.eval()
-        for name, t in data.test.items():
-            img = encode(head, "image", t.images, None, device)
-            txt = encode(head, "text", t.texts, None, device)
-            scores = score_matrix(head, img, txt, len(t.images), len(t.texts)).cpu()
-            positives = torch.zeros_like(scores, dtype=torch.bool)
-            positives[t.caption_image, torch.arange(len(t.texts))] = True
-            recalls = metrics.retrieval_recalls(scores, positives, KS)
-            out.update({f"{name}/{k}": v for k, v in recalls.items()})
-            out[f"{name}/recall_sum"] = sum(recalls.values())
-        return out
+    def evaluate_dataset(self, head, image_rep, t: RetrievalTest, device) -> dict[str, float]:
+        txt = encode(head, "text", t.texts, None, device)
+        scores = score_matrix(head, image_rep, txt, len(t.images), len(t.texts)).cpu()
+        positives = torch.zeros_like(scores, dtype=torch.bool)
+        positives[t.caption_image, torch.arange(len(t.texts))] = True
+        recalls = metrics.retrieval_recalls(scores, positives, KS)
+        return {**recalls, "recall_sum": sum(recalls.values())}

@@ -8,6 +8,30 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def folder_problem(folder: str | os.PathLike, create: bool = False) -> str | None:
+    """Why files cannot be written into ``folder`` (None when they can), found by a real write (then
+    removed): os.access says yes to root even on a read-only mount. Without ``create`` nothing is
+    made, and the nearest existing parent is probed, so a run refused later leaves nothing behind."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder and not folder.is_dir():
+        return "is a file, not a folder"
+    if not existing.is_dir():
+        return f"cannot be created: {str(existing)!r} is a file"
+    target = existing
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".simbench-write-check."):
+            pass
+    except OSError as exc:
+        return f"is not writable ({str(target)!r}: {exc.strerror or exc})"
+    return None
+
+
 def umask_mode(directory: bool = False) -> int:
     """The mode a plain open() or mkdir() would give under the current umask (mkstemp and mkdtemp
     always give 0600/0700, which would hide shared results and caches from a group)."""

@@ -197,18 +197,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
         for stale in atomic.sweep_stale(out_dir):
             log(f"removed {stale} (left by an interrupted write)")
     summary = RunSummary(suite_name)
-
-    todo = []
-    for cell in cells:
-        previous = None if force else _reusable(out_dir, suite_name, cell, log)
-        if previous is None:
-            todo.append(cell)
-            continue
-        log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head)} (same key {cell.key}: "
-            "config, code, data, libraries and device type); --force recomputes")
-        summary.records.append(previous)
-        summary.reused.append(cell.head)
-
+    todo = _reuse_what_matches(cells, out_dir, suite_name, force, summary, log)
     distributed.barrier()  # every rank has decided what to reuse before rank 0 writes anything
     if not todo:
         reused_refs = None if force else _reusable_references(out_dir, suite_name, references)
@@ -220,24 +209,9 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
     data = suite.build(cfg["seed"])
     build_seconds = time.perf_counter() - t0
     log(f"[{suite_name}] data ready in {build_seconds:.1f}s: {len(data.train)} training pairs, device {device}")
-    if any(head_registry.get_head(c.head).trainable for c in todo) and cfg["train"]["steps"] > 0 \
-            and len(data.train) < cfg["train"]["batch_size"]:
-        raise config.ConfigError(
-            f"train.batch_size={cfg['train']['batch_size']} is larger than the {len(data.train)} training pairs of suite "
-            f"{suite_name!r}; lower train.batch_size (at most {len(data.train)}) or use more training data.")
-
-    made = suite.references(data)
-    if set(made) != set(references):
-        raise TypeError(f"suite {suite_name!r}: references() returned {sorted(made)} but the class declares "
-                        f"reference_names = {sorted(references)}; declare every reference row in reference_names.")
-    reference_records = []
-    for ref_name, ref_metrics in made.items():
-        meta = {"name": ref_name, "version": suite_cls.version, "kind": "reference", "trainable": False,
-                "description": f"{suite_name} reference row", "options": {}}
-        record = _record(suite_cls, data, protocol, references[ref_name], protocol_hash, meta, ref_metrics, "ok", None,
-                         {"build_seconds": build_seconds}, device, cfg)
-        reference_records.append(record)
-
+    _check_batch_fits(suite_name, todo, data, cfg)
+    reference_records = _reference_records(suite, suite_cls, data, protocol, protocol_hash, references,
+                                           build_seconds, device, cfg)
     for cell in todo:
         record = _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell, cfg, device, build_seconds,
                            out_dir, progress, log)
@@ -251,6 +225,46 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             results.write(out_dir, record)
     summary.records = reference_records + summary.records
     return summary
+
+
+def _reuse_what_matches(cells: list[Cell], out_dir: Path, suite_name: str, force: bool, summary: RunSummary,
+                        log) -> list[Cell]:
+    """Put the results whose key matches into ``summary``; return the cells left to compute."""
+    todo = []
+    for cell in cells:
+        previous = None if force else _reusable(out_dir, suite_name, cell, log)
+        if previous is None:
+            todo.append(cell)
+            continue
+        log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head)} (same key {cell.key}: "
+            "config, code, data, libraries and device type); --force recomputes")
+        summary.records.append(previous)
+        summary.reused.append(cell.head)
+    return todo
+
+
+def _check_batch_fits(suite_name: str, todo: list[Cell], data, cfg: dict) -> None:
+    if any(head_registry.get_head(c.head).trainable for c in todo) and cfg["train"]["steps"] > 0 \
+            and len(data.train) < cfg["train"]["batch_size"]:
+        raise config.ConfigError(
+            f"train.batch_size={cfg['train']['batch_size']} is larger than the {len(data.train)} training pairs of suite "
+            f"{suite_name!r}; lower train.batch_size (at most {len(data.train)}) or use more training data.")
+
+
+def _reference_records(suite, suite_cls, data, protocol, protocol_hash, references: dict[str, Cell], build_seconds,
+                       device, cfg) -> list[dict]:
+    """The suite's reference rows (e.g. the oracle), made now and written only after every cell."""
+    made = suite.references(data)
+    if set(made) != set(references):
+        raise TypeError(f"suite {suite_cls.name!r}: references() returned {sorted(made)} but the class declares "
+                        f"reference_names = {sorted(references)}; declare every reference row in reference_names.")
+    records = []
+    for ref_name, ref_metrics in made.items():
+        meta = {"name": ref_name, "version": suite_cls.version, "kind": "reference", "trainable": False,
+                "description": f"{suite_cls.name} reference row", "options": {}}
+        records.append(_record(suite_cls, data, protocol, references[ref_name], protocol_hash, meta, ref_metrics, "ok",
+                               None, {"build_seconds": build_seconds}, device, cfg))
+    return records
 
 
 def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, device, build_seconds, out_dir,
