@@ -53,6 +53,7 @@ def test_missing_dataset_is_not_downloaded(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # 30 s: clip_benchmark's own evaluation loop over 1,010 images
 def test_clip_frozen_equals_clip_benchmark_zero_shot(data, tmp_path):
     from clip_benchmark.datasets.builder import build_dataset
     from clip_benchmark.metrics import zeroshot_classification

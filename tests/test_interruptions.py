@@ -31,7 +31,7 @@ def wait_for(path: Path, proc, timeout=120):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM])
 def test_killed_during_training_resumes_and_reuses_finished_cells(tmp_path, sig):
     cfg = small_config(tmp_path, train={"steps": 1000, "batch_size": 64, "warmup_steps": 5})
     out = tmp_path / "out"

@@ -157,6 +157,7 @@ def test_leaderboard_follows_the_recorded_layout_in_natural_metric_order(tmp_pat
     assert all(len(line) <= 100 for line in body.split("Protocol")[0].splitlines())
 
 
+@pytest.mark.slow  # two full default runs (~1 min); the fast small-config test below covers the same logic
 def test_regression_check_passes_on_committed_baseline_and_fails_when_raised(tmp_path, capsys):
     committed = REPO / "results" / "baselines" / "synthetic.json"
     out = tmp_path / "out"
@@ -173,13 +174,22 @@ def test_regression_check_passes_on_committed_baseline_and_fails_when_raised(tmp
     assert "REGRESSION: 2 metric(s)" in text and "pmi_pearson" in text and "infonce_excess" in text
 
 
-def test_update_baseline_then_check_with_a_small_config(small_run, tmp_path):
+def test_update_baseline_then_check_with_a_small_config(small_run, tmp_path, capsys):
     tmp, cfg = small_run
     base = tmp_path / "base.json"
     assert run("--config", cfg, "--out", tmp / "a", "--update-baseline", base) == 0
     saved = json.loads(base.read_text())
     assert saved["tolerances"]["pmi_rmse"] == regression.METRIC_TOLERANCES["pmi_rmse"]
     assert run("--config", cfg, "--out", tmp / "a", "--check", base) == 0
+    raised = json.loads(base.read_text())
+    raised["scores"]["kme_rbf"]["pmi_pearson"] += 0.1        # higher is better: now a drop
+    raised["scores"]["cosine"]["infonce_excess"] -= 0.2      # lower is better: now a rise
+    raised["scores"]["kme_rff"]["pmi_pearson"] -= 0.5        # an improvement beyond the tolerance is no regression
+    (tmp_path / "raised.json").write_text(json.dumps(raised))
+    capsys.readouterr()
+    assert run("--config", cfg, "--out", tmp / "a", "--check", tmp_path / "raised.json") == 1
+    text = capsys.readouterr().out
+    assert "REGRESSION: 2 metric(s)" in text and "pmi_pearson" in text and "infonce_excess" in text
     # A baseline made under another protocol is refused with a reason, not compared.
     assert run("--config", cfg, "--out", tmp_path / "o", "--seed", 3, "--heads", "cosine", "--check", base) == 2
 
