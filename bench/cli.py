@@ -42,7 +42,58 @@ def parser() -> argparse.ArgumentParser:
                    help="print which datasets are ready under the data root (exit 1 if any is not) and exit")
     p.add_argument("--list-heads", action="store_true", help="list registered heads and exit")
     p.add_argument("--list-suites", action="store_true", help="list registered suites and exit")
+    p.add_argument("--resamples", type=int, default=10_000,
+                   help="bootstrap resamples for the leaderboard's intervals and ties (default 10,000; 0: none)")
+    p.add_argument("--reference-head", default="cosine",
+                   help="the head the leaderboard's summary compares every other head with (default: cosine)")
     return p
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_bench.py compare",
+                                description="Paired comparison of heads from their saved per-query outcomes (no rerun).")
+    p.add_argument("--suite", required=True, help="the suite whose results to compare")
+    p.add_argument("--heads", required=True, help="A,B[,C...]: A against each of the others")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"the folder the runs were written to (default: {DEFAULT_OUT}/)")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap and randomization draws (default 10,000)")
+    p.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)  # accepted like the main command's
+    return p
+
+
+def _compare(argv: list[str]) -> int:
+    """``run_bench.py compare``: per metric, A - B with its paired 95% bootstrap interval, the sign-flip
+    p-value, and that p-value after Holm's correction across every metric and pair compared."""
+    from bench.report import leaderboard, results, verdicts
+
+    args = compare_parser().parse_args(argv)
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    if len(heads) < 2 or len(set(heads)) != len(heads):
+        raise UsageError(f"--heads {args.heads!r}: name at least two different heads, A first (A is compared with each).")
+    if args.resamples < 100:
+        raise UsageError(f"--resamples {args.resamples}: use at least 100 (10,000 for a p-value below 0.001).")
+    chosen, _ = leaderboard.select(results.load_all(Path(args.out), warn=lambda m: print(m, file=sys.stderr)))
+    if args.suite not in chosen:
+        raise UsageError(f"no results of suite {args.suite!r} under {args.out}/runs; run it first "
+                         f"(run_bench.py --suite {args.suite} --out {args.out}).")
+    try:
+        rows = verdicts.compare(Path(args.out), chosen[args.suite], heads, args.resamples,
+                                warn=lambda m: print(m, file=sys.stderr))
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"compare --suite {args.suite}: {exc.args[0]}.") from None
+    directions = {m: d == "higher" for m, d in chosen[args.suite][0]["suite"]["metric_directions"]}
+    print(f"{args.suite}: {heads[0]} against {', '.join(heads[1:])}; differences A - B with paired 95% bootstrap "
+          f"intervals over test queries, sign-flip p-values ({args.resamples:,} draws each), Holm-adjusted "
+          "across all the rows below.\n")
+    print(f"{'metric':<44} {'B':<12} {'A - B':>9} {'95% interval':>21} {'p':>7} {'p Holm':>7}  verdict")
+    for r in rows:
+        up = directions.get(r["metric"], True)
+        better = (r["difference"] > 0) == up
+        verdict = "tied" if r["p_holm"] >= 0.05 else (f"{r['a']} better" if better else f"{r['b']} better")
+        print(f"{r['metric'][:44]:<44} {r['b'][:12]:<12} {r['difference']:>+9.4f} "
+              f"[{r['low']:+.4f}, {r['high']:+.4f}] {r['p_value']:>7.4f} {r['p_holm']:>7.4f}  {verdict}")
+    print("\nverdict: 'tied' unless the Holm-adjusted p-value is below 0.05. Metrics with no per-query form "
+          "(correlations over all pairs) are not compared.")
+    return EXIT_OK
 
 
 class UsageError(Exception):
@@ -153,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["compare"]:
+        try:
+            return _compare(argv[1:])
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     args = parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
@@ -224,6 +282,8 @@ def _plan_run(args):
             raise UsageError("--check judges a run against a baseline and --update-baseline rewrites one; use one of them.")
         if args.seed is not None and not 0 <= args.seed <= config.MAX_SEED:
             raise UsageError(f"--seed {args.seed} is out of range; use an integer from 0 to {config.MAX_SEED}.")
+        if args.resamples != 0 and args.resamples < 100:
+            raise UsageError(f"--resamples {args.resamples}: use 0 (no intervals) or at least 100 (10,000 by default).")
         user = config.load_yaml(args.config)
         if args.seed is not None:
             user["seed"] = args.seed
@@ -269,7 +329,7 @@ def _run(args) -> int:
         # Whatever happened, a leaderboard is rebuilt from what runs/ now holds, so the two never disagree;
         # a run refused before writing anything leaves every file as it was.
         if distributed.is_main() and (summaries or _runs_state(out) != before):
-            board = _leaderboard(out)
+            board = _leaderboard(out, args)
     if not distributed.is_main():  # rank 0 reports, rewrites baselines and checks regressions
         return EXIT_FAILED if any(s.failed for s in summaries) else EXIT_OK
     if board is None:
@@ -292,10 +352,11 @@ def _runs_state(out: Path) -> dict:
     return {str(p): p.stat().st_mtime_ns for p in (out / "runs").glob("*/*.json")}
 
 
-def _leaderboard(out: Path) -> str:
+def _leaderboard(out: Path, args) -> str:
     from bench.report import leaderboard
 
-    return leaderboard.build(out, warn=lambda m: print(m, file=sys.stderr))
+    return leaderboard.build(out, warn=lambda m: print(m, file=sys.stderr), reference=args.reference_head,
+                             resamples=args.resamples)
 
 
 def _run_one(args, name, head_names, cfg, out, device, everything):

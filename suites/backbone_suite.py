@@ -20,7 +20,7 @@ from bench.core.errors import ConfigError, DataError
 from bench.core.registry import suggest
 from bench.features.cache import FeatureCache
 from bench.eval.scoring import encode
-from suites.base import PointSets, Suite, SuiteData
+from suites.base import Evaluation, PointSets, Suite, SuiteData, as_evaluation
 
 
 class CorruptImages(DataError):
@@ -147,16 +147,16 @@ class BackboneSuite(Suite):
                     "corrupt_images_skipped": self.corrupt}
         return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
 
-    def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:
+    def evaluate(self, head, data: SuiteData, device) -> Evaluation:
         """Every test set in turn; a suite says what one dataset's metrics are (``evaluate_dataset``)."""
         head.eval()
-        out = {}
+        out = Evaluation({})
         for name, t in data.test.items():
             image_rep = encode(head, "image", t.images, None, device)
-            out.update({f"{name}/{k}": v for k, v in self.evaluate_dataset(head, image_rep, t, device).items()})
+            out.merge(as_evaluation(self.evaluate_dataset(head, image_rep, t, device)).prefixed(name))
         return out
 
-    def evaluate_dataset(self, head, image_rep, test, device) -> dict[str, float]:
+    def evaluate_dataset(self, head, image_rep, test, device) -> Evaluation:
         raise NotImplementedError
 
     @staticmethod

@@ -40,6 +40,42 @@ class ReportTable:
 
 
 @dataclass
+class Evaluation:
+    """What ``evaluate`` returns: the metrics, and optionally what each test query contributed
+    (``outcomes``: name -> per-query array) with ``spec`` saying how each metric is made of them
+    (bench/eval/uncertainty.py). Outcomes give intervals and paired tests without a rerun."""
+
+    metrics: dict[str, float]
+    outcomes: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, dict] = field(default_factory=dict)
+
+    def prefixed(self, prefix: str) -> "Evaluation":
+        """The same under ``prefix/`` (one dataset of several): metric, array and reference names."""
+        def ref(s: dict) -> dict:
+            out = dict(s)
+            for key in ("query", "values", "labels"):
+                if key in out:
+                    out[key] = f"{prefix}/{out[key]}"
+            if "of" in out:
+                out["of"] = [f"{prefix}/{m}" for m in out["of"]] if isinstance(out["of"], list) else f"{prefix}/{out['of']}"
+            out["space"] = f"{prefix}/{out['space']}" if out.get("space") else prefix  # its own test units
+            return out
+        return Evaluation({f"{prefix}/{k}": v for k, v in self.metrics.items()},
+                          {f"{prefix}/{k}": v for k, v in self.outcomes.items()},
+                          {f"{prefix}/{k}": ref(s) for k, s in self.spec.items()})
+
+    def merge(self, other: "Evaluation") -> None:
+        self.metrics.update(other.metrics)
+        self.outcomes.update(other.outcomes)
+        self.spec.update(other.spec)
+
+
+def as_evaluation(result) -> Evaluation:
+    """A suite may return a plain metrics dict (no outcomes) or an ``Evaluation``."""
+    return result if isinstance(result, Evaluation) else Evaluation(dict(result))
+
+
+@dataclass
 class PointSets:
     """Paired point sets: row i of ``images`` goes with row i of ``texts``."""
 
@@ -113,7 +149,8 @@ class Suite:
     def build(self, seed: int) -> SuiteData:
         raise NotImplementedError
 
-    def evaluate(self, head, data: SuiteData, device: torch.device) -> dict[str, float]:
+    def evaluate(self, head, data: SuiteData, device: torch.device) -> "Evaluation | dict[str, float]":
+        """The metrics of ``head`` on the test data: a dict, or an ``Evaluation`` with per-query outcomes."""
         raise NotImplementedError
 
     def references(self, data: SuiteData) -> dict[str, dict[str, float]]:

@@ -11,12 +11,20 @@ from dataclasses import dataclass
 import torch
 
 from bench.data import classification_data
-from bench.eval import metrics
+from bench.eval import metrics, uncertainty
 from bench.eval.scoring import encode, score_matrix
 from suites.backbone_suite import BackboneSuite
-from suites.base import ReportTable, SuiteData, register_suite
+from suites.base import Evaluation, ReportTable, SuiteData, register_suite
 
 DATASETS = ("imagenet1k", "imagenetv2", "imagenet-r", "imagenet-a", "imagenet_sketch", "objectnet")
+
+
+# Per sample: the rank of its true class (ties exact); the resampling unit is the sample.
+CLASSIFICATION_SPEC = {
+    "acc1": {"kind": "hit", "query": "cls", "k": 1},
+    "acc5": {"kind": "hit", "query": "cls", "k": 5},
+    "mean_per_class_recall": {"kind": "balanced_hit", "query": "cls", "k": 1, "labels": "cls/label"},
+}
 
 
 @dataclass
@@ -64,9 +72,14 @@ class ClassificationSuite(BackboneSuite):
                         "fingerprint": ds.fingerprint()} for n, ds in sets.items()}
         return self.suite_data(backbone, train, pairs, test, datasets)
 
-    def evaluate_dataset(self, head, image_rep, t: ClassificationTest, device) -> dict[str, float]:
+    def evaluate_dataset(self, head, image_rep, t: ClassificationTest, device) -> Evaluation:
         classes = head.combine_prompts(encode(head, "text", t.prompts, None, device), t.n_classes, t.n_templates)
         logits = score_matrix(head, image_rep, classes, len(t.images), t.n_classes).cpu()
         acc = metrics.topk_accuracy(logits, t.labels, ks=(1, 5))
-        return {"acc1": acc[1], "acc5": acc[5],
-                "mean_per_class_recall": metrics.mean_per_class_recall(logits, t.labels, t.n_classes)}
+        truth = torch.zeros_like(logits, dtype=torch.bool)
+        truth[torch.arange(len(t.labels)), t.labels] = True
+        outcomes = {f"cls/{k}": v for k, v in uncertainty.rank_outcomes(logits, truth).items()}
+        outcomes["cls/label"] = t.labels.cpu().numpy().astype("int32")
+        return Evaluation({"acc1": acc[1], "acc5": acc[5],
+                           "mean_per_class_recall": metrics.mean_per_class_recall(logits, t.labels, t.n_classes)},
+                          outcomes, CLASSIFICATION_SPEC)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.eval import metrics
+from bench.eval import metrics, uncertainty
 from bench.data import retrieval_data
 from bench.eval.scoring import encode, score_matrix
 from suites.backbone_suite import BackboneSuite
-from suites.base import ReportTable, SuiteData, register_suite
+from suites.base import Evaluation, ReportTable, SuiteData, register_suite
 
 DATASETS = ("mscoco_captions", "flickr30k")
 KS = (1, 5, 10)
@@ -33,6 +33,24 @@ def _report_table(ds: str) -> ReportTable:
     cols += [(f"T→I R@{k}", f"{ds}/image_retrieval_recall@{k}") for k in KS] + [("RSUM", f"{ds}/recall_sum")]
     return ReportTable(ds, tuple(cols), "I→T: an image queries the captions (a hit if any of its ~5 captions is in "
                        "the top k); T→I: a caption queries the images; R@k: recall at k; RSUM: the sum of the six.")
+
+
+# i2t: an image queries the captions; t2i: a caption queries the images. The resampling unit is the
+# image: an image's captions are drawn with it (they are not independent queries).
+RETRIEVAL_SPEC = {
+    **{f"text_retrieval_recall@{k}": {"kind": "hit", "query": "i2t", "k": k} for k in KS},
+    **{f"image_retrieval_recall@{k}": {"kind": "hit", "query": "t2i", "k": k} for k in KS},
+    "recall_sum": {"kind": "sum", "of": [f"{d}_retrieval_recall@{k}" for d in ("text", "image") for k in KS]},
+}
+
+
+def retrieval_outcomes(scores: torch.Tensor, positives: torch.Tensor, caption_image: torch.Tensor) -> dict:
+    """Both directions' first-positive ranks; a caption's unit is its image."""
+    out = {f"i2t/{k}": v for k, v in uncertainty.rank_outcomes(scores, positives).items()}
+    out.update({f"t2i/{k}": v for k, v in uncertainty.rank_outcomes(scores.T, positives.T).items()})
+    out["t2i/unit"] = caption_image.cpu().numpy().astype("int32")
+    out["t2i/n_units"] = scores.shape[0]
+    return out
 
 
 @dataclass
@@ -74,10 +92,11 @@ class RetrievalSuite(BackboneSuite):
                         "fingerprint": ds.fingerprint()} for (n, ds), t in zip(tests.items(), test.values())}
         return self.suite_data(backbone, train, pairs, test, datasets)
 
-    def evaluate_dataset(self, head, image_rep, t: RetrievalTest, device) -> dict[str, float]:
+    def evaluate_dataset(self, head, image_rep, t: RetrievalTest, device) -> Evaluation:
         txt = encode(head, "text", t.texts, None, device)
         scores = score_matrix(head, image_rep, txt, len(t.images), len(t.texts)).cpu()
         positives = torch.zeros_like(scores, dtype=torch.bool)
         positives[t.caption_image, torch.arange(len(t.texts))] = True
         recalls = metrics.retrieval_recalls(scores, positives, KS)
-        return {**recalls, "recall_sum": sum(recalls.values())}
+        return Evaluation({**recalls, "recall_sum": sum(recalls.values())},
+                          retrieval_outcomes(scores, positives, t.caption_image), RETRIEVAL_SPEC)

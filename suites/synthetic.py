@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.eval import metrics
+from bench.eval import metrics, uncertainty
 from bench.core.errors import ConfigError
 from bench.eval.scoring import encode, score_matrix
-from suites.base import PointSets, ReportTable, Suite, SuiteData, register_suite
+from suites.base import Evaluation, PointSets, ReportTable, Suite, SuiteData, register_suite
 from suites.synthetic_world import World
 
 RETRIEVAL = {f"{d}_retrieval_recall@{k}": True for d in ("image", "text") for k in (1, 5, 10)}
@@ -117,7 +117,7 @@ class SyntheticSuite(Suite):
                     "bayes_accuracy": test.bayes_accuracy}
         return SuiteData(train=train, image_dim=p["dim"], text_dim=p["dim"], test=test, identity=identity)
 
-    def _metrics(self, scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest) -> dict[str, float]:
+    def _metrics(self, scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest) -> Evaluation:
         n = scores.shape[0]
         out = {
             "infonce_excess": float(metrics.symmetric_infonce(scores.double())) - float(metrics.symmetric_infonce(test.pmi.double())),
@@ -130,7 +130,31 @@ class SyntheticSuite(Suite):
         acc = metrics.topk_accuracy(class_scores, test.topics.to(class_scores.device), ks=(1,))[1]
         out["zeroshot_acc1"] = acc
         out["zeroshot_vs_bayes"] = acc / test.bayes_accuracy
+        return Evaluation(out, self._outcomes(scores, class_scores, test), self._spec(test))
+
+    @staticmethod
+    def _outcomes(scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest) -> dict:
+        """Per test item: its share of InfoNCE excess and of the row KL, its ranks both ways, and the rank
+        of its true topic; Pearson, Spearman and RMSE over all pairs have no per-item form."""
+        n = scores.shape[0]
+        eye = torch.eye(n, dtype=torch.bool)
+        truth = torch.zeros_like(class_scores, dtype=torch.bool)
+        truth[torch.arange(n), test.topics.to(class_scores.device)] = True
+        out = {"item/infonce_excess": (metrics.infonce_terms(scores) - metrics.infonce_terms(test.pmi)).numpy(),
+               "item/row_kl": metrics.row_kl_terms(test.pmi, scores).numpy()}
+        out.update({f"i2t/{k}": v for k, v in uncertainty.rank_outcomes(scores, eye).items()})
+        out.update({f"t2i/{k}": v for k, v in uncertainty.rank_outcomes(scores.T, eye).items()})
+        out.update({f"zs/{k}": v for k, v in uncertainty.rank_outcomes(class_scores.cpu(), truth.cpu()).items()})
         return out
+
+    @staticmethod
+    def _spec(test: SyntheticTest) -> dict:
+        return {"infonce_excess": {"kind": "mean", "values": "item/infonce_excess"},
+                "pmi_row_kl": {"kind": "mean", "values": "item/row_kl"},
+                **{f"text_retrieval_recall@{k}": {"kind": "hit", "query": "i2t", "k": k} for k in (1, 5, 10)},
+                **{f"image_retrieval_recall@{k}": {"kind": "hit", "query": "t2i", "k": k} for k in (1, 5, 10)},
+                "zeroshot_acc1": {"kind": "hit", "query": "zs", "k": 1},
+                "zeroshot_vs_bayes": {"kind": "scaled", "of": "zeroshot_acc1", "by": 1 / test.bayes_accuracy}}
 
     def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:
         test: SyntheticTest = data.test

@@ -41,3 +41,25 @@ def rebuild(suite_name: str, cfg_path: Path, backbone: Path, data_root: Path, ou
         head.load_state_dict(load_file(str(weights)))
     head.eval()
     return record, data, head
+
+
+def assert_outcomes_reproduce_metrics(out: Path, expect_specs: bool = True) -> int:
+    """Every metric a result's per-query outcomes define equals the metric it reports: the intervals
+    are about the numbers on the board, not about something computed alongside. Returns how many."""
+    import pytest
+
+    from bench.eval import uncertainty
+    from bench.report import results
+
+    checked = 0
+    for r in results.load_all(out):
+        if r["status"] != "ok":
+            continue
+        arrays = results.read_outcomes(out, r)
+        assert arrays is not None or not expect_specs, f"{r['head']['name']} has no outcomes"
+        if arrays is None:
+            continue
+        for metric, est in uncertainty.estimators(arrays, r["outcomes"]["spec"]).items():
+            assert est.point() == pytest.approx(r["metrics"][metric], abs=1e-9), (r["head"]["name"], metric)
+            checked += 1
+    return checked

@@ -11,7 +11,7 @@ from bench.data import classification_data
 from bench.report import results
 from bench.cli import main
 from bench.data.retrieval_data import DataError
-from helpers import rebuild
+from helpers import assert_outcomes_reproduce_metrics, rebuild
 from test_backbone import TINY
 from test_retrieval_suite import make_coco_train
 
@@ -136,5 +136,6 @@ def test_skip_corrupt_drops_the_sample_and_keeps_labels_aligned(data, tmp_path, 
     skipped = results.read(results.run_path(tmp_path / "b", "classification", "clip_frozen"))
     clean = results.read(results.run_path(tmp_path / "c", "classification", "clip_frozen"))
     assert skipped["metrics"] == clean["metrics"]
+    assert assert_outcomes_reproduce_metrics(tmp_path / "b") == 3  # acc1, acc5, mean per-class recall
     assert skipped["suite"]["test_set"]["datasets"]["imagenet_sketch"]["images"] == 1009
     assert list(skipped["suite"]["test_set"]["corrupt_images_skipped"]["imagenet_sketch/test"]["files"]) == [str(bad_root / victim)]

@@ -13,7 +13,7 @@ from bench.report import leaderboard, regression, results
 from bench.cli import main
 from bench.run.config import ConfigError, resolve
 from bench.run.train import TrainingDiverged, train_head
-from helpers import small_config
+from helpers import assert_outcomes_reproduce_metrics, small_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,6 +80,42 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
     head = heads.get_head("kme_rbf")(16, 16)
     head.load_state_dict(state)
     assert not torch.equal(head.image_encoder.map.weight, torch.eye(16))  # it was trained
+
+
+def test_outcomes_reproduce_every_metric_and_give_intervals_and_ties(small_run, capsys):
+    tmp, cfg = small_run
+    assert assert_outcomes_reproduce_metrics(tmp / "a") == 5 * 10  # 5 rows x the 10 metrics with a per-item form
+    board = (tmp / "a" / "leaderboard.md").read_text()
+    assert "± " in board and "Δ main vs cosine" in board and "not significantly" in board
+    header = (tmp / "a" / "leaderboard.csv").read_text().splitlines()[0]
+    assert "ci95_low:infonce_excess" in header and "ci95_low:pmi_pearson" not in header
+
+
+def test_compare_prints_paired_differences_with_holm_and_refuses_bad_input(small_run, capsys):
+    tmp, cfg = small_run
+    assert run("compare", "--suite", "synthetic", "--heads", "kme_rbf,cosine,kme_rff", "--out", tmp / "a",
+               "--resamples", 2000) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("infonce_excess")]
+    assert len(rows) == 2 and "Holm" in out and all(("tied" in r) or ("better" in r) for r in rows)
+    for bad, phrase in ((["--heads", "kme_rbf"], "at least two"), (["--heads", "kme_rbf,nope"], "no result for nope"),
+                        (["--suite", "retrieval", "--heads", "a,b"], "no results of suite")):
+        args = ["--suite", "synthetic", "--heads", "kme_rbf,cosine", "--out", tmp / "a", *bad]
+        assert run("compare", *args) == 2
+        assert phrase in capsys.readouterr().err
+
+
+def test_an_outcome_file_that_is_not_the_results_own_is_never_used(small_run, tmp_path, capsys):
+    tmp, cfg = small_run
+    out = tmp_path / "o"
+    shutil.copytree(tmp / "a", out)
+    npz = results.outcomes_path(out, "synthetic", "cosine")
+    shutil.copy(results.outcomes_path(out, "synthetic", "kme_rbf"), npz)  # another head's outcomes in its place
+    with pytest.raises(results.ResultFileError, match="checksum mismatch"):
+        results.read_outcomes(out, results.read(results.run_path(out, "synthetic", "cosine")))
+    assert run("--config", cfg, "--out", out, "--heads", "cosine") == 0
+    assert "cosine: reused" not in capsys.readouterr().out  # recomputed, with its own outcomes
+    results.read_outcomes(out, results.read(results.run_path(out, "synthetic", "cosine")))
 
 
 def test_rerun_reuses_finished_cells_and_force_recomputes(small_run, capsys):

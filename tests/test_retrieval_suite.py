@@ -8,7 +8,7 @@ from PIL import Image
 
 from bench.report import results
 from bench.cli import main
-from helpers import rebuild
+from helpers import assert_outcomes_reproduce_metrics, rebuild
 from test_backbone import TINY
 from bench.tools.fixtures import make_coco, make_flickr
 
@@ -60,6 +60,7 @@ def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
     assert set(recs) == {"clip_frozen", "cosine", "kme_rbf", "kme_rff"}
     for head in ("kme_rbf", "kme_rff", "cosine"):  # each number against an independent computation
         assert_recalls_match_clip_benchmark(root, cfg, small, tmp_path / "a", head)
+    assert assert_outcomes_reproduce_metrics(tmp_path / "a") == 4 * 2 * 7  # heads x datasets x (6 recalls + RSUM)
     ident = recs["cosine"]["suite"]["test_set"]
     assert ident["backbone"]["weights"] == "random:seed0" and ident["train"]["pairs"] == 30
     assert ident["datasets"]["flickr30k"]["captions"] == 40

@@ -401,7 +401,10 @@ def test_a_crash_mid_run_keeps_references_and_leaderboard_consistent(four_heads,
     # The leaderboard is rebuilt from what runs/ now holds: it shows the newest protocol and names what it left out.
     board = (out / "leaderboard.md").read_text()
     chosen, notes = leaderboard.select(results.load_all(out))
-    assert board == leaderboard.build_markdown(chosen, notes, source=out.as_posix())
+    from bench.report import verdicts
+
+    judged = {suite: verdicts.for_suite(out, rs) for suite, rs in chosen.items()}
+    assert board == leaderboard.build_markdown(chosen, notes, source=out.as_posix(), verdicts=judged)
     assert "left out" in board and "seed 7" in board
 
 

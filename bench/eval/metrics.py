@@ -33,11 +33,11 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10), bl
         tied_neg = ((s == best) & ~pos).sum(dim=1).double()      # e
         tied_pos = ((s == best) & pos).sum(dim=1).double()       # p >= 1
         for k in ks:
-            hits[k] += float(_hit_probability(k - above, tied_neg, tied_pos).sum())
+            hits[k] += float(hit_probability(k - above, tied_neg, tied_pos).sum())
     return {k: hits[k] / scores.shape[0] for k in ks}
 
 
-def _hit_probability(m: torch.Tensor, e: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def hit_probability(m: torch.Tensor, e: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """P(a positive is among the first m of e tied negatives and p tied positives in random order)."""
     mm = m.clamp(min=0).minimum(e)
     log_miss = (torch.lgamma(e + 1) - torch.lgamma(e - mm + 1)) - (torch.lgamma(e + p + 1) - torch.lgamma(e + p - mm + 1))
@@ -82,6 +82,19 @@ def centred_rmse(scores: torch.Tensor, target: torch.Tensor) -> float:
     """RMSE after the best additive constant: InfoNCE only identifies PMI up to one."""
     diff = scores.double() - target.double()
     return float((diff - diff.mean()).pow(2).mean().sqrt())
+
+
+def row_kl_terms(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per row: KL(softmax(target) || softmax(logits)); ``row_kl`` is their mean."""
+    p_log = torch.log_softmax(target_logits.double(), dim=1)
+    q_log = torch.log_softmax(logits.double(), dim=1)
+    return (p_log.exp() * (p_log - q_log)).sum(dim=1)
+
+
+def infonce_terms(logits: torch.Tensor) -> torch.Tensor:
+    """Per item i: (its row's cross-entropy + its column's) / 2; ``symmetric_infonce`` is their mean."""
+    s = logits.double()
+    return -(torch.log_softmax(s, dim=1).diagonal() + torch.log_softmax(s, dim=0).diagonal()) / 2
 
 
 def row_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> float:

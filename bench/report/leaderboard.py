@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core import atomic
+from bench.eval import uncertainty
 from bench.report import results
+from bench.report import verdicts as verdicts_mod
 
 
 def _directions(record) -> list[tuple[str, bool]]:
@@ -78,16 +80,19 @@ def _layout(r: dict) -> dict:
     return {"summary": report.get("summary") or [r["suite"]["main_metric"]], "tables": tables}
 
 
-def _cell_text(value, status: str, bold: bool) -> str:
+def _cell_text(value, status: str, bold: bool, interval=None) -> str:
     if status != "ok":
         return "failed"
     if value is None or pd.isna(value):
         return ""
-    return f"**{value:.4f}**" if bold else f"{value:.4f}"
+    text = f"{value:.4f}" if interval is None else f"{value:.4f} ± {uncertainty.half_width(interval):.4f}"
+    return f"**{text}**" if bold else text
 
 
-def markdown_table(rs: list[dict], columns: list[tuple[str, str]], provenance: bool = True) -> str:
-    """Heads as rows, ``(label, metric)`` columns with ↑/↓, the best head per column in bold.
+def markdown_table(rs: list[dict], columns: list[tuple[str, str]], provenance: bool = True,
+                   verdicts: "verdicts_mod.SuiteVerdicts | None" = None) -> str:
+    """Heads as rows, ``(label, metric)`` columns with ↑/↓. With verdicts, each value carries ± the
+    half-width of its 95% interval, and bold marks every head tied for best; without, the best value.
     Columns no row has a value for are dropped; returns "" when none is left."""
     ordered = _order(rs)
     directions = dict(_directions(rs[0]))
@@ -101,38 +106,74 @@ def markdown_table(rs: list[dict], columns: list[tuple[str, str]], provenance: b
         values = [r["metrics"].get(m) for r in ordered]
         candidates = [v for v, c in zip(values, contestant) if c and v is not None and not pd.isna(v)]
         best = (max(candidates) if up else min(candidates)) if candidates else None
+        tied = verdicts.best.get(m) if verdicts else None
+        intervals = verdicts.intervals if verdicts else {}
         shown[f"{label} {'↑' if up else '↓'}"] = [
-            _cell_text(v, r["status"], c and best is not None and v == best) for v, c, r in zip(values, contestant, ordered)]
+            _cell_text(v, r["status"],
+                       c and (r["head"]["name"] in tied if tied is not None else best is not None and v == best),
+                       intervals.get(r["head"]["name"], {}).get(m))
+            for v, c, r in zip(values, contestant, ordered)]
     if provenance and len({_commit(r) for r in rs}) > 1:
         shown["commit"] = [_commit(r) for r in ordered]
         shown["date"] = [r["created_utc"][:10] for r in ordered]
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
-def _summary(chosen: dict[str, list[dict]]) -> list[str]:
+def _versus(v: "verdicts_mod.SuiteVerdicts | None", head: str) -> str:
+    d = v.versus_reference.get(head) if v else None
+    if d is None:
+        return "reference" if v and head == v.reference else ""
+    return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] p={d['p_value']:.3g}"
+
+
+def _summary(chosen: dict[str, list[dict]], verdicts: dict) -> list[str]:
     parts = ["## Summary: each suite's main metric", ""]
     for suite, rs in chosen.items():
         summary = _layout(rs[0])["summary"]
-        table = markdown_table(rs, [(m.split("/")[0] if "/" in m else m, m) for m in summary], provenance=False)
+        v = verdicts.get(suite)
+        table = markdown_table(rs, [(m.split("/")[0] if "/" in m else m, m) for m in summary], provenance=False, verdicts=v)
+        if v and v.reference:
+            lines = table.splitlines()
+            heads = [r["head"]["name"] for r in _order(rs)]
+            column = f"Δ main vs {v.reference} [95% CI], p"
+            width = max(len(column), *(len(_versus(v, h)) for h in heads))
+            lines[0] += f" {column:<{width}} |"
+            lines[1] += f":{'-' * (width + 1)}|"
+            lines[2:] = [line + f" {_versus(v, h):<{width}} |" for line, h in zip(lines[2:], heads)]
+            table = "\n".join(lines)
         metric = summary[0].split("/")[-1]
         per = " per dataset" if "/" in summary[0] else ""
         parts += [f"**{suite}**: `{metric}`{per}.", "", table, ""]
     return parts
 
 
-def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str = "results") -> str:
+def _legend(verdicts: dict) -> str:
+    if not any(v.intervals for v in verdicts.values()):
+        return "Bold: best head per column."
+    n = next(v.resamples for v in verdicts.values() if v.intervals)
+    return (f"± is the half-width of a 95% percentile bootstrap interval over test queries ({n:,} resamples; an "
+            "image is drawn with all of its captions). **Bold** marks the best head of a column and every head tied "
+            "with it: one whose paired 95% interval of the difference to the best contains 0 (not significantly "
+            "worse). Δ vs the reference head: the paired difference of the main metric, its interval and the "
+            "sign-flip randomization p-value. A value without ± has no per-query form (a correlation over all "
+            "pairs) or no outcome file; there bold marks the best value only.")
+
+
+def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str = "results",
+                   verdicts: dict | None = None) -> str:
+    verdicts = verdicts or {}
     parts = ["# simbench leaderboard", "",
-             f"Built from `{source}/runs/` by `run_bench.py`; do not edit by hand. Bold: best head per column "
-             "(reference rows such as `oracle` are ceilings, not contestants). ↑ higher is better, ↓ lower; "
-             "v: the head's version.", ""]
-    parts += _summary(chosen)
+             f"Built from `{source}/runs/` by `run_bench.py`; do not edit by hand. Reference rows such as `oracle` "
+             "are ceilings, not contestants. ↑ higher is better, ↓ lower; v: the head's version.", "",
+             _legend(verdicts), ""]
+    parts += _summary(chosen, verdicts)
     for suite, rs in chosen.items():
         first = rs[0]
         parts += [f"## {suite} (suite v{first['suite']['version']}, schema v{first['schema_version']})", "",
                   f"Main metric: `{first['suite']['main_metric']}`. {provenance_line(rs)}", "",
                   protocol_line(first), ""]
         for t in _layout(first)["tables"]:
-            table = markdown_table(rs, [tuple(c) for c in t["columns"]])
+            table = markdown_table(rs, [tuple(c) for c in t["columns"]], verdicts=verdicts.get(suite))
             if table:
                 parts += ([f"### {t['title']}", ""] if t["title"] else []) + [table, ""]
                 parts += [t["legend"], ""] if t.get("legend") else []
@@ -146,7 +187,7 @@ def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str 
     return "\n".join(parts)
 
 
-def build_csv(chosen: dict[str, list[dict]]) -> str:
+def build_csv(chosen: dict[str, list[dict]], verdicts: dict | None = None) -> str:
     rows = []
     for suite, rs in chosen.items():
         for r in _order(rs):
@@ -156,9 +197,20 @@ def build_csv(chosen: dict[str, list[dict]]) -> str:
                          "head": r["head"]["name"], "head_version": r["head"]["version"], "kind": r["head"].get("kind"),
                          "status": r["status"],
                          **{f"metric:{m}": r["metrics"].get(m) for m in declared + extra if m in r["metrics"]},
+                         **_interval_columns(verdicts or {}, suite, r, declared),
                          "config_hash": r["config"]["hash"], "protocol_hash": r["config"]["protocol_hash"],
                          "seed": r["seed"], "git_commit": r.get("git_commit"), "created_utc": r["created_utc"]})
     return pd.DataFrame(rows).to_csv(index=False)
+
+
+def _interval_columns(verdicts: dict, suite: str, r: dict, metrics: list[str]) -> dict:
+    v = verdicts.get(suite)
+    found = v.intervals.get(r["head"]["name"], {}) if v else {}
+    out = {}
+    for m in metrics:
+        if m in found:
+            out[f"ci95_low:{m}"], out[f"ci95_high:{m}"] = found[m]
+    return out
 
 
 def plot_path(out_dir: Path, suite: str) -> Path:
@@ -211,8 +263,10 @@ def build_plot(rs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def build(out_dir: Path, warn=print) -> str:
-    """Write leaderboard.md/.csv/.png under ``out_dir``; return the Markdown."""
+def build(out_dir: Path, warn=print, reference: str | None = "cosine",
+          resamples: int = uncertainty.DEFAULT_RESAMPLES) -> str:
+    """Write leaderboard.md/.csv/.png under ``out_dir``; return the Markdown. Intervals and ties come
+    from the per-query outcomes beside each result (``resamples`` 0: none)."""
     out_dir = Path(out_dir)
     chosen, notes = select(results.load_all(out_dir, warn=warn))
     chosen = {s: rs for s, rs in chosen.items() if rs}
@@ -224,9 +278,11 @@ def build(out_dir: Path, warn=print) -> str:
         for name in ("leaderboard.md", "leaderboard.csv"):
             (out_dir / name).unlink(missing_ok=True)
         return "No result files yet: run `python run_bench.py` first."
-    md = build_markdown(chosen, notes, source=out_dir.as_posix())
+    verdicts = {suite: verdicts_mod.for_suite(out_dir, rs, reference, resamples, warn) for suite, rs in chosen.items()} \
+        if resamples > 0 else {}
+    md = build_markdown(chosen, notes, source=out_dir.as_posix(), verdicts=verdicts)
     atomic.write_text(out_dir / "leaderboard.md", md)
-    atomic.write_text(out_dir / "leaderboard.csv", build_csv(chosen))
+    atomic.write_text(out_dir / "leaderboard.csv", build_csv(chosen, verdicts))
     for suite, rs in chosen.items():
         build_plot(rs, plot_path(out_dir, suite))
     return md

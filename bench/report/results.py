@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 from bench import SCHEMA_VERSION
-from bench.core import atomic
+import numpy as np
+
+from bench.core import atomic, hashing
 
 
 def suite_dir(out_dir: Path, suite: str) -> Path:
@@ -25,10 +27,40 @@ def weights_path(out_dir: Path, suite: str, head: str) -> Path:
     return Path(out_dir) / "heads" / suite / f"{head}.safetensors"
 
 
-def write(out_dir: Path, record: dict) -> Path:
-    path = run_path(out_dir, record["suite"]["name"], record["head"]["name"])
+def outcomes_path(out_dir: Path, suite: str, head: str) -> Path:
+    return suite_dir(out_dir, suite) / f"{head}.outcomes.npz"
+
+
+def write(out_dir: Path, record: dict, outcomes: dict | None = None, spec: dict | None = None) -> Path:
+    """The result JSON, and beside it the per-query outcomes (npz) when there are any. The JSON, written
+    last, names the outcome file's sha256, so a stale or foreign outcome file is never read as its own."""
+    suite, head = record["suite"]["name"], record["head"]["name"]
+    npz = outcomes_path(out_dir, suite, head)
+    if outcomes:
+        with atomic.atomic_path(npz) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in outcomes.items()})
+        record["outcomes"] = {"file": npz.name, "sha256": hashing.file_sha256(npz), "spec": spec or {},
+                              "arrays": sorted(outcomes)}
+    else:
+        record.pop("outcomes", None)
+        npz.unlink(missing_ok=True)
+    path = run_path(out_dir, suite, head)
     atomic.write_json(path, record)
     return path
+
+
+def read_outcomes(out_dir: Path, record: dict) -> dict | None:
+    """The per-query arrays of ``record`` (None if it has none); an outcome file that is missing or whose
+    content is not the one the record names raises ``ResultFileError``."""
+    meta = record.get("outcomes")
+    if not meta:
+        return None
+    path = suite_dir(out_dir, record["suite"]["name"]) / meta["file"]
+    if not path.is_file() or hashing.file_sha256(path) != meta["sha256"]:
+        raise ResultFileError(f"{path} is missing or is not the outcome file {record['head']['name']}'s result names "
+                              "(checksum mismatch); rerun that head with --force.")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 class ResultFileError(ValueError):

@@ -22,6 +22,7 @@ from bench.run import config
 from bench.report import provenance, results
 from bench.run.code_identity import code_identity
 from bench.eval.scoring import HeadContractError, ScoreError
+from suites.base import Evaluation, as_evaluation
 from bench.run.train import TrainingDiverged, train_head
 
 
@@ -123,7 +124,14 @@ def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -
         log(f"[{suite}] {cell.head}: {exc} It is recomputed now.")
         return None
     ok = record.get("status") == "ok" and record.get("config", {}).get("key") == cell.key
-    return record if ok and record["schema_version"] == SCHEMA_VERSION else None
+    if not ok or record["schema_version"] != SCHEMA_VERSION:
+        return None
+    try:  # a reused result must bring its own per-query outcomes, or intervals would come from elsewhere
+        results.read_outcomes(out_dir, record)
+    except results.ResultFileError as exc:
+        log(f"[{suite}] {cell.head}: {exc} It is recomputed now.")
+        return None
+    return record
 
 
 def report_layout(suite_cls) -> dict:
@@ -221,9 +229,9 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
         if record["status"] != "ok":
             summary.failed.append(cell.head)
     if is_main:
-        for record in reference_records:
-            results.write(out_dir, record)
-    summary.records = reference_records + summary.records
+        for record, evaluation in reference_records:
+            results.write(out_dir, record, evaluation.outcomes, evaluation.spec)
+    summary.records = [record for record, _ in reference_records] + summary.records
     return summary
 
 
@@ -259,11 +267,13 @@ def _reference_records(suite, suite_cls, data, protocol, protocol_hash, referenc
         raise TypeError(f"suite {suite_cls.name!r}: references() returned {sorted(made)} but the class declares "
                         f"reference_names = {sorted(references)}; declare every reference row in reference_names.")
     records = []
-    for ref_name, ref_metrics in made.items():
+    for ref_name, made_ref in made.items():
+        evaluation = as_evaluation(made_ref)
         meta = {"name": ref_name, "version": suite_cls.version, "kind": "reference", "trainable": False,
                 "description": f"{suite_cls.name} reference row", "options": {}}
-        records.append(_record(suite_cls, data, protocol, references[ref_name], protocol_hash, meta, ref_metrics, "ok",
-                               None, {"build_seconds": build_seconds}, device, cfg))
+        record = _record(suite_cls, data, protocol, references[ref_name], protocol_hash, meta, evaluation.metrics,
+                         "ok", None, {"build_seconds": build_seconds}, device, cfg)
+        records.append((record, evaluation))
     return records
 
 
@@ -276,7 +286,7 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
             "description": cls.description, "options": cell.options}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timings, metrics, error = {"build_seconds": build_seconds}, {}, None
+    timings, error = {"build_seconds": build_seconds}, None
     try:
         torch.manual_seed(cfg["seed"])  # same initialisation stream for every head
         head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
@@ -291,15 +301,15 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
             atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head), head.state_dict(),
                                 {"head": cell.head, "version": cls.version, "config_key": cell.key})
         t1 = time.perf_counter()
-        metrics = suite.evaluate(head, data, device)
+        evaluation = as_evaluation(suite.evaluate(head, data, device))
         timings["eval_seconds"] = round(time.perf_counter() - t1, 3)
     except Exception as exc:  # noqa: BLE001 (a head's code can raise anything; it fails that head, not the run)
         error = _describe_failure(exc)
         log(f"[{suite_name}] {cell.head}: FAILED: {error}")
-        metrics = {}
-    record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, metrics, "failed" if error else "ok", error,
-                     timings, device, cfg)
-    path = results.write(out_dir, record) if is_main else None
+        evaluation = Evaluation({})
+    record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, evaluation.metrics,
+                     "failed" if error else "ok", error, timings, device, cfg)
+    path = results.write(out_dir, record, evaluation.outcomes, evaluation.spec) if is_main else None
     distributed.barrier()
     if not error:
         value = record["metrics"].get(suite_cls.main_metric)

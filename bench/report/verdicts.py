@@ -1,0 +1,106 @@
+"""Intervals and ties for a leaderboard, and paired comparisons for ``run_bench.py compare``, all
+from the per-query outcome files beside the results (no rerun). The statistics themselves are in
+bench/eval/uncertainty.py; this module decides what is compared with what."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.eval import uncertainty
+from bench.report import results
+
+LEVEL = 0.95
+
+
+@dataclass
+class SuiteVerdicts:
+    """For one suite's rows: each head's interval per metric, and per metric the heads tied for best."""
+
+    intervals: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    best: dict[str, set[str]] = field(default_factory=dict)
+    versus_reference: dict[str, dict] = field(default_factory=dict)  # head -> paired result on the main metric
+    reference: str | None = None
+    resamples: int = uncertainty.DEFAULT_RESAMPLES
+
+
+def load_estimators(out_dir: Path, record: dict, warn=print) -> dict | None:
+    try:
+        arrays = results.read_outcomes(out_dir, record)
+    except results.ResultFileError as exc:
+        warn(f"warning: {exc}")
+        return None
+    if arrays is None:
+        return None
+    return uncertainty.estimators(arrays, record["outcomes"]["spec"])
+
+
+def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
+              resamples: int = uncertainty.DEFAULT_RESAMPLES, warn=print) -> SuiteVerdicts:
+    """Bootstrap every row with outcomes; mark as best, per metric, the top head and every head whose
+    paired interval of the difference to it contains 0 (not significantly worse)."""
+    v = SuiteVerdicts(resamples=resamples)
+    ests = {}
+    for r in rs:
+        if r["status"] == "ok":
+            e = load_estimators(out_dir, r, warn)
+            if e:
+                ests[r["head"]["name"]] = e
+    for head, e in ests.items():
+        v.intervals[head] = uncertainty.bootstrap(e, resamples, level=LEVEL)
+    contestants = [r for r in rs if r["status"] == "ok" and r["head"].get("kind") != "reference"]
+    directions = {m: d == "higher" for m, d in rs[0]["suite"]["metric_directions"]}
+    pairs: dict[tuple[str, str], dict] = {}
+
+    def pair(a: str, b: str) -> dict:
+        if (a, b) not in pairs:
+            pairs[(a, b)] = uncertainty.paired(ests[a], ests[b], resamples, level=LEVEL)
+        return pairs[(a, b)]
+
+    for metric, up in directions.items():
+        valued = [(r["head"]["name"], r["metrics"].get(metric)) for r in contestants if r["metrics"].get(metric) is not None]
+        if not valued:
+            continue
+        top = (max if up else min)(valued, key=lambda hv: hv[1])[0]
+        tied = {top}
+        for head, _ in valued:
+            if head == top:
+                continue
+            if head in ests and top in ests and metric in ests[head] and metric in ests[top]:
+                d = pair(head, top)[metric]
+                if d["low"] <= 0 <= d["high"]:
+                    tied.add(head)
+        v.best[metric] = tied
+    main = rs[0]["suite"]["main_metric"]
+    if reference in ests:
+        v.reference = reference
+        for head in ests:
+            if head != reference and main in ests[head] and main in ests[reference]:
+                v.versus_reference[head] = pair(head, reference)[main]
+    return v
+
+
+def compare(out_dir: Path, rs: list[dict], heads: list[str], resamples: int = uncertainty.DEFAULT_RESAMPLES,
+            warn=print) -> list[dict]:
+    """The first head against each other one: per metric, the difference, its paired 95% interval, the
+    sign-flip p-value, and the p-value after Holm's correction across every metric and pair compared."""
+    by_name = {r["head"]["name"]: r for r in rs}
+    missing = [h for h in heads if h not in by_name]
+    if missing:
+        raise KeyError(f"no result for {', '.join(missing)} in this suite's comparable rows")
+    ests = {}
+    for h in heads:
+        e = load_estimators(out_dir, by_name[h], warn)
+        if e is None:
+            raise ValueError(f"{h}'s result has no per-query outcomes (written by an older version, or it failed); "
+                             "rerun it with --force to compare it.")
+        ests[h] = e
+    order = [m for m, _ in rs[0]["suite"]["metric_directions"]]
+    rows = []
+    for other in heads[1:]:
+        found = uncertainty.paired(ests[heads[0]], ests[other], resamples, level=LEVEL)
+        for metric in sorted(found, key=lambda m: order.index(m) if m in order else len(order)):
+            rows.append({"a": heads[0], "b": other, "metric": metric, **found[metric]})
+    adjusted = uncertainty.holm({i: row["p_value"] for i, row in enumerate(rows)})
+    for i, row in enumerate(rows):
+        row["p_holm"] = adjusted[i]
+    return rows
