@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"output folder (default: {DEFAULT_OUT}/, git-ignored; results/ holds the published reference)")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="run every cell N times (config: repeats), each varying the seed, random features and the "
+                        "synthetic world; the leaderboard shows means, intervals and n")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--check", default=None, metavar="BASELINE", help="compare with this baseline; exit 1 on a regression")
     p.add_argument("--update-baseline", default=None, nargs="?", const="", metavar="BASELINE",
@@ -76,7 +79,7 @@ def _compare(argv: list[str]) -> int:
         raise UsageError(f"no results of suite {args.suite!r} under {args.out}/runs; run it first "
                          f"(run_bench.py --suite {args.suite} --out {args.out}).")
     try:
-        rows = verdicts.compare(Path(args.out), chosen[args.suite], heads, args.resamples,
+        rows = verdicts.compare(Path(args.out), leaderboard.collapse_repeats(chosen[args.suite]), heads, args.resamples,
                                 warn=lambda m: print(m, file=sys.stderr))
     except (KeyError, ValueError) as exc:
         raise UsageError(f"compare --suite {args.suite}: {exc.args[0]}.") from None
@@ -287,7 +290,12 @@ def _plan_run(args):
         user = config.load_yaml(args.config)
         if args.seed is not None:
             user["seed"] = args.seed
+        if args.repeats is not None:
+            user["repeats"] = args.repeats
         cfg = config.resolve(user)
+        if cfg["repeats"] > 1 and (args.check or args.update_baseline is not None):
+            raise UsageError(f"--check and --update-baseline judge one run per head; repeats = {cfg['repeats']} makes "
+                             "several. Use --repeats 1 for the regression check.")
         _apply_suite_flags(args, cfg, suite_names)
         head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
         if not head_names:
@@ -322,8 +330,10 @@ def _run(args) -> int:
     summaries, before, board = [], _runs_state(out), None
     try:
         for name in suite_names:
-            summary = _run_one(args, name, head_names, cfg, out, device, everything)
-            if summary is not None:
+            for repeat in range(cfg["repeats"]):  # each repeat's cells are their own, resumable
+                summary = _run_one(args, name, head_names, cfg, out, device, everything, repeat)
+                if summary is None:
+                    break
                 summaries.append(summary)
     finally:
         # Whatever happened, a leaderboard is rebuilt from what runs/ now holds, so the two never disagree;
@@ -359,7 +369,7 @@ def _leaderboard(out: Path, args) -> str:
                              resamples=args.resamples)
 
 
-def _run_one(args, name, head_names, cfg, out, device, everything):
+def _run_one(args, name, head_names, cfg, out, device, everything, repeat: int = 0):
     """One suite; data problems skip it under --suite all and are a usage error otherwise."""
     from bench.run import runner
     from bench.core.errors import DataError, UserError
@@ -368,7 +378,7 @@ def _run_one(args, name, head_names, cfg, out, device, everything):
     try:
         # A regression check recomputes every cell it judges: a reused cell cannot fail it.
         return runner.run_suite(name, head_names, cfg, out, device, force=args.force or bool(args.check),
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, repeat=repeat)
     except CorruptImages as exc:  # the list of files is the message: never shortened
         if not everything:
             raise UsageError(str(exc)) from None

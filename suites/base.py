@@ -121,6 +121,9 @@ class Suite:
     defaults_file: str | None = None    # YAML beside the module with the default parameters
     # Parameters that change where or how fast, never what, is computed: left out of the protocol hash.
     non_protocol_params: tuple[str, ...] = ()
+    # Integer parameters that repeat r of a run adds r to: the random choices of the suite itself that
+    # are not its fixed test data (the synthetic world). Real test sets never vary.
+    repeat_params: tuple[str, ...] = ()
     device: torch.device = torch.device("cpu")  # set by the runner before build()
     reference_names: tuple[str, ...] = ()  # the rows references() returns (ceilings, not contestants)
 

@@ -404,3 +404,26 @@ def test_list_heads_prints_every_option_with_its_default(capsys):
                   if p not in ("self", "image_dim", "text_dim")]
         assert all(f"{p}=" in block for p in params), (name, block)
     assert "num_features=1024" in out and "kernel=auto" in out
+
+
+def test_repeats_vary_seed_world_and_features_and_are_cells_of_their_own(small_run, tmp_path, capsys):
+    tmp, cfg = small_run
+    out = tmp_path / "rep"
+    assert run("--config", cfg, "--out", out, "--repeats", 2, "--heads", "cosine,kme_rff") == 0
+    first = {h: results.read(results.run_path(out, "synthetic", h)) for h in ("cosine", "kme_rff", "oracle")}
+    second = {h: results.read(results.run_path(out, "synthetic", h, 1)) for h in ("cosine", "kme_rff", "oracle")}
+    assert first["cosine"]["metrics"] == metrics_of(tmp / "a")["cosine"]  # repeat 0 is the run without repeats
+    assert (first["cosine"]["seed"], second["cosine"]["seed"]) == (0, 1) and second["cosine"]["repeat"] == 1
+    assert second["kme_rff"]["head"]["options"]["seed"] == first["kme_rff"]["head"]["options"]["seed"] + 1
+    assert first["oracle"]["metrics"] != second["oracle"]["metrics"]  # a new world, so a new ceiling
+    assert first["cosine"]["config"]["protocol_hash"] == second["cosine"]["config"]["protocol_hash"]
+    board = (out / "leaderboard.md").read_text()
+    assert "| n " in board and "sd over repeats" in board
+    cosine_row = next(line for line in board.splitlines() if line.startswith("| cosine"))
+    mean = (first["cosine"]["metrics"]["infonce_excess"] + second["cosine"]["metrics"]["infonce_excess"]) / 2
+    assert f"{mean:.4f}" in cosine_row and "| 2 " in cosine_row
+    capsys.readouterr()
+    assert run("--config", cfg, "--out", out, "--repeats", 2, "--heads", "cosine,kme_rff") == 0
+    assert capsys.readouterr().out.count(": reused") == 4  # two heads x two repeats, each its own cell
+    assert run("--config", cfg, "--out", out, "--repeats", 2, "--check", REPO / "results/baselines/synthetic.json") == 2
+    assert "--repeats 1" in capsys.readouterr().err

@@ -106,3 +106,13 @@ def test_repeat_bootstrap_averages_over_drawn_repeats():
     reps = [{"m": Mean(np.full(50, x), np.arange(50), 50)} for x in (0.2, 0.8)]
     lo, hi = uncertainty.bootstrap({}, resamples=2000, repeat_groups=reps)["m"]
     assert lo == pytest.approx(0.2) and hi == pytest.approx(0.8)
+
+
+def test_paired_over_repeats_pairs_repeat_with_repeat():
+    rng = np.random.default_rng(6)
+    reps = [rng.random(100) for _ in range(3)]
+    a = [{"m": Mean(v, np.arange(100), 100)} for v in reps]
+    same = uncertainty.paired(a, [{"m": Mean(v.copy(), np.arange(100), 100)} for v in reps], 2000)["m"]
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+    up = uncertainty.paired([{"m": Mean(v + 0.02, np.arange(100), 100)} for v in reps], a, 5000)["m"]
+    assert up["difference"] == pytest.approx(0.02) and up["p_value"] < 0.001 and up["low"] > 0

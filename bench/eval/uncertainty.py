@@ -232,21 +232,27 @@ def bootstrap(ests: dict, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, lev
     return {m: tuple(float(x) for x in np.quantile(np.concatenate(d), [alpha, 1 - alpha])) for m, d in draws.items()}
 
 
-def paired(a: dict, b: dict, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+def paired(a, b, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict[str, dict]:
     """Per metric both heads have: the difference a - b, its paired-bootstrap interval (the same unit
-    draws for both), and a two-sided sign-flip randomization p-value (units' differences flipped)."""
+    draws for both), and a two-sided sign-flip randomization p-value (units' differences flipped).
+
+    ``a`` and ``b`` may be lists of estimator dicts, one per repeat (repeat r of both on the same test
+    data): a draw then picks repeats (the same for both heads) and units, and the sign-flip test flips
+    every (repeat, unit) term; the difference is the mean over repeats."""
+    if isinstance(a, list) or isinstance(b, list):
+        return _paired_repeats(list(a) if isinstance(a, list) else [a], list(b) if isinstance(b, list) else [b],
+                               resamples, seed, level)
     names = [m for m in a if m in b]
     if not names:
         return {}
     diffs: dict[str, list] = {}
-    units: dict[str, int] = {}
     for i, (space, in_space) in enumerate(sorted(_by_space({m: a[m] for m in names}).items())):
         n = n_units(a[in_space[0]])
         if n != n_units(b[in_space[0]]):
             raise ValueError(f"the two results were scored on different test sets ({n} vs {n_units(b[in_space[0]])} "
                              f"units{' in ' + space if space else ''})")
         for m in in_space:
-            diffs[m], units[m] = [], n
+            diffs[m] = []
         for W in _count_blocks(n, resamples, seed + 1000 * i):
             for m in in_space:
                 diffs[m].append(a[m].draws(W) - b[m].draws(W))
@@ -254,18 +260,50 @@ def paired(a: dict, b: dict, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, 
     out = {}
     alpha = (1 - level) / 2
     for m in names:
-        terms = torch.from_numpy(a[m].unit_terms() - b[m].unit_terms())
-        observed = float(terms.sum())
-        extreme = 0
-        n = units[m]
-        per = max(1, CHUNK_CELLS // max(n, 1))
-        for start in range(0, resamples, per):
-            rows = min(per, resamples - start)
-            signs = torch.randint(0, 2, (rows, n), generator=g, dtype=torch.float64) * 2 - 1
-            extreme += int(((signs @ terms).abs() >= abs(observed) - 1e-12).sum())
         lo, hi = np.quantile(np.concatenate(diffs[m]), [alpha, 1 - alpha])
         out[m] = {"difference": a[m].point() - b[m].point(), "low": float(lo), "high": float(hi),
-                  "p_value": (1 + extreme) / (1 + resamples)}
+                  "p_value": _sign_flip_p(a[m].unit_terms() - b[m].unit_terms(), resamples, g)}
+    return out
+
+
+def _sign_flip_p(terms: np.ndarray, resamples: int, g: torch.Generator) -> float:
+    """Two-sided p-value of sum(terms) under random sign flips of the terms (paired units exchangeable)."""
+    terms = torch.from_numpy(np.asarray(terms, dtype=np.float64))
+    observed, extreme = abs(float(terms.sum())), 0
+    per = max(1, CHUNK_CELLS // max(len(terms), 1))
+    for start in range(0, resamples, per):
+        rows = min(per, resamples - start)
+        signs = torch.randint(0, 2, (rows, len(terms)), generator=g, dtype=torch.float64) * 2 - 1
+        extreme += int(((signs @ terms).abs() >= observed - 1e-12).sum())
+    return (1 + extreme) / (1 + resamples)
+
+
+def _paired_repeats(a: list, b: list, resamples: int, seed: int, level: float) -> dict[str, dict]:
+    if len(a) != len(b):
+        raise ValueError(f"the two heads have {len(a)} and {len(b)} repeats; compare the same repeats of both")
+    if len(a) == 1:
+        return paired(a[0], b[0], resamples, seed, level)
+    names = [m for m in a[0] if all(m in x for x in a + b)]
+    R = len(a)
+    rng = np.random.default_rng(seed + 1)
+    diffs: dict[str, list] = {}
+    for i, (space, in_space) in enumerate(sorted(_by_space({m: a[0][m] for m in names}).items())):
+        n = n_units(a[0][in_space[0]])
+        for m in in_space:
+            diffs[m] = []
+        for W in _count_blocks(n, resamples, seed + 1000 * i):
+            picks = rng.integers(R, size=(W.shape[0], R))
+            for m in in_space:
+                per_repeat = np.stack([a[r][m].draws(W) - b[r][m].draws(W) for r in range(R)], axis=1)
+                diffs[m].append(np.take_along_axis(per_repeat, picks, axis=1).mean(axis=1))
+    g = torch.Generator().manual_seed(int(seed) + 7)
+    alpha = (1 - level) / 2
+    out = {}
+    for m in names:
+        terms = np.concatenate([a[r][m].unit_terms() - b[r][m].unit_terms() for r in range(R)]) / R
+        lo, hi = np.quantile(np.concatenate(diffs[m]), [alpha, 1 - alpha])
+        out[m] = {"difference": float(np.mean([a[r][m].point() - b[r][m].point() for r in range(R)])),
+                  "low": float(lo), "high": float(hi), "p_value": _sign_flip_p(terms, resamples, g)}
     return out
 
 

@@ -6,6 +6,7 @@ newest run; anything else is named in a note under the table rather than silentl
 """
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +37,34 @@ def select(records: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
                          f"(older suite version or a different protocol than the newest run; rerun them to include)")
         chosen[suite] = keep
     return chosen, notes
+
+
+def collapse_repeats(rs: list[dict]) -> list[dict]:
+    """One row per head: with several repeats, the mean of each metric over the repeats that ran, with
+    their standard deviation and count under ``repeats`` (and the records, for intervals)."""
+    by_head: dict[str, list[dict]] = {}
+    for r in sorted(rs, key=lambda r: r.get("repeat", 0)):
+        by_head.setdefault(r["head"]["name"], []).append(r)
+    out = []
+    for group in by_head.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        row = dict(group[0])
+        ok = [g for g in group if g["status"] == "ok"]
+        failed = [g for g in group if g["status"] != "ok"]
+        if failed:
+            row.update(status="failed", error=f"repeat {failed[0].get('repeat', 0)}: {failed[0]['error']}")
+        means, sds = {}, {}
+        for m in {m for g in ok for m in g["metrics"]}:
+            values = [g["metrics"][m] for g in ok if g["metrics"].get(m) is not None]
+            if values:
+                means[m] = statistics.fmean(values)
+                sds[m] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["metrics"] = means
+        row["repeats"] = {"n": len(ok), "sd": sds, "records": group}
+        out.append(row)
+    return out
 
 
 def _order(rs: list[dict]) -> list[dict]:
@@ -101,6 +130,8 @@ def markdown_table(rs: list[dict], columns: list[tuple[str, str]], provenance: b
         return ""
     contestant = [r["head"].get("kind") != "reference" and r["status"] == "ok" for r in ordered]
     shown = pd.DataFrame({"head": [r["head"]["name"] for r in ordered], "v": [str(r["head"]["version"]) for r in ordered]})
+    if any("repeats" in r for r in ordered):
+        shown["n"] = [str(r.get("repeats", {}).get("n", 1)) for r in ordered]
     for label, m in columns:
         up = directions.get(m, True)
         values = [r["metrics"].get(m) for r in ordered]
@@ -132,19 +163,27 @@ def _summary(chosen: dict[str, list[dict]], verdicts: dict) -> list[str]:
         summary = _layout(rs[0])["summary"]
         v = verdicts.get(suite)
         table = markdown_table(rs, [(m.split("/")[0] if "/" in m else m, m) for m in summary], provenance=False, verdicts=v)
+        ordered = _order(rs)
+        if any("repeats" in r for r in ordered):
+            main = rs[0]["suite"]["main_metric"]
+            table = _append_column(table, "sd over repeats", [
+                f"{r['repeats']['sd'][main]:.4f}" if main in r.get("repeats", {}).get("sd", {}) else "" for r in ordered])
         if v and v.reference:
-            lines = table.splitlines()
-            heads = [r["head"]["name"] for r in _order(rs)]
-            column = f"Δ main vs {v.reference} [95% CI], p"
-            width = max(len(column), *(len(_versus(v, h)) for h in heads))
-            lines[0] += f" {column:<{width}} |"
-            lines[1] += f":{'-' * (width + 1)}|"
-            lines[2:] = [line + f" {_versus(v, h):<{width}} |" for line, h in zip(lines[2:], heads)]
-            table = "\n".join(lines)
+            table = _append_column(table, f"Δ main vs {v.reference} [95% CI], p",
+                                   [_versus(v, r["head"]["name"]) for r in ordered])
         metric = summary[0].split("/")[-1]
         per = " per dataset" if "/" in summary[0] else ""
         parts += [f"**{suite}**: `{metric}`{per}.", "", table, ""]
     return parts
+
+
+def _append_column(table: str, title: str, cells: list[str]) -> str:
+    lines = table.splitlines()
+    width = max(len(title), *(len(c) for c in cells))
+    lines[0] += f" {title:<{width}} |"
+    lines[1] += f":{'-' * (width + 1)}|"
+    lines[2:] = [line + f" {cell:<{width}} |" for line, cell in zip(lines[2:], cells)]
+    return "\n".join(lines)
 
 
 def _legend(verdicts: dict) -> str:
@@ -195,6 +234,7 @@ def build_csv(chosen: dict[str, list[dict]], verdicts: dict | None = None) -> st
             extra = sorted(set(r["metrics"]) - set(declared))
             rows.append({"suite": suite, "suite_version": r["suite"]["version"], "schema_version": r["schema_version"],
                          "head": r["head"]["name"], "head_version": r["head"]["version"], "kind": r["head"].get("kind"),
+                         "repeat": r.get("repeat", 0),
                          "status": r["status"],
                          **{f"metric:{m}": r["metrics"].get(m) for m in declared + extra if m in r["metrics"]},
                          **_interval_columns(verdicts or {}, suite, r, declared),
@@ -278,11 +318,12 @@ def build(out_dir: Path, warn=print, reference: str | None = "cosine",
         for name in ("leaderboard.md", "leaderboard.csv"):
             (out_dir / name).unlink(missing_ok=True)
         return "No result files yet: run `python run_bench.py` first."
-    verdicts = {suite: verdicts_mod.for_suite(out_dir, rs, reference, resamples, warn) for suite, rs in chosen.items()} \
+    rows = {suite: collapse_repeats(rs) for suite, rs in chosen.items()}
+    verdicts = {suite: verdicts_mod.for_suite(out_dir, rs, reference, resamples, warn) for suite, rs in rows.items()} \
         if resamples > 0 else {}
-    md = build_markdown(chosen, notes, source=out_dir.as_posix(), verdicts=verdicts)
+    md = build_markdown(rows, notes, source=out_dir.as_posix(), verdicts=verdicts)
     atomic.write_text(out_dir / "leaderboard.md", md)
     atomic.write_text(out_dir / "leaderboard.csv", build_csv(chosen, verdicts))
-    for suite, rs in chosen.items():
+    for suite, rs in rows.items():
         build_plot(rs, plot_path(out_dir, suite))
     return md

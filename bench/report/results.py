@@ -19,23 +19,28 @@ def suite_dir(out_dir: Path, suite: str) -> Path:
     return Path(out_dir) / "runs" / suite
 
 
-def run_path(out_dir: Path, suite: str, head: str) -> Path:
-    return suite_dir(out_dir, suite) / f"{head}.json"
+def stem(head: str, repeat: int = 0) -> str:
+    """A cell's file name: the head's name, and for repeats after the first, which one."""
+    return head if not repeat else f"{head}.repeat{repeat}"
 
 
-def weights_path(out_dir: Path, suite: str, head: str) -> Path:
-    return Path(out_dir) / "heads" / suite / f"{head}.safetensors"
+def run_path(out_dir: Path, suite: str, head: str, repeat: int = 0) -> Path:
+    return suite_dir(out_dir, suite) / f"{stem(head, repeat)}.json"
 
 
-def outcomes_path(out_dir: Path, suite: str, head: str) -> Path:
-    return suite_dir(out_dir, suite) / f"{head}.outcomes.npz"
+def weights_path(out_dir: Path, suite: str, head: str, repeat: int = 0) -> Path:
+    return Path(out_dir) / "heads" / suite / f"{stem(head, repeat)}.safetensors"
+
+
+def outcomes_path(out_dir: Path, suite: str, head: str, repeat: int = 0) -> Path:
+    return suite_dir(out_dir, suite) / f"{stem(head, repeat)}.outcomes.npz"
 
 
 def write(out_dir: Path, record: dict, outcomes: dict | None = None, spec: dict | None = None) -> Path:
     """The result JSON, and beside it the per-query outcomes (npz) when there are any. The JSON, written
     last, names the outcome file's sha256, so a stale or foreign outcome file is never read as its own."""
-    suite, head = record["suite"]["name"], record["head"]["name"]
-    npz = outcomes_path(out_dir, suite, head)
+    suite, head, repeat = record["suite"]["name"], record["head"]["name"], record.get("repeat", 0)
+    npz = outcomes_path(out_dir, suite, head, repeat)
     if outcomes:
         with atomic.atomic_path(npz) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **{k: np.asarray(v) for k, v in outcomes.items()})
@@ -44,7 +49,7 @@ def write(out_dir: Path, record: dict, outcomes: dict | None = None, spec: dict 
     else:
         record.pop("outcomes", None)
         npz.unlink(missing_ok=True)
-    path = run_path(out_dir, suite, head)
+    path = run_path(out_dir, suite, head, repeat)
     atomic.write_json(path, record)
     return path
 

@@ -39,14 +39,15 @@ def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
     """Bootstrap every row with outcomes; mark as best, per metric, the top head and every head whose
     paired interval of the difference to it contains 0 (not significantly worse)."""
     v = SuiteVerdicts(resamples=resamples)
-    ests = {}
+    ests = {}  # head -> one estimator dict per repeat
     for r in rs:
         if r["status"] == "ok":
-            e = load_estimators(out_dir, r, warn)
-            if e:
-                ests[r["head"]["name"]] = e
+            per_repeat = [load_estimators(out_dir, x, warn) for x in r.get("repeats", {}).get("records", [r])]
+            if per_repeat and all(per_repeat):
+                ests[r["head"]["name"]] = per_repeat
     for head, e in ests.items():
-        v.intervals[head] = uncertainty.bootstrap(e, resamples, level=LEVEL)
+        v.intervals[head] = uncertainty.bootstrap(e[0], resamples, level=LEVEL,
+                                                  repeat_groups=e if len(e) > 1 else None)
     contestants = [r for r in rs if r["status"] == "ok" and r["head"].get("kind") != "reference"]
     directions = {m: d == "higher" for m, d in rs[0]["suite"]["metric_directions"]}
     pairs: dict[tuple[str, str], dict] = {}
@@ -65,7 +66,7 @@ def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
         for head, _ in valued:
             if head == top:
                 continue
-            if head in ests and top in ests and metric in ests[head] and metric in ests[top]:
+            if head in ests and top in ests and metric in ests[head][0] and metric in ests[top][0]:
                 d = pair(head, top)[metric]
                 if d["low"] <= 0 <= d["high"]:
                     tied.add(head)
@@ -74,7 +75,7 @@ def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
     if reference in ests:
         v.reference = reference
         for head in ests:
-            if head != reference and main in ests[head] and main in ests[reference]:
+            if head != reference and main in ests[head][0] and main in ests[reference][0]:
                 v.versus_reference[head] = pair(head, reference)[main]
     return v
 
@@ -82,15 +83,17 @@ def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
 def compare(out_dir: Path, rs: list[dict], heads: list[str], resamples: int = uncertainty.DEFAULT_RESAMPLES,
             warn=print) -> list[dict]:
     """The first head against each other one: per metric, the difference, its paired 95% interval, the
-    sign-flip p-value, and the p-value after Holm's correction across every metric and pair compared."""
+    sign-flip p-value, and the p-value after Holm's correction across every metric and pair compared.
+    ``rs`` are leaderboard rows (repeats collapsed): with repeats, repeat r of one head is paired with
+    repeat r of the other."""
     by_name = {r["head"]["name"]: r for r in rs}
     missing = [h for h in heads if h not in by_name]
     if missing:
         raise KeyError(f"no result for {', '.join(missing)} in this suite's comparable rows")
     ests = {}
     for h in heads:
-        e = load_estimators(out_dir, by_name[h], warn)
-        if e is None:
+        e = [load_estimators(out_dir, x, warn) for x in by_name[h].get("repeats", {}).get("records", [by_name[h]])]
+        if not all(e):
             raise ValueError(f"{h}'s result has no per-query outcomes (written by an older version, or it failed); "
                              "rerun it with --force to compare it.")
         ests[h] = e

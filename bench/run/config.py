@@ -28,10 +28,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,      # max global grad norm; 0 disables
 }
 
+MAX_REPEATS = 100
 MAX_SEED = 2**63 - 2  # torch generators take up to 2^64 - 1; the synthetic world adds 1 to its seed
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
+    "repeats": 1,   # runs of every cell, each varying every random choice that is not the test data
     "train": TRAIN_DEFAULTS,
     "heads": {},    # per-head constructor options, e.g. {"kme_rff": {"num_features": 2048}}
     "suites": {},   # per-suite parameters over the suite's own defaults
@@ -179,6 +181,10 @@ def resolve(user: dict) -> dict:
         cfg[section] = copy.deepcopy(value)
     if not 0 <= cfg["seed"] <= MAX_SEED:
         raise ConfigError(f"seed {cfg['seed']} is out of range; use an integer from 0 to {MAX_SEED}.")
+    cfg["repeats"] = _check_type(user.get("repeats", cfg["repeats"]), 1, "repeats")
+    if not 1 <= cfg["repeats"] <= MAX_REPEATS:
+        raise ConfigError(f"repeats {cfg['repeats']} is out of range; use an integer from 1 to {MAX_REPEATS} "
+                          "(3 to 5 is usual: each repeat is a full run of every cell).")
     t = cfg["train"]
     rules = [("steps", t["steps"] >= 0, ">= 0"), ("batch_size", t["batch_size"] >= 2, ">= 2 (InfoNCE needs negatives)"),
              ("lr", t["lr"] > 0, "> 0"), ("weight_decay", t["weight_decay"] >= 0, ">= 0"),

@@ -33,6 +33,7 @@ class Cell:
     hash: str          # of the resolved config alone (what the user asked for)
     key: str = ""      # of everything the number depends on; set once the data identity is known
     identity: dict = field(default_factory=dict)
+    repeat: int = 0    # which repeat (0: the first; others vary every random choice that is not test data)
 
 
 @dataclass
@@ -43,8 +44,16 @@ class RunSummary:
     failed: list = field(default_factory=list)
 
 
-def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device | None = None):
-    """Resolve the suite, its parameters and every head's options; raises before any work."""
+def repeat_seed(cfg: dict, repeat: int) -> int:
+    return cfg["seed"] + repeat
+
+
+def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device | None = None, repeat: int = 0):
+    """Resolve the suite, its parameters and every head's options; raises before any work.
+
+    The protocol is that of the first repeat, shared by all: repeat r runs with seed + r, the suite's
+    ``repeat_params`` + r (the synthetic world) and a head's ``seed`` option + r (random features),
+    and its cells are keyed by r besides."""
     suite_cls = suite_registry.get_suite(suite_name)
     params = config.merge_checked(suite_cls.default_params(), cfg["suites"].get(suite_name) or {}, f"suites.{suite_name}")
     suite_cls.check_params(params, cfg["train"])
@@ -55,10 +64,13 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
     hashed = {k: v for k, v in params.items() if k not in suite_cls.non_protocol_params}
     protocol = {"suite": suite_name, "suite_version": suite_cls.version, "suite_params": hashed,
                 "train": cfg["train"], "seed": cfg["seed"]}
+    params = {**params, **{k: params[k] + repeat for k in suite_cls.repeat_params}}
     cells = []
     for name in head_names:
         cls = head_registry.get_head(name)
         options = config.head_options(cls, cfg["heads"].get(name) or {}, f"heads.{name}")
+        if repeat and isinstance(options.get("seed"), int) and not isinstance(options["seed"], bool):
+            options = {**options, "seed": options["seed"] + repeat}
         try:  # values are checked by the constructor: build once on tiny dims, before any real work
             tiny = cls(4, 4, **options)
             if device is not None:
@@ -69,8 +81,9 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
             raise config.ConfigError(f"heads.{name}: {text}") from None
         except Exception:  # noqa: BLE001 (a head broken in another way fails alone, when it runs, and the others still run)
             pass
-        cell_cfg = {**protocol, "head": name, "head_version": cls.version, "head_options": options}
-        cells.append(Cell(name, options, config.config_hash(cell_cfg)))
+        cell_cfg = {**protocol, "head": name, "head_version": cls.version, "head_options": options,
+                    **({"repeat": repeat} if repeat else {})}
+        cells.append(Cell(name, options, config.config_hash(cell_cfg), repeat=repeat))
     return suite_cls, params, protocol, cells
 
 
@@ -103,7 +116,8 @@ def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta
         "config": {"resolved": {**protocol, "head_options": head_meta.get("options", {})},
                    "hash": cell.hash, "protocol_hash": protocol_hash, "key": cell.key},
         "identity": cell.identity,
-        "seed": cfg["seed"],
+        "seed": repeat_seed(cfg, cell.repeat),
+        "repeat": cell.repeat,
         "metrics": metrics,
         "undefined_metrics": undefined,
         "timing": timings,
@@ -115,7 +129,7 @@ def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta
 
 def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -> dict | None:
     """The earlier record of this cell if its key (config, code, data, libraries, device type) matches."""
-    path = results.run_path(out_dir, suite, cell.head)
+    path = results.run_path(out_dir, suite, cell.head, cell.repeat)
     if not path.exists():
         return None
     try:
@@ -150,7 +164,9 @@ def _identify(suite, suite_cls, protocol: dict, cells: list[Cell], cfg: dict, de
     ref_identity = cell_identity(suite_cls, None, data_identity, device)
     references = {}
     for name in suite_cls.reference_names:
-        ref = Cell(name, {}, config.config_hash({**protocol, "reference": name}), identity=ref_identity)
+        repeat = cells[0].repeat if cells else 0
+        ref = Cell(name, {}, config.config_hash({**protocol, "reference": name, **({"repeat": repeat} if repeat else {})}),
+                   identity=ref_identity, repeat=repeat)
         ref.key = cell_key(ref.hash, ref_identity)
         references[name] = ref
     return config.config_hash({**protocol, "data": data_identity}), references
@@ -190,14 +206,17 @@ def _finite_metrics(metrics: dict) -> tuple[dict, list[str]]:
 
 
 def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, device: torch.device,
-              force: bool = False, progress: bool = True, log=print) -> RunSummary:
+              force: bool = False, progress: bool = True, log=print, repeat: int = 0) -> RunSummary:
     """Cells are written as they finish (a rerun resumes); reference rows only after every cell, so a
     crash never leaves references of a new protocol beside results of the old one."""
     out_dir = Path(out_dir)
     is_main = distributed.is_main()
     if not is_main:
         log = lambda *a, **k: None  # noqa: E731 (one voice under torchrun)
-    suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg, device)
+    suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg, device, repeat)
+    if repeat:
+        log(f"[{suite_name}] repeat {repeat}: seed {repeat_seed(cfg, repeat)}"
+            + "".join(f", {k} {params[k]}" for k in suite_cls.repeat_params))
     suite = suite_cls(params)
     suite.device = device
     protocol_hash, references = _identify(suite, suite_cls, protocol, cells, cfg, device)
@@ -244,7 +263,7 @@ def _reuse_what_matches(cells: list[Cell], out_dir: Path, suite_name: str, force
         if previous is None:
             todo.append(cell)
             continue
-        log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head)} (same key {cell.key}: "
+        log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head, cell.repeat)} (same key {cell.key}: "
             "config, code, data, libraries and device type); --force recomputes")
         summary.records.append(previous)
         summary.reused.append(cell.head)
@@ -288,9 +307,10 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
         torch.cuda.reset_peak_memory_stats(device)
     timings, error = {"build_seconds": build_seconds}, None
     try:
-        torch.manual_seed(cfg["seed"])  # same initialisation stream for every head
+        seed = repeat_seed(cfg, cell.repeat)
+        torch.manual_seed(seed)  # same initialisation stream for every head
         head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
-        stats = train_head(head, data.train, cfg["train"], cfg["seed"], device, cell.head, progress)
+        stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, progress)
         timings.update(train_seconds=round(stats.seconds, 3), train_steps=stats.steps,
                        train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
                        final_train_loss=stats.final_loss)
@@ -298,7 +318,7 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
             distributed.barrier()
             return None
         if head.trainable:
-            atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head), head.state_dict(),
+            atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head, cell.repeat), head.state_dict(),
                                 {"head": cell.head, "version": cls.version, "config_key": cell.key})
         t1 = time.perf_counter()
         evaluation = as_evaluation(suite.evaluate(head, data, device))
