@@ -77,6 +77,9 @@ SYNTH_CASES = [
     ("all-and-check", {}, ["--suite", "all", "--check", "B.json"], 2, "name it with --suite"),
     ("backbone-on-synthetic", {}, ["--backbone", "ViT-B-32"], 2, "--backbone does not apply"),
     ("head-module-missing", {}, ["--head-module", "nowhere/my_head.py"], 2, "no such file"),
+    ("repeats-zero", {"repeats": 0}, [], 2, "repeats 0 is out of range"),
+    ("repeats-with-check", {}, ["--repeats", "2", "--check", "B.json"], 2, "Use --repeats 1 for the regression check"),
+    ("resamples-too-few", {}, ["--resamples", "5"], 2, "--resamples 5: use 0 (no intervals) or at least 100"),
 ]
 
 

@@ -8,12 +8,14 @@ from bench.tools import perf
 def test_perf_benchmark_writes_rows_and_ratios(tmp_path, capsys):
     out = tmp_path / "perf.json"
     assert perf.main(["--n", "40", "--m", "60", "--points", "3", "--dim", "16", "--features", "32",
-                      "--batch", "16", "--repeats", "1", "--json", str(out), "--out", str(tmp_path / "rec")]) == 0
+                      "--batch", "16", "--repeats", "1", "--json", str(out), "--out", str(tmp_path / "rec"),
+                      "--bootstrap-images", "50"]) == 0
     record = json.loads(out.read_text())
     assert set(record["ratios"]) == {"time_kme_rbf_over_matmul", "time_kme_rff_over_cosine", "time_naive_over_kme_rbf"}
     assert all(v is not None and math.isfinite(v) and v > 0 for v in record["ratios"].values())
     rows = {r["row"] for r in record["rows"]}
     assert {"score cosine", "score kme_rbf", "score kme_rff", "score kme_rbf naive", "matmul same FLOPs as kme_rbf"} <= rows
+    assert any(r.startswith("bootstrap 7 retrieval metrics, 50 images") for r in rows)
     assert record["git_commit"] is not None and record["libraries"]["torch"]
     assert list((tmp_path / "rec").glob("perf-cpu-*.json"))
     out = capsys.readouterr().out
