@@ -31,6 +31,10 @@ def parser() -> argparse.ArgumentParser:
                         "synthetic world; the leaderboard shows means, intervals and n")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--check", default=None, metavar="BASELINE", help="compare with this baseline; exit 1 on a regression")
+    p.add_argument("--check-rule", choices=("interval", "exact"), default="interval",
+                   help="interval (default): a metric regresses when its whole paired 95%% interval against the "
+                        "baseline's per-query outcomes is worse than the tolerance; exact: when its value is "
+                        "(for bit-identical CPU runs)")
     p.add_argument("--update-baseline", default=None, nargs="?", const="", metavar="BASELINE",
                    help="rewrite the baseline (default: the --check path, else results/baselines/SUITE.json)")
     p.add_argument("--force", action="store_true", help="recompute cells whose results already exist")
@@ -401,6 +405,7 @@ def _update_baseline(args, summary) -> None:
     try:
         previous = regression.load(target, for_update=True) if target.exists() else None
         baseline, kept = regression.make(summary.records, previous)
+        regression.attach_outcomes(baseline, target, Path(args.out), summary.records, previous)
         regression.write(target, baseline)
     except regression.BaselineError as exc:
         raise UsageError(str(exc)) from None
@@ -413,14 +418,16 @@ def _check(args, summary, baseline) -> int:
     from bench.report import regression
 
     try:
-        found, unjudged = regression.compare(summary.records, baseline)
+        found, unjudged = regression.compare(summary.records, baseline, args.check_rule, Path(args.out), Path(args.check),
+                                             args.resamples or 10_000)
     except regression.BaselineError as exc:
         raise UsageError(str(exc)) from None
     if unjudged:
         print(f"\nnot in {args.check} (no baseline to judge them by): {', '.join(unjudged)}")
     judged = sorted({r["head"]["name"] for r in summary.records} - set(unjudged))
     if found:
-        print(f"\nREGRESSION: {len(found)} metric(s) worse than {args.check} by more than their tolerance:\n")
+        print(f"\nREGRESSION ({args.check_rule} rule): {len(found)} metric(s) worse than {args.check} by more than "
+              "their tolerance:\n")
         print(regression.report(found))
         return EXIT_FAILED
     print(f"\nregression check passed against {args.check}: no metric of {', '.join(judged)} (all recomputed) "

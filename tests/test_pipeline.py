@@ -205,9 +205,33 @@ def test_regression_check_passes_on_committed_baseline_and_fails_when_raised(tmp
     raised["scores"]["cosine"]["infonce_excess"] -= 0.2      # lower is better: now a rise
     raised_path = tmp_path / "raised.json"
     raised_path.write_text(json.dumps(raised))
-    assert run("--out", out, "--check", raised_path) == 1
+    assert run("--out", out, "--check", raised_path, "--check-rule", "exact") == 1
     text = capsys.readouterr().out
-    assert "REGRESSION: 2 metric(s)" in text and "pmi_pearson" in text and "infonce_excess" in text
+    assert "REGRESSION (exact rule): 2 metric(s)" in text and "pmi_pearson" in text and "infonce_excess" in text
+
+
+def test_interval_rule_fails_a_broken_head_passes_an_identical_one_and_refuses_altered_outcomes(
+        tmp_path, capsys, monkeypatch):
+    from heads.cosine import CosineHead
+
+    # Trained long enough for cosine to beat chance (the shared small config's 20 steps do not).
+    cfg = small_config(tmp_path, train={"steps": 300, "batch_size": 64, "warmup_steps": 10})
+    base = tmp_path / "base.json"
+    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine,kme_rbf", "--update-baseline", base) == 0
+    entries = json.loads(base.read_text())["outcomes"]
+    assert set(entries) == {"cosine", "kme_rbf", "oracle"} and (tmp_path / entries["cosine"]["file"]).is_file()
+    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine,kme_rbf", "--check", base) == 0
+    original = CosineHead.score
+    monkeypatch.setattr(CosineHead, "score", lambda self, a, b: 0 * original(self, a, b))  # scores nothing
+    capsys.readouterr()
+    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", base) == 1
+    text = capsys.readouterr().out
+    assert "REGRESSION (interval rule)" in text and "infonce_excess" in text and "95% interval of change" in text
+    monkeypatch.setattr(CosineHead, "score", original)
+    npz = tmp_path / entries["kme_rbf"]["file"]
+    npz.write_bytes(npz.read_bytes()[:-10])
+    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "kme_rbf", "--check", base) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
 
 
 def test_update_baseline_then_check_with_a_small_config(small_run, tmp_path, capsys):
@@ -223,9 +247,14 @@ def test_update_baseline_then_check_with_a_small_config(small_run, tmp_path, cap
     raised["scores"]["kme_rff"]["pmi_pearson"] -= 0.5        # an improvement beyond the tolerance is no regression
     (tmp_path / "raised.json").write_text(json.dumps(raised))
     capsys.readouterr()
+    assert run("--config", cfg, "--out", tmp / "a", "--check", tmp_path / "raised.json", "--check-rule", "exact") == 1
+    text = capsys.readouterr().out
+    assert "REGRESSION (exact rule): 2 metric(s)" in text and "pmi_pearson" in text and "infonce_excess" in text
+    # The interval rule judges metrics with per-query outcomes by them (unchanged here: no regression there);
+    # pmi_pearson has none, so it falls back to the exact rule and still fails.
     assert run("--config", cfg, "--out", tmp / "a", "--check", tmp_path / "raised.json") == 1
     text = capsys.readouterr().out
-    assert "REGRESSION: 2 metric(s)" in text and "pmi_pearson" in text and "infonce_excess" in text
+    assert "REGRESSION (interval rule): 1 metric(s)" in text and "pmi_pearson" in text
     # A baseline made under another protocol is refused with a reason, not compared.
     assert run("--config", cfg, "--out", tmp_path / "o", "--seed", 3, "--heads", "cosine", "--check", base) == 2
 

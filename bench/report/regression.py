@@ -3,17 +3,27 @@
 The baseline is written by ``--update-baseline`` from real result files (never typed by hand)
 and keeps its tolerances across updates. A run is only comparable with a baseline made under the
 same protocol; a mismatch is an error that says so, not a wall of false regressions.
+
+Two rules. ``exact`` (what CPU runs, which are bit-identical, can afford): a metric regresses when
+it is worse than the baseline by more than its tolerance. ``interval`` (the default, for runs that
+are not bit-identical, e.g. on a GPU): where the baseline keeps its heads' per-query outcomes, a
+metric regresses when the whole paired 95% interval of (new - baseline) is worse than its tolerance;
+metrics without per-query outcomes fall back to the exact rule.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench import SCHEMA_VERSION
-from bench.core import atomic
+from bench.core import atomic, hashing
+from bench.eval import uncertainty
+from bench.report import results
 
 DEFAULT_TOLERANCE = 0.02
 # Unbounded or scale-dependent metrics move more between machines than fractions do.
@@ -32,6 +42,7 @@ class Regression:
     current: float | None
     tolerance: float
     direction: str
+    interval: tuple[float, float] | None = None  # paired 95% interval of current - baseline (interval rule)
 
     @property
     def change(self):
@@ -104,13 +115,50 @@ def make(records: list[dict], previous: dict | None = None) -> tuple[dict, list[
     return baseline, kept
 
 
+def outcomes_folder(path: Path) -> Path:
+    """Where a baseline keeps its heads' per-query outcomes: ``NAME.outcomes/`` beside ``NAME.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.outcomes")
+
+
+def attach_outcomes(baseline: dict, path: Path, out_dir: Path, records: list[dict], previous: dict | None) -> None:
+    """Copy each run head's outcome file beside the baseline and name it there with its sha256; heads kept
+    from the previous baseline keep theirs."""
+    folder = outcomes_folder(path)
+    entries = {h: e for h, e in ((previous or {}).get("outcomes") or {}).items() if h in baseline["generated_by"]["kept_from_previous"]}
+    for r in records:
+        head = r["head"]["name"]
+        entries.pop(head, None)
+        if not r.get("outcomes"):
+            continue
+        source = results.outcomes_path(out_dir, r["suite"]["name"], head, r.get("repeat", 0))
+        with atomic.atomic_path(folder / f"{head}.npz") as tmp:
+            shutil.copyfile(source, tmp)
+        entries[head] = {"file": f"{folder.name}/{head}.npz", "sha256": r["outcomes"]["sha256"],
+                         "spec": r["outcomes"]["spec"]}
+    baseline["outcomes"] = {h: entries[h] for h in sorted(entries)}
+
+
+def _baseline_estimators(baseline: dict, path: Path | None, head: str):
+    entry = (baseline.get("outcomes") or {}).get(head)
+    if not entry or path is None:
+        return None
+    npz = Path(path).parent / entry["file"]
+    if not npz.is_file() or hashing.file_sha256(npz) != entry["sha256"]:
+        raise BaselineError(f"{npz} is missing or altered (checksum mismatch); regenerate the baseline with "
+                            "--update-baseline, or use --check-rule exact.")
+    with np.load(npz) as z:
+        return uncertainty.estimators({k: z[k] for k in z.files}, entry["spec"])
+
+
 def write(path: Path, baseline: dict) -> None:
     atomic.write_json(path, baseline)
 
 
-def compare(records: list[dict], baseline: dict) -> tuple[list[Regression], list[str]]:
+def compare(records: list[dict], baseline: dict, rule: str = "exact", out_dir: Path | None = None,
+            baseline_path: Path | None = None, resamples: int = 10_000) -> tuple[list[Regression], list[str]]:
     """Regressions of the heads this run computed (a head left out of the run is not judged), and the
-    heads of the run that the baseline does not hold."""
+    heads of the run that the baseline does not hold. ``rule``: "exact" or "interval" (see above)."""
     current = {r["head"]["name"]: r for r in records}
     if records and records[0]["suite"]["name"] != baseline["suite"]:
         raise BaselineError(f"baseline is for suite {baseline['suite']!r}, the run is {records[0]['suite']['name']!r}.")
@@ -126,6 +174,13 @@ def compare(records: list[dict], baseline: dict) -> tuple[list[Regression], list
         rec = current.get(head)
         if rec is None:
             continue
+        intervals = {}
+        if rule == "interval" and rec["status"] == "ok" and out_dir is not None:
+            base_ests = _baseline_estimators(baseline, baseline_path, head)
+            arrays = results.read_outcomes(out_dir, rec) if base_ests else None
+            if arrays is not None:
+                intervals = uncertainty.paired(uncertainty.estimators(arrays, rec["outcomes"]["spec"]), base_ests,
+                                               resamples)
         for metric, base_value in base_metrics.items():
             if base_value is None:
                 continue
@@ -134,6 +189,12 @@ def compare(records: list[dict], baseline: dict) -> tuple[list[Regression], list
             value = None if rec["status"] != "ok" else rec["metrics"].get(metric)
             if value is None:
                 found.append(Regression(head, metric, base_value, None, tol, direction))
+                continue
+            if metric in intervals:  # worse beyond the tolerance across the whole interval, not by chance
+                d = intervals[metric]
+                worse = d["high"] < -tol if direction == "higher" else d["low"] > tol
+                if worse:
+                    found.append(Regression(head, metric, base_value, value, tol, direction, (d["low"], d["high"])))
                 continue
             drop = (base_value - value) if direction == "higher" else (value - base_value)
             if drop > tol:
@@ -144,5 +205,7 @@ def compare(records: list[dict], baseline: dict) -> tuple[list[Regression], list
 def report(regressions: list[Regression]) -> str:
     rows = [{"head": r.head, "metric": r.metric, "better": r.direction, "baseline": r.baseline,
              "current": "missing/failed" if r.current is None else r.current,
-             "change": "" if r.change is None else r.change, "tolerance": r.tolerance} for r in regressions]
+             "change": "" if r.change is None else r.change,
+             "95% interval of change": "" if r.interval is None else f"[{r.interval[0]:+.4f}, {r.interval[1]:+.4f}]",
+             "tolerance": r.tolerance} for r in regressions]
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")
