@@ -362,11 +362,12 @@ def test_check_passes_an_improvement_and_fails_a_drop_beyond_tolerance(four_head
     better = json.loads(json.dumps(saved))
     better["scores"]["cosine"]["infonce_excess"] += 5 * tol  # the run is now much better than this baseline
     (tmp_path / "better.json").write_text(json.dumps(better))
-    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp_path / "better.json") == 0
+    exact = ("--check-rule", "exact")  # the scores are edited by hand here; the outcome files are not
+    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp_path / "better.json", *exact) == 0
     worse = json.loads(json.dumps(saved))
     worse["scores"]["cosine"]["infonce_excess"] -= 1.5 * tol
     (tmp_path / "worse.json").write_text(json.dumps(worse))
-    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp_path / "worse.json") == 1
+    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp_path / "worse.json", *exact) == 1
 
 
 CRASHER = '''
