@@ -137,5 +137,9 @@ def test_skip_corrupt_drops_the_sample_and_keeps_labels_aligned(data, tmp_path, 
     clean = results.read(results.run_path(tmp_path / "c", "classification", "clip_frozen"))
     assert skipped["metrics"] == clean["metrics"]
     assert assert_outcomes_reproduce_metrics(tmp_path / "b") == 3  # acc1, acc5, mean per-class recall
+    assert run(clean_root, tmp_path / "c", "--heads", "cosine") == 0  # a second head beside clip_frozen
+    assert main(["compare", "--suite", "classification", "--heads", "cosine,clip_frozen", "--out", str(tmp_path / "c"),
+                 "--resamples", "500"]) == 0
+    assert "imagenet_sketch/mean_per_class_recall" in capsys.readouterr().out
     assert skipped["suite"]["test_set"]["datasets"]["imagenet_sketch"]["images"] == 1009
     assert list(skipped["suite"]["test_set"]["corrupt_images_skipped"]["imagenet_sketch/test"]["files"]) == [str(bad_root / victim)]

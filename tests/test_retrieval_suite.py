@@ -61,6 +61,8 @@ def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
     for head in ("kme_rbf", "kme_rff", "cosine"):  # each number against an independent computation
         assert_recalls_match_clip_benchmark(root, cfg, small, tmp_path / "a", head)
     assert assert_outcomes_reproduce_metrics(tmp_path / "a") == 4 * 2 * 7  # heads x datasets x (6 recalls + RSUM)
+    assert main(["compare", "--suite", "retrieval", "--heads", "kme_rbf,cosine", "--out", str(tmp_path / "a"),
+                 "--resamples", "500"]) == 0
     ident = recs["cosine"]["suite"]["test_set"]
     assert ident["backbone"]["weights"] == "random:seed0" and ident["train"]["pairs"] == 30
     assert ident["datasets"]["flickr30k"]["captions"] == 40
