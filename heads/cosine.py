@@ -28,17 +28,19 @@ class VectorRep:
 
 @register_head("cosine")
 class CosineHead(SimilarityHead):
-    version = 1
+    version = 2  # 2: out_dim
     description = "CLIP: linear map of the pooled point, unit-normalised, times a learnable logit scale."
     trainable = True
 
     def __init__(self, image_dim: int, text_dim: int, init_logit_scale: float = 1 / 0.07,
-                 max_logit_scale: float = 100.0):
+                 max_logit_scale: float = 100.0, out_dim: int | None = None):
         super().__init__(image_dim, text_dim)
         if not 0 < init_logit_scale <= max_logit_scale:
             raise ValueError(f"cosine: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}.")
-        self.options = {"init_logit_scale": init_logit_scale, "max_logit_scale": max_logit_scale}
-        out_dim = max(image_dim, text_dim)
+        if out_dim is not None and int(out_dim) < 1:
+            raise ValueError(f"cosine: out_dim must be a positive integer or None, got {out_dim!r}.")
+        self.options = {"init_logit_scale": init_logit_scale, "max_logit_scale": max_logit_scale, "out_dim": out_dim}
+        out_dim = max(image_dim, text_dim) if out_dim is None else int(out_dim)
         self.image_map = aligned_linear(image_dim, out_dim)
         self.text_map = aligned_linear(text_dim, out_dim)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))

@@ -13,13 +13,15 @@ class KernelMeanHead(SimilarityHead):
     """Base of heads that embed a weighted point set as a Gaussian-kernel mean embedding."""
 
     def __init__(self, image_dim: int, text_dim: int, *, sigma: float, max_inverse_sigma2: float,
-                 learn_sigma: bool, points_used: int | None, memory_budget_mb: float):
+                 learn_sigma: bool, points_used: int | None, memory_budget_mb: float, out_dim: int | None = None):
         if not sigma > 0 or 1 / sigma**2 > max_inverse_sigma2:
             raise ValueError(f"{self.name}: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
         if not memory_budget_mb > 0:
             raise ValueError(f"{self.name}: memory_budget_mb must be positive, got {memory_budget_mb}.")
+        if out_dim is not None and int(out_dim) < 1:
+            raise ValueError(f"{self.name}: out_dim must be a positive integer or None, got {out_dim!r}.")
         super().__init__(image_dim, text_dim)
-        out_dim = max(image_dim, text_dim)
+        out_dim = self.out_dim = max(image_dim, text_dim) if out_dim is None else int(out_dim)
         self.image_encoder = PointSetEncoder(image_dim, out_dim, points_used)
         self.text_encoder = PointSetEncoder(text_dim, out_dim, points_used)
         self.bandwidth = Bandwidth(sigma, max_inverse_sigma2, learnable=learn_sigma)
@@ -28,6 +30,10 @@ class KernelMeanHead(SimilarityHead):
     @property
     def sigma(self) -> torch.Tensor:
         return self.bandwidth()
+
+    @property
+    def inverse_sigma2(self) -> torch.Tensor:
+        return self.bandwidth.inverse_sigma2()
 
     def point_sets(self, side: str, points: torch.Tensor, mask: torch.Tensor | None) -> PointSetRep:
         """The weighted, unit-norm point set of each input on ``side`` ("image" or "text")."""

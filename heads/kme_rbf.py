@@ -25,19 +25,22 @@ KERNELS = ("auto", "torch", "triton")
 
 @register_head("kme_rbf")
 class KmeRbfHead(KernelMeanHead):
-    version = 1
+    version = 2  # 2: 1/sigma^2 parametrised as cosine's logit scale; per-position weight bias; out_dim
     description = "Exact Gaussian-kernel mean embeddings of weighted point sets, log inner product (KME-CLIP)."
     trainable = True
 
     def __init__(self, image_dim: int, text_dim: int, sigma: float = math.sqrt(0.07),
                  max_inverse_sigma2: float = 100.0, learn_sigma: bool = True,
-                 points_used: int | None = None, memory_budget_mb: float = 256.0, kernel: str = "auto"):
+                 points_used: int | None = None, memory_budget_mb: float = 256.0, kernel: str = "auto",
+                 out_dim: int | None = None):
         if kernel not in KERNELS:
             raise ValueError(f"kme_rbf: kernel must be one of {', '.join(KERNELS)}, got {kernel!r}.")
         super().__init__(image_dim, text_dim, sigma=sigma, max_inverse_sigma2=max_inverse_sigma2,
-                         learn_sigma=learn_sigma, points_used=points_used, memory_budget_mb=memory_budget_mb)
+                         learn_sigma=learn_sigma, points_used=points_used, memory_budget_mb=memory_budget_mb,
+                         out_dim=out_dim)
         self.options = {"sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2, "learn_sigma": learn_sigma,
-                        "points_used": points_used, "memory_budget_mb": memory_budget_mb, "kernel": kernel}
+                        "points_used": points_used, "memory_budget_mb": memory_budget_mb, "kernel": kernel,
+                        "out_dim": out_dim}
         self.kernel = kernel
         self.fused_failed = False  # auto: set when the fused kernel failed once; the PyTorch path is used after
         self.last_kernel: str | None = None  # "triton" or "torch": the path the last score() call took
@@ -56,7 +59,7 @@ class KmeRbfHead(KernelMeanHead):
     def score(self, image_rep: PointSetRep, text_rep: PointSetRep) -> torch.Tensor:
         if self.uses_fused_kernel(image_rep, text_rep):
             try:
-                scores = kme_rbf_fused.log_inner(image_rep, text_rep, self.sigma.pow(-2))
+                scores = kme_rbf_fused.log_inner(image_rep, text_rep, self.inverse_sigma2)
                 self.last_kernel = "triton"
                 return scores
             except Exception as exc:  # noqa: BLE001 (auto must never cost a run: fall back, loudly)
@@ -66,7 +69,7 @@ class KmeRbfHead(KernelMeanHead):
                             "instead. Set heads.kme_rbf.kernel: torch to silence this.", type(exc).__name__, exc)
                 self.fused_failed = True
         self.last_kernel = "torch"
-        return kme_log_inner(image_rep, text_rep, self.sigma.pow(-2), self.memory_budget_mb)
+        return kme_log_inner(image_rep, text_rep, self.inverse_sigma2, self.memory_budget_mb)
 
     def uses_fused_kernel(self, image_rep: PointSetRep, text_rep: PointSetRep) -> bool:
         """Whether ``score`` of these representations takes the fused kernel. auto: for evaluation on a
@@ -74,7 +77,7 @@ class KmeRbfHead(KernelMeanHead):
         if self.kernel == "torch":
             return False
         needs_grad = torch.is_grad_enabled() and (image_rep.points.requires_grad or text_rep.points.requires_grad
-                                                  or self.bandwidth.log_sigma.requires_grad)
+                                                  or self.bandwidth.log_inverse_sigma2.requires_grad)
         device = image_rep.points.device
         fits = kme_rbf_fused.supports(image_rep.points.shape[1], text_rep.points.shape[1])
         if self.kernel == "auto":

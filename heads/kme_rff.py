@@ -61,14 +61,14 @@ def orthogonal_gaussian(rows: int, dim: int, generator: torch.Generator) -> torc
 
 @register_head("kme_rff")
 class KmeRffHead(KernelMeanHead):
-    version = 1
+    version = 2  # 2: 1/sigma^2 parametrised as cosine's logit scale; per-position weight bias; out_dim
     description = "KME-CLIP with explicit random features (positive orthogonal by default): mean embeddings are D-vectors."
     trainable = True
 
     def __init__(self, image_dim: int, text_dim: int, num_features: int = 1024, features: str = "positive",
                  orthogonal: bool = True, seed: int = 0, sigma: float = math.sqrt(0.07),
                  max_inverse_sigma2: float = 100.0, learn_sigma: bool = True, points_used: int | None = None,
-                 fourier_floor: float = 1e-4, memory_budget_mb: float = 256.0):
+                 fourier_floor: float = 1e-4, memory_budget_mb: float = 256.0, out_dim: int | None = None):
         if features not in ("positive", "fourier"):
             raise ValueError(f"kme_rff: features must be 'positive' or 'fourier', got {features!r}.")
         if int(num_features) < 1:
@@ -76,12 +76,13 @@ class KmeRffHead(KernelMeanHead):
         if not fourier_floor > 0:
             raise ValueError(f"kme_rff: fourier_floor must be positive, got {fourier_floor}.")
         super().__init__(image_dim, text_dim, sigma=sigma, max_inverse_sigma2=max_inverse_sigma2,
-                         learn_sigma=learn_sigma, points_used=points_used, memory_budget_mb=memory_budget_mb)
+                         learn_sigma=learn_sigma, points_used=points_used, memory_budget_mb=memory_budget_mb,
+                         out_dim=out_dim)
         self.options = {"num_features": int(num_features), "features": features, "orthogonal": orthogonal,
                         "seed": seed, "sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2,
                         "learn_sigma": learn_sigma, "points_used": points_used,
-                        "fourier_floor": fourier_floor, "memory_budget_mb": memory_budget_mb}
-        out_dim = max(image_dim, text_dim)
+                        "fourier_floor": fourier_floor, "memory_budget_mb": memory_budget_mb, "out_dim": out_dim}
+        out_dim = self.out_dim
         self.kind = features
         self.num_features = int(num_features)
         self.fourier_floor = float(fourier_floor)
@@ -138,7 +139,7 @@ class KmeRffHead(KernelMeanHead):
         floor = _TINY if self.kind == "positive" else self.fourier_floor
         if self.kind != "positive":
             return inner.clamp(min=floor).log()
-        row_offset = image_rep.log_scale.unsqueeze(1) - self.sigma.pow(-2)
+        row_offset = image_rep.log_scale.unsqueeze(1) - self.inverse_sigma2
         if torch.is_grad_enabled() and inner.requires_grad:
             return inner.clamp(min=floor).log() + row_offset + text_rep.log_scale.unsqueeze(0)
         # Evaluation: in place, so an [N, M] matrix is allocated once, not four times.

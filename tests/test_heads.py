@@ -213,7 +213,7 @@ def test_sigma_is_clamped_and_starts_at_clip_temperature():
     head = get_head("kme_rbf")(8, 8)
     assert math.isclose(float(head.sigma.detach().pow(-2)), 1 / 0.07, rel_tol=1e-5)
     with torch.no_grad():
-        head.bandwidth.log_sigma.fill_(-10.0)
+        head.bandwidth.log_inverse_sigma2.fill_(10.0)
     assert float(head.sigma.detach().pow(-2)) <= 100.0 + 1e-3
     cos = get_head("cosine")(8, 8)
     with torch.no_grad():
@@ -376,3 +376,32 @@ def test_training_and_evaluation_paths_of_kme_rff_agree():
     with torch.no_grad():
         without = head.score(head.encode_image(x), head.encode_text(y))
     assert with_grad.requires_grad and torch.allclose(with_grad.detach(), without, atol=1e-5)
+
+
+def test_position_bias_lets_a_kme_head_weigh_the_pooled_point_alone():
+    """Weights start uniform; a large bias at position 0 (the pooled, last real point) makes kme_rbf the
+    cosine form on that point: (u_last . v_last - 1) / sigma^2."""
+    head = get_head("kme_rbf")(8, 8)
+    x, y = unit_sets(5, 4, 8, 1), unit_sets(6, 4, 8, 2)
+    with torch.no_grad():
+        rep = head.encode_image(x)
+        assert torch.allclose(rep.weights, torch.full((5, 4), 0.25))
+        head.image_encoder.position_bias[0] = 60.0
+        head.text_encoder.position_bias[0] = 60.0
+        s = head.score(head.encode_image(x), head.encode_text(y))
+    u, v = x[:, -1], y[:, -1]  # identity maps at the start: the points themselves
+    want = (u @ v.T - 1) * head.inverse_sigma2
+    assert torch.allclose(s, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cosine", "kme_rbf", "kme_rff"])
+def test_out_dim_sets_the_joint_space(name):
+    head = get_head(name)(8, 6, out_dim=3)
+    x, y = unit_sets(4, 2, 8, 3), unit_sets(5, 2, 6, 4)
+    with torch.no_grad():
+        s = head.score(head.encode_image(x), head.encode_text(y))
+    assert s.shape == (4, 5) and torch.isfinite(s).all()
+    weights = [p for n, p in head.named_parameters() if p.ndim == 2 and "point_score" not in n]
+    assert weights and all(p.shape[0] == 3 for p in weights)
+    with pytest.raises(ValueError, match="out_dim must be a positive integer"):
+        get_head(name)(8, 8, out_dim=0)

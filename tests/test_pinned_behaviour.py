@@ -61,10 +61,12 @@ def test_learning_rate_schedule_exact_values():
     assert cosine_schedule(0, 10)(0) == 1.0
 
 
-NO_DECAY = {  # scales, bandwidths, biases: never decayed (decaying log sigma would pull sigma to 1)
+_KME_NO_DECAY = {"bandwidth.log_inverse_sigma2", "image_encoder.point_score.bias", "text_encoder.point_score.bias",
+                 "image_encoder.position_bias", "text_encoder.position_bias"}
+NO_DECAY = {  # scales, bandwidths, biases: never decayed (decaying a log temperature would pull it to 1)
     "cosine": {"log_logit_scale"},
-    "kme_rbf": {"bandwidth.log_sigma", "image_encoder.point_score.bias", "text_encoder.point_score.bias"},
-    "kme_rff": {"bandwidth.log_sigma", "image_encoder.point_score.bias", "text_encoder.point_score.bias"},
+    "kme_rbf": _KME_NO_DECAY,
+    "kme_rff": _KME_NO_DECAY,
 }
 
 
@@ -172,3 +174,25 @@ def test_chunked_score_tiles_the_matrix_exactly_once_within_the_budget(n_rows, n
 
     out = chunked_score(block, n_rows, n_cols, bytes_per_pair, budget_mb, device="cpu")
     assert torch.equal(out, target) and bool((seen == 1).all())
+
+
+def test_kme_rbf_with_one_point_follows_cosines_training_trajectory():
+    """The temperature is parametrised alike (log of the inverse temperature, same start, same cap), so with
+    one point per side kme_rbf and cosine are the same model and train the same way (Proposition 2).
+    Broken by storing log sigma again: 1/sigma^2 then moves twice as fast and the losses part."""
+    from bench.run.train import train_head
+    from suites.base import PointSets
+
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(512, 8, generator=g)
+    x = torch.nn.functional.normalize(shared[:, None] + 0.8 * torch.randn(512, 3, 8, generator=g), dim=-1)
+    y = torch.nn.functional.normalize(shared[:, None] + 0.8 * torch.randn(512, 3, 8, generator=g), dim=-1)
+    data = PointSets(x, y)
+    cfg = {"batch_size": 64, "lr": 2e-2, "weight_decay": 0.1, "warmup_steps": 5, "grad_clip": 1.0}
+    for steps in (1, 10, 60):
+        losses = {}
+        for name, opts in (("cosine", {}), ("kme_rbf", {"points_used": 1})):
+            torch.manual_seed(0)
+            head = get_head(name)(8, 8, **opts)
+            losses[name] = train_head(head, data, {**cfg, "steps": steps}, 0, torch.device("cpu"), progress=False).final_loss
+        assert losses["kme_rbf"] == pytest.approx(losses["cosine"], abs=1e-5), (steps, losses)

@@ -58,10 +58,11 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
     for key in ("package_version", "git_commit", "git_dirty", "created_utc", "config", "seed", "metrics",
                 "timing", "memory", "device", "libraries"):
         assert key in record, key
-    assert record["head"] == {"name": "kme_rbf", "version": 1, "kind": "head", "trainable": True,
+    assert record["head"] == {"name": "kme_rbf", "version": 2, "kind": "head", "trainable": True,
                               "description": heads.get_head("kme_rbf").description,
                               "options": {"sigma": 0.07 ** 0.5, "max_inverse_sigma2": 100.0, "learn_sigma": True,
-                                          "points_used": None, "memory_budget_mb": 256.0, "kernel": "auto"}}
+                                          "points_used": None, "memory_budget_mb": 256.0, "kernel": "auto",
+                                          "out_dim": None}}
     assert record["config"]["resolved"]["head_options"] == record["head"]["options"]  # defaults included
     identity = record["identity"]
     assert {"heads/kme_rbf.py", "heads/pointsets.py", "suites/synthetic.py", "bench/run/train.py"} <= set(identity["code"]["files"])
