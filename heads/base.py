@@ -86,6 +86,11 @@ class SimilarityHead(nn.Module):
         raise TypeError(f"{type(self).__name__}: cannot combine prompts of a {type(text_rep).__name__}; "
                         f"give it a mean_over_groups method or override combine_prompts.")
 
+    def diagnostics(self, image_points: torch.Tensor, text_points: torch.Tensor) -> dict[str, float]:
+        """Numbers about the head itself on a sample of test point sets (e.g. how far an approximation is
+        from what it approximates), recorded in the result beside the metrics; not metrics. Default none."""
+        return {}
+
     def check_device(self, device: torch.device) -> None:
         """Raise ValueError if these options cannot run on ``device``; called before any work."""
 

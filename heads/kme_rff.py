@@ -25,6 +25,7 @@ import torch
 
 from heads.base import register_head
 from heads.kme_base import KernelMeanHead
+from heads.kme_rbf_reference import kme_log_inner
 from heads.pointsets import PointSetRep, chunk_sizes
 
 _TINY = 1e-30
@@ -127,6 +128,17 @@ class KmeRffHead(KernelMeanHead):
                 feats.append((self._fourier_features(pts) * lw.exp().unsqueeze(-1)).sum(dim=1))
                 scales.append(torch.zeros(pts.shape[0], device=pts.device))
         return FeatureRep(torch.cat(feats), torch.cat(scales))
+
+    def diagnostics(self, image_points: torch.Tensor, text_points: torch.Tensor) -> dict[str, float]:
+        """How far this head's log score is from the exact KME's (kme_rbf's formula) on the same trained
+        point sets and bandwidth, over every image-text pair of the sample. Random features approximate
+        the kernel only where their variance is small (docs/heads.md): large errors mean the head is a
+        different similarity, not an approximation."""
+        img, txt = self.point_sets("image", image_points, None), self.point_sets("text", text_points, None)
+        exact = kme_log_inner(img, txt, self.inverse_sigma2, self.memory_budget_mb)
+        error = (self.score(self._embed(img), self._embed(txt)) - exact).abs().flatten().double()
+        return {"log_error_median": float(error.median()), "log_error_p90": float(error.quantile(0.9)),
+                "inverse_sigma2": float(self.inverse_sigma2)}
 
     def encode_image(self, points, mask=None) -> FeatureRep:
         return self._embed(self.point_sets("image", points, mask))

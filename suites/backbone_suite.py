@@ -156,6 +156,12 @@ class BackboneSuite(Suite):
             out.merge(as_evaluation(self.evaluate_dataset(head, image_rep, t, device)).prefixed(name))
         return out
 
+    def diagnostic_points(self, data: SuiteData, n: int = 256):
+        first = next(iter(data.test.values()), None)
+        texts = getattr(first, "texts", None) if first is not None else None
+        texts = getattr(first, "prompts", None) if texts is None and first is not None else texts
+        return None if first is None or texts is None else (first.images[:n], texts[:n])
+
     def evaluate_dataset(self, head, image_rep, test, device) -> Evaluation:
         raise NotImplementedError
 

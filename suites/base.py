@@ -156,6 +156,10 @@ class Suite:
         """The metrics of ``head`` on the test data: a dict, or an ``Evaluation`` with per-query outcomes."""
         raise NotImplementedError
 
+    def diagnostic_points(self, data: SuiteData, n: int = 256) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Up to ``n`` test image and text point sets for heads' ``diagnostics`` (None: no diagnostics)."""
+        return None
+
     def references(self, data: SuiteData) -> dict[str, dict[str, float]]:
         """Rows that are not heads (e.g. an oracle ceiling), name -> metrics."""
         return {}

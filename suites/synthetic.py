@@ -168,6 +168,9 @@ class SyntheticSuite(Suite):
         class_scores = score_matrix(head, img, classes, len(test.pairs), test.n_classes).cpu()
         return self._metrics(scores, class_scores, test)
 
+    def diagnostic_points(self, data: SuiteData, n: int = 256):
+        return data.test.pairs.images[:n], data.test.pairs.texts[:n]
+
     def references(self, data: SuiteData) -> dict[str, dict[str, float]]:
         """The oracle scores with the true PMI, and classifies with the exact posterior."""
         test: SyntheticTest = data.test

@@ -405,3 +405,15 @@ def test_out_dim_sets_the_joint_space(name):
     assert weights and all(p.shape[0] == 3 for p in weights)
     with pytest.raises(ValueError, match="out_dim must be a positive integer"):
         get_head(name)(8, 8, out_dim=0)
+
+
+def test_kme_rff_diagnostics_measure_its_error_against_the_exact_kme():
+    """Small at a wide bandwidth with many features, large at a narrow one: the variance of positive
+    random features grows like exp(|u + v|^2 / sigma^2) / D."""
+    x, y = unit_sets(20, 3, 8, 5), unit_sets(30, 3, 8, 6)
+    with torch.no_grad():
+        wide = get_head("kme_rff")(8, 8, sigma=1.0, num_features=8192).diagnostics(x, y)
+        narrow = get_head("kme_rff")(8, 8, num_features=256).diagnostics(x, y)
+    assert wide["inverse_sigma2"] == pytest.approx(1.0) and wide["log_error_median"] < 0.05
+    assert narrow["log_error_median"] > 5 * wide["log_error_median"]
+    assert get_head("kme_rbf")(8, 8).diagnostics(x, y) == {}

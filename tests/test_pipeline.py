@@ -90,6 +90,9 @@ def test_outcomes_reproduce_every_metric_and_give_intervals_and_ties(small_run, 
     assert "± " in board and "Δ main vs cosine" in board and "not significantly" in board
     header = (tmp / "a" / "leaderboard.csv").read_text().splitlines()[0]
     assert "ci95_low:infonce_excess" in header and "ci95_low:pmi_pearson" not in header
+    rff = results.read(results.run_path(tmp / "a", "synthetic", "kme_rff"))["diagnostics"]
+    assert rff["log_error_median"] > 0 and rff["inverse_sigma2"] > 0
+    assert "diagnostics" not in results.read(results.run_path(tmp / "a", "synthetic", "cosine"))
 
 
 def test_compare_prints_paired_differences_with_holm_and_refuses_bad_input(small_run, capsys):

@@ -305,7 +305,7 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
             "description": cls.description, "options": cell.options}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timings, error = {"build_seconds": build_seconds}, None
+    timings, error, diagnostics = {"build_seconds": build_seconds}, None, {}
     try:
         seed = repeat_seed(cfg, cell.repeat)
         torch.manual_seed(seed)  # same initialisation stream for every head
@@ -323,12 +323,18 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
         t1 = time.perf_counter()
         evaluation = as_evaluation(suite.evaluate(head, data, device))
         timings["eval_seconds"] = round(time.perf_counter() - t1, 3)
+        sample = suite.diagnostic_points(data)
+        if sample is not None:
+            with torch.no_grad():
+                diagnostics = head.diagnostics(sample[0].to(device), sample[1].to(device))
     except Exception as exc:  # noqa: BLE001 (a head's code can raise anything; it fails that head, not the run)
         error = _describe_failure(exc)
         log(f"[{suite_name}] {cell.head}: FAILED: {error}")
         evaluation = Evaluation({})
     record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, evaluation.metrics,
                      "failed" if error else "ok", error, timings, device, cfg)
+    if diagnostics:
+        record["diagnostics"] = {k: float(v) for k, v in diagnostics.items()}
     path = results.write(out_dir, record, evaluation.outcomes, evaluation.spec) if is_main else None
     distributed.barrier()
     if not error:
