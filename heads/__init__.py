@@ -12,6 +12,7 @@ BUILTIN_MODULES = (
     "heads.clip_frozen",
     "heads.kme_rbf",
     "heads.kme_rff",
+    "heads.kme_proto",  # kme_proto and its control, proto_cosine
 )
 
 for _module in BUILTIN_MODULES:

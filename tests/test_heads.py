@@ -417,3 +417,53 @@ def test_kme_rff_diagnostics_measure_its_error_against_the_exact_kme():
     assert wide["inverse_sigma2"] == pytest.approx(1.0) and wide["log_error_median"] < 0.05
     assert narrow["log_error_median"] > 5 * wide["log_error_median"]
     assert get_head("kme_rbf")(8, 8).diagnostics(x, y) == {}
+
+
+def test_kme_proto_is_the_exact_log_kme_of_its_prototypes():
+    """Against a loop over the formula, and against kme_rbf's reference on the expanded point sets."""
+    from heads.kme_rbf_reference import kme_log_inner
+
+    torch.manual_seed(0)
+    head = get_head("kme_proto")(6, 6, prototypes=5)
+    with torch.no_grad():
+        head.image_encoder.weight_map.weight.normal_()
+        head.text_encoder.weight_map.weight.normal_()
+        x, y = unit_sets(4, 3, 6, 1), unit_sets(7, 3, 6, 2)
+        a, b = head.encode_image(x), head.encode_text(y)
+        s = head.score(a, b)
+        inv = float(head.bandwidth.inverse_sigma2())
+        want = torch.empty(4, 7, dtype=torch.float64)
+        for i in range(4):
+            for j in range(7):
+                total = sum(math.exp(a.log_weights[i, p] + b.log_weights[j, q]
+                                     + (float(a.prototypes[p] @ b.prototypes[q]) - 1) * inv)
+                            for p in range(5) for q in range(5))
+                want[i, j] = math.log(total)
+        assert torch.allclose(s.double(), want, atol=1e-5)
+        expanded = kme_log_inner(PointSetRep(a.prototypes.expand(4, -1, -1), a.log_weights),
+                                 PointSetRep(b.prototypes.expand(7, -1, -1), b.log_weights), torch.tensor(inv))
+        assert torch.allclose(s, expanded, atol=1e-4)
+        moved = x.clone()
+        moved[:, :-1] += 1.0  # weights depend on the pooled (last) point only
+        assert torch.equal(head.encode_image(moved).log_weights, a.log_weights)
+
+
+def test_proto_cosine_is_the_cosine_of_the_weighted_prototype_mean():
+    torch.manual_seed(0)
+    control, kme = get_head("proto_cosine")(6, 6, prototypes=5), get_head("kme_proto")(6, 6, prototypes=5)
+    kme.image_encoder.load_state_dict(control.image_encoder.state_dict())
+    x = unit_sets(4, 3, 6, 1)
+    with torch.no_grad():
+        rep, shared = control.encode_image(x), kme.encode_image(x)
+        want = torch.nn.functional.normalize(shared.log_weights.exp() @ shared.prototypes, dim=-1)
+    assert torch.allclose(rep.vectors, want, atol=1e-6)
+
+
+def test_prototype_representations_concatenate_by_weights_only():
+    from bench.eval.scoring import encode
+
+    head = get_head("kme_proto")(6, 6, prototypes=4)
+    x = unit_sets(10, 3, 6, 4)
+    whole = encode(head, "image", x, None, torch.device("cpu"))
+    batched = encode(head, "image", x, None, torch.device("cpu"), batch=3)
+    assert batched.prototypes.shape == (4, 6) and torch.allclose(batched.log_weights, whole.log_weights)

@@ -186,3 +186,12 @@ def test_pearson_is_scale_invariant(scale):
     expected = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
     assert metrics.pearson(scale * a, b) == pytest.approx(expected, abs=1e-9)
     assert metrics.pearson(a, scale * b) == pytest.approx(expected, abs=1e-9)
+
+
+def test_accuracy_scores_a_tie_with_the_true_class_as_its_expectation():
+    """A class tied with the true one: top-1 is a coin flip (0.5), not whatever order topk picks."""
+    logits = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 3.0, 3.0]])
+    targets = torch.tensor([0, 0, 0])
+    acc = metrics.topk_accuracy(logits, targets, ks=(1, 2))
+    assert acc[1] == pytest.approx((0.5 + 1 + 0) / 3) and acc[2] == pytest.approx((1 + 1 + 0) / 3)
+    assert metrics.mean_per_class_recall(logits, targets, 3) == pytest.approx(0.5)

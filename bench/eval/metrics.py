@@ -104,18 +104,23 @@ def row_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> float:
     return float((p_log.exp() * (p_log - q_log)).sum(dim=1).mean())
 
 
+def _true_class_hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    """Per sample, P(the true class is in the top k), ties broken uniformly at random (as recall@k)."""
+    s = logits.double()
+    true = s.gather(1, targets.view(-1, 1).to(s.device))
+    above = (s > true).sum(dim=1).double()
+    tied = (s == true).sum(dim=1).double() - 1
+    return hit_probability(k - above, tied, torch.ones_like(tied))
+
+
 def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> dict[int, float]:
-    kmax = min(max(ks), logits.shape[1])
-    top = torch.topk(logits, kmax, dim=1).indices
-    correct = top == targets.view(-1, 1)
-    return {k: float(correct[:, :min(k, kmax)].any(dim=1).double().mean()) for k in ks}
+    """Top-k accuracy, clip_benchmark's definition; a class tied with the true one counts as the
+    expectation over a random order of the ties (a top-k kernel would break them arbitrarily)."""
+    return {k: float(_true_class_hits(logits, targets, k).mean()) for k in ks}
 
 
 def mean_per_class_recall(logits: torch.Tensor, targets: torch.Tensor, n_classes: int) -> float:
-    pred = logits.argmax(dim=1)
-    recalls = []
-    for c in range(n_classes):
-        sel = targets == c
-        if bool(sel.any()):
-            recalls.append(float((pred[sel] == c).double().mean()))
+    """sklearn's balanced accuracy of the top-1 prediction (clip_benchmark's), ties as in topk_accuracy."""
+    hits = _true_class_hits(logits, targets, 1)
+    recalls = [float(hits[targets == c].mean()) for c in range(n_classes) if bool((targets == c).any())]
     return sum(recalls) / len(recalls)

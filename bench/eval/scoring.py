@@ -5,10 +5,13 @@ import torch
 
 
 def _cat(reps):
-    """Concatenate representation dataclasses (or tensors) field by field."""
+    """Concatenate representation dataclasses (or tensors) field by field; a representation with fields
+    shared by every row (e.g. prototypes) says how with a ``concat(reps)`` classmethod."""
     first = reps[0]
     if isinstance(first, torch.Tensor):
         return torch.cat(reps)
+    if hasattr(type(first), "concat"):
+        return type(first).concat(reps)
     fields = first.__dataclass_fields__
     return type(first)(**{f: torch.cat([getattr(r, f) for r in reps]) for f in fields})
 
