@@ -180,3 +180,33 @@ def test_clip_benchmark_webdataset_export_of_a_classification_set(tmp_path):
     assert ours.classnames == theirs.classes and ours.templates == theirs.templates
     assert ours.prompts()[:2] == ["a photo of a cat.", "a drawing of a cat."]
     assert len(ours.fingerprint()) == 16
+
+
+def test_tar_handles_are_never_shared_across_processes(tmp_path):
+    """A handle opened before a fork must not be used by the child: forked DataLoader workers would share
+    its file offset and read each other's bytes. Broken by keying the handles by shard alone."""
+    import io
+    import multiprocessing
+    import tarfile
+
+    from bench.data import image_source
+
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tf:
+        for i in range(3):
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), color=(40 * i, 0, 0)).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{i}.png")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    parent = image_source._tar(shard)[0]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child_handle_is_parents = pool.apply(_uses_parent_handle, (str(shard), id(parent)))
+    assert not child_handle_is_parents
+
+
+def _uses_parent_handle(shard: str, parent_id: int) -> bool:
+    from bench.data import image_source
+
+    return id(image_source._tar(Path(shard))[0]) == parent_id

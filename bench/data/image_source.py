@@ -2,18 +2,22 @@
 
 A tar member is addressed as ``/path/shard.tar::member.jpg`` so that the rest of the pipeline (file
 lists, fingerprints, the feature cache) treats both alike. Each process keeps its open shards and
-their member index, so reading N images from a shard costs one header scan, not N.
+their member index, so reading N images from a shard costs one header scan, not N. The handles are
+keyed by process: a DataLoader worker forked from a parent that had a shard open would otherwise
+share that file's offset with its siblings, and their interleaved seeks and reads return another
+member's bytes (seen as images that "cannot be identified", now and then).
 """
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
 from PIL import Image
 
 SEP = "::"
-_open_tars: dict[str, tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
+_open_tars: dict[tuple[int, str], tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
 
 
 def split(path) -> tuple[Path, str | None]:
@@ -25,7 +29,7 @@ def split(path) -> tuple[Path, str | None]:
 
 
 def _tar(shard: Path):
-    key = str(shard)
+    key = (os.getpid(), str(shard))
     if key not in _open_tars:
         tf = tarfile.open(shard)
         _open_tars[key] = (tf, {m.name: m for m in tf.getmembers() if m.isfile()})
