@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from heads.base import register_head
 from heads.kme_base import KernelMeanHead
@@ -69,7 +70,8 @@ class KmeRffHead(KernelMeanHead):
     def __init__(self, image_dim: int, text_dim: int, num_features: int = 1024, features: str = "positive",
                  orthogonal: bool = True, seed: int = 0, sigma: float = math.sqrt(0.07),
                  max_inverse_sigma2: float = 100.0, learn_sigma: bool = True, points_used: int | None = None,
-                 fourier_floor: float = 1e-4, memory_budget_mb: float = 256.0, out_dim: int | None = None):
+                 fourier_floor: float = 1e-4, memory_budget_mb: float = 256.0, out_dim: int | None = None,
+                 output_scale: bool = False):
         if features not in ("positive", "fourier"):
             raise ValueError(f"kme_rff: features must be 'positive' or 'fourier', got {features!r}.")
         if int(num_features) < 1:
@@ -82,7 +84,12 @@ class KmeRffHead(KernelMeanHead):
         self.options = {"num_features": int(num_features), "features": features, "orthogonal": orthogonal,
                         "seed": seed, "sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2,
                         "learn_sigma": learn_sigma, "points_used": points_used,
-                        "fourier_floor": fourier_floor, "memory_budget_mb": memory_budget_mb, "out_dim": out_dim}
+                        "fourier_floor": fourier_floor, "memory_budget_mb": memory_budget_mb, "out_dim": out_dim,
+                        "output_scale": output_scale}
+        # A separate learnable scale on the score (log-parametrised like cosine's, starting at 1, at most
+        # 100): with max_inverse_sigma2 kept low, the bandwidth stays where random features approximate
+        # the kernel and the sharpness of the softmax is learned here instead (docs/heads.md).
+        self.log_output_scale = nn.Parameter(torch.zeros(())) if output_scale else None
         out_dim = self.out_dim
         self.kind = features
         self.num_features = int(num_features)
@@ -136,7 +143,7 @@ class KmeRffHead(KernelMeanHead):
         different similarity, not an approximation."""
         img, txt = self.point_sets("image", image_points, None), self.point_sets("text", text_points, None)
         exact = kme_log_inner(img, txt, self.inverse_sigma2, self.memory_budget_mb)
-        error = (self.score(self._embed(img), self._embed(txt)) - exact).abs().flatten().double()
+        error = (self._log_inner(self._embed(img), self._embed(txt)) - exact).abs().flatten().double()
         return {"log_error_median": float(error.median()), "log_error_p90": float(error.quantile(0.9)),
                 "inverse_sigma2": float(self.inverse_sigma2)}
 
@@ -147,6 +154,12 @@ class KmeRffHead(KernelMeanHead):
         return self._embed(self.point_sets("text", points, mask))
 
     def score(self, image_rep: FeatureRep, text_rep: FeatureRep) -> torch.Tensor:
+        log_inner = self._log_inner(image_rep, text_rep)
+        if self.log_output_scale is None:
+            return log_inner
+        return log_inner * self.log_output_scale.clamp(max=math.log(100.0)).exp()
+
+    def _log_inner(self, image_rep: FeatureRep, text_rep: FeatureRep) -> torch.Tensor:
         inner = image_rep.features @ text_rep.features.T
         floor = _TINY if self.kind == "positive" else self.fourier_floor
         if self.kind != "positive":

@@ -467,3 +467,19 @@ def test_prototype_representations_concatenate_by_weights_only():
     whole = encode(head, "image", x, None, torch.device("cpu"))
     batched = encode(head, "image", x, None, torch.device("cpu"), batch=3)
     assert batched.prototypes.shape == (4, 6) and torch.allclose(batched.log_weights, whole.log_weights)
+
+
+def test_kme_rff_output_scale_multiplies_the_score_and_leaves_diagnostics_alone():
+    torch.manual_seed(0)
+    plain = get_head("kme_rff")(8, 8, max_inverse_sigma2=2.0, sigma=1.0)
+    scaled = get_head("kme_rff")(8, 8, max_inverse_sigma2=2.0, sigma=1.0, output_scale=True)
+    scaled.load_state_dict(plain.state_dict(), strict=False)
+    x, y = unit_sets(4, 3, 8, 1), unit_sets(5, 3, 8, 2)
+    with torch.no_grad():
+        scaled.log_output_scale.fill_(math.log(3.0))
+        a = plain.score(plain.encode_image(x), plain.encode_text(y))
+        b = scaled.score(scaled.encode_image(x), scaled.encode_text(y))
+        assert torch.allclose(b, 3.0 * a, atol=1e-5)
+        assert scaled.diagnostics(x, y) == plain.diagnostics(x, y)
+        scaled.log_output_scale.fill_(10.0)
+        assert torch.allclose(scaled.score(scaled.encode_image(x), scaled.encode_text(y)), 100.0 * a, rtol=1e-4)
