@@ -17,11 +17,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from bench import SCHEMA_VERSION
-from bench.core import atomic, hashing
+from bench.core import atomic
 from bench.eval import uncertainty
 from bench.report import results
 
@@ -144,11 +143,11 @@ def _baseline_estimators(baseline: dict, path: Path | None, head: str):
     if not entry or path is None:
         return None
     npz = Path(path).parent / entry["file"]
-    if not npz.is_file() or hashing.file_sha256(npz) != entry["sha256"]:
+    arrays = results.load_checked_npz(npz, entry["sha256"])
+    if arrays is None:
         raise BaselineError(f"{npz} is missing or altered (checksum mismatch); regenerate the baseline with "
                             "--update-baseline, or use --check-rule exact.")
-    with np.load(npz) as z:
-        return uncertainty.estimators({k: z[k] for k in z.files}, entry["spec"])
+    return uncertainty.estimators(arrays, entry["spec"])
 
 
 def write(path: Path, baseline: dict) -> None:

@@ -61,9 +61,17 @@ def read_outcomes(out_dir: Path, record: dict) -> dict | None:
     if not meta:
         return None
     path = suite_dir(out_dir, record["suite"]["name"]) / meta["file"]
-    if not path.is_file() or hashing.file_sha256(path) != meta["sha256"]:
+    arrays = load_checked_npz(path, meta["sha256"])
+    if arrays is None:
         raise ResultFileError(f"{path} is missing or is not the outcome file {record['head']['name']}'s result names "
                               "(checksum mismatch); rerun that head with --force.")
+    return arrays
+
+
+def load_checked_npz(path: Path, sha256: str) -> dict | None:
+    """The arrays of an outcome file if its content is the one named by ``sha256``; None otherwise."""
+    if not Path(path).is_file() or hashing.file_sha256(path) != sha256:
+        return None
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
