@@ -103,6 +103,132 @@ def _compare(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_bench.py sweep",
+        description="Run a suite over a grid of config values and draw each metric against them, one line per head. "
+                    "Every point is an ordinary run (validated, keyed, reused) in a folder of its own.")
+    p.add_argument("--suite", default="synthetic", help="the suite to sweep (default: synthetic)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a config key and its values, e.g. heads.*.out_dim=2,4,8,16 (heads.*: every head that has the "
+                        "option) or suites.synthetic.topics=4,8,16; repeatable. The first is the x axis, the others "
+                        "make panels")
+    p.add_argument("--heads", default=None, help="comma-separated heads (default: every registered head)")
+    p.add_argument("--head-module", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="import this .py file or dotted module first (repeatable)")
+    p.add_argument("--config", default=None, help="YAML file with the settings every point shares")
+    p.add_argument("--out", default=f"{DEFAULT_OUT}/sweep", help=f"the sweep's folder (default: {DEFAULT_OUT}/sweep)")
+    p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--repeats", type=int, default=None, help="runs of every cell at every point (bands need 2 or more)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metrics to draw and tabulate (default: the suite's main and headline metrics); "
+                        "sweep.csv always holds every metric")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--backbone", default=None, metavar="NAME[:PRETRAINED]", help="as for a run (real-data suites)")
+    p.add_argument("--data-root", default=None, help="as for a run (real-data suites)")
+    p.add_argument("--skip-corrupt", action="store_true", help="as for a run")
+    p.add_argument("--force", action="store_true", help="recompute cells whose results already exist")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--resamples", type=int, default=10_000,
+                   help="bootstrap resamples for the bands (default 10,000; 0: intervals over repeats only)")
+    return p
+
+
+def _sweep(argv: list[str]) -> int:
+    """``run_bench.py sweep``: every point planned and checked before the first one runs."""
+    import time
+
+    from bench.core import atomic, distributed
+    from bench.core.errors import UserError
+    from bench.report import provenance
+    from bench.report import sweep as sweep_report
+    from bench.run import config, runner, sweep
+    import heads
+    import suites
+
+    args = sweep_parser().parse_args(argv)
+    for spec in args.head_module:
+        import_head_module(spec)
+    out = Path(args.out)
+    try:
+        axes = sweep.parse_grid(args.grid)
+        suite_cls = suites.get_suite(args.suite)
+        head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
+        if not head_names or len(set(head_names)) != len(head_names):
+            raise UsageError(f"--heads {args.heads!r}: name each head once (see --list-heads).")
+        for h in head_names:
+            heads.get_head(h)
+        for a in axes:  # a key the run would ignore would make every point the same run
+            parts = a.key.split(".")
+            if parts[0] == "suites" and parts[1] != args.suite:
+                raise UsageError(f"--grid {a.key}: this sweep runs suite {args.suite!r}, so suites.{parts[1]} would "
+                                 f"change nothing; write suites.{args.suite}.{parts[2]}.")
+            if parts[0] == "heads" and parts[1] != config.EVERY_HEAD and parts[1] not in head_names:
+                raise UsageError(f"--grid {a.key}: head {parts[1]!r} is not in this sweep's heads "
+                                 f"({', '.join(head_names)}); add it to --heads or use heads.*.{parts[2]}.")
+        if args.resamples != 0 and args.resamples < 100:
+            raise UsageError(f"--resamples {args.resamples}: use 0 or at least 100 (10,000 by default).")
+        user = config.load_yaml(args.config)
+        if args.seed is not None:
+            user["seed"] = args.seed
+        if args.repeats is not None:
+            user["repeats"] = args.repeats
+        device = distributed.init(args.device) or provenance.resolve_device(args.device)
+        planned = []
+        for i, point in enumerate(sweep.points(axes)):
+            cfg = config.resolve(sweep.apply(user, point))
+            _apply_suite_flags(args, cfg, [args.suite])
+            for repeat in range(cfg["repeats"]):
+                runner.plan(args.suite, head_names, cfg, device, repeat)
+            planned.append((point, out / "points" / sweep.point_name(axes, point, i), cfg))
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else \
+            list(dict.fromkeys([suite_cls.main_metric, *suite_cls.headline_metrics]))
+        for m in metrics:
+            if m not in suite_cls.metrics:
+                from bench.core.registry import suggest
+
+                raise UsageError(f"--metrics: suite {args.suite!r} has no metric {m!r}.{suggest(m, list(suite_cls.metrics))}")
+        check_out_dir(out)
+    except (UserError, KeyError, ValueError) as exc:
+        raise UsageError(exc.args[0] if exc.args else str(exc)) from None
+    keys = [a.key for a in axes]
+    run_args = argparse.Namespace(force=args.force, check=None, no_progress=args.no_progress)
+    points, failed, t0 = [], [], time.perf_counter()
+    for n, (point, folder, cfg) in enumerate(planned, 1):
+        if distributed.is_main():
+            print(f"[sweep {n}/{len(planned)}] " + ", ".join(f"{k} = {v}" for k, v in point.items()), file=sys.stderr)
+        records = []
+        for repeat in range(cfg["repeats"]):
+            summary = _run_one(run_args, args.suite, head_names, cfg, folder, device, False, repeat)
+            if summary is None:
+                return EXIT_USAGE
+            records += summary.records
+            failed += [f"{h} at {folder.name}" for h in summary.failed]
+        points.append(sweep_report.Point(point, folder, records))
+    if not distributed.is_main():
+        return EXIT_OK
+    title = f"{args.suite} sweep over {', '.join(a.label for a in axes)}"
+    version = provenance.code_version()
+    made_by = (f"Made by `python run_bench.py sweep {' '.join(argv)}` at commit {str(version['git_commit'])[:12]}"
+               f"{' (uncommitted changes)' if version['git_dirty'] else ''}; each point's runs are under "
+               f"points/ (sweep.json lists them), every metric is in sweep.csv.")
+    sweep_report.build(out, points, keys, metrics, title, args.resamples, warn=lambda m: print(m, file=sys.stderr),
+                       provenance=made_by)
+    atomic.write_json(out / "sweep.json", {
+        "suite": args.suite, "heads": head_names, "axes": [{"key": a.key, "values": list(a.values)} for a in axes],
+        "repeats": planned[0][2]["repeats"], "shared_config": user, "metrics": metrics,
+        "points": [{"values": p.values, "folder": p.folder.name} for p in points],
+        "command": "run_bench.py sweep " + " ".join(argv), **version,
+        "created_utc": provenance.utc_now(), "seconds": round(time.perf_counter() - t0, 1)})
+    print(f"\nsweep of {len(points)} point(s) written to {out}/: sweep.md, sweep.csv, "
+          + ", ".join(sweep_report.figure_path(out, m).name for m in metrics))
+    print((out / "sweep.md").read_text())
+    if failed:
+        print(f"\n{len(failed)} cell(s) failed: {', '.join(failed)} (see their result files).", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 class UsageError(Exception):
     pass
 
@@ -212,12 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    if argv[:1] == ["compare"]:
+    if argv[:1] in (["compare"], ["sweep"]):
         try:
-            return _compare(argv[1:])
+            return (_compare if argv[0] == "compare" else _sweep)(argv[1:])
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("interrupted: finished cells are saved; run the same command again to resume.", file=sys.stderr)
+            return 130
     args = parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)

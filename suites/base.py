@@ -126,6 +126,9 @@ class Suite:
     repeat_params: tuple[str, ...] = ()
     device: torch.device = torch.device("cpu")  # set by the runner before build()
     reference_names: tuple[str, ...] = ()  # the rows references() returns (ceilings, not contestants)
+    # Head options this suite runs with unless the config sets them, for every head that has the option
+    # (e.g. the synthetic suite's out_dim below its topics' count); resolved into each cell's options.
+    head_defaults: dict = {}
 
     @classmethod
     def default_params(cls) -> dict:

@@ -62,7 +62,7 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
                               "description": heads.get_head("kme_rbf").description,
                               "options": {"sigma": 0.07 ** 0.5, "max_inverse_sigma2": 100.0, "learn_sigma": True,
                                           "points_used": None, "memory_budget_mb": 256.0, "kernel": "auto",
-                                          "out_dim": None}}
+                                          "out_dim": 4}}  # the synthetic suite's head_defaults
     assert record["config"]["resolved"]["head_options"] == record["head"]["options"]  # defaults included
     identity = record["identity"]
     assert {"heads/kme_rbf.py", "heads/pointsets.py", "suites/synthetic.py", "bench/run/train.py"} <= set(identity["code"]["files"])
@@ -78,9 +78,10 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
     # trained weights are saved, loadable and give the same head
     from safetensors.torch import load_file
     state = load_file(str(results.weights_path(tmp / "a", "synthetic", "kme_rbf")))
-    head = heads.get_head("kme_rbf")(16, 16)
+    head = heads.get_head("kme_rbf")(8, 8, **record["head"]["options"])  # posterior points: one per topic
+    initial = head.image_encoder.map.weight.clone()
     head.load_state_dict(state)
-    assert not torch.equal(head.image_encoder.map.weight, torch.eye(16))  # it was trained
+    assert not torch.equal(head.image_encoder.map.weight, initial)  # it was trained
 
 
 def test_outcomes_reproduce_every_metric_and_give_intervals_and_ties(small_run, capsys):

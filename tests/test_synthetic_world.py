@@ -74,3 +74,90 @@ def test_bend_changes_geometry_not_posteriors():
     s2 = bent.sample(bent.sample_topics(5, g2), "image", g2)
     assert torch.equal(s1.raw, s2.raw) and not torch.allclose(s1.points, s2.points)
     assert torch.equal(flat.log_posterior(s1.raw, "image"), bent.log_posterior(s2.raw, "image"))
+
+
+def mixture_density(world: World, point, side, weights):
+    centres = getattr(world, side).centres
+    return sum(weights[c] * gaussian_density(point, centres[c], world.noise) for c in range(len(centres)))
+
+
+def brute_force_one_relevant_pmi(world: World, raw_x, raw_y):
+    """The one_relevant generative story written out without logs: the relevant draw is at position i
+    (probability 1/m), drawn from the topic's mixture; every other draw from the uniform concept mixture."""
+    prior, pc = world.log_prior.exp(), world.log_concepts.exp()
+    uniform = torch.full((pc.shape[1],), 1.0 / pc.shape[1], dtype=torch.float64)
+
+    def likelihood(raw, side):
+        out = torch.zeros(world.n_topics, dtype=torch.float64)
+        m = len(raw)
+        for z in range(world.n_topics):
+            for i in range(m):
+                term = mixture_density(world, raw[i], side, pc[z]) / m
+                for j in range(m):
+                    if j != i:
+                        term = term * mixture_density(world, raw[j], side, uniform)
+                out[z] += term
+        return out
+
+    lx, ly = likelihood(raw_x, "image"), likelihood(raw_y, "text")
+    return math.log((prior * lx * ly).sum() / ((prior * lx).sum() * (prior * ly).sum()))
+
+
+def tiny(mode, points=3):
+    return World(topics=3, concepts=4, dim=2, points=points, noise=0.8, centre_scale=1.0,
+                 prior_concentration=2.0, topic_concentration=0.7, bend=0.3, seed=5, mode=mode)
+
+
+def test_one_relevant_pmi_matches_brute_force():
+    world = tiny("one_relevant")
+    g = torch.Generator().manual_seed(0)
+    z = world.sample_topics(5, g)
+    img, txt = world.sample(z, "image", g), world.sample(z, "text", g)
+    pmi = world.pmi(world.log_posterior(img.raw, "image"), world.log_posterior(txt.raw, "text"))
+    for i in range(5):
+        for j in range(5):
+            assert math.isclose(float(pmi[i, j]), brute_force_one_relevant_pmi(world, img.raw[i], txt.raw[j]),
+                                rel_tol=1e-9, abs_tol=1e-9)
+    # and it is not the draws world's PMI on the same draws (the mode changes the likelihood)
+    draws = tiny("draws")
+    assert not torch.allclose(pmi, draws.pmi(draws.log_posterior(img.raw, "image"), draws.log_posterior(txt.raw, "text")))
+
+
+def test_one_relevant_has_one_topic_draw_among_uniform_distractors():
+    world = World(4, 6, 3, 5, 0.01, 10.0, 2.0, 0.05, 0.0, 1, mode="one_relevant")  # near-noiseless: draws sit on centres
+    g = torch.Generator().manual_seed(4)
+    z = world.sample_topics(4000, g)
+    s = world.sample(z, "image", g)
+    nearest = torch.cdist(s.raw.reshape(-1, 3), world.image.centres).argmin(1).view(4000, 5)
+    counts = torch.bincount(nearest.flatten(), minlength=6).double()
+    concept_probs = world.log_concepts.exp()[z]  # [n, C]
+    expected = 4 * 4000 / 6 + concept_probs.sum(0)  # four uniform distractors and one topic draw per input
+    assert torch.allclose(counts, expected, rtol=0.06)
+    # the relevant draw is at a random position: every position shows the topic's main concept equally often
+    main = world.log_concepts.argmax(1)[z]
+    share = (nearest == main.unsqueeze(1)).double().mean(0)
+    assert float(share.max() - share.min()) < 0.05, share
+    assert s.raw.shape == (4000, 5, 3) and s.points.shape == (4000, 6, 3)
+
+
+def test_posterior_mode_shows_exact_log_posteriors_as_points():
+    world = tiny("posterior")
+    g = torch.Generator().manual_seed(1)
+    z = world.sample_topics(7, g)
+    s = world.sample(z, "image", g)
+    assert s.points.shape == (7, 4, world.n_topics) and world.point_dim == world.n_topics
+    post = world.log_posterior(s.raw, "image")
+    centred = lambda lp: lp.clamp(min=-30) - lp.clamp(min=-30).mean(-1, keepdim=True)  # noqa: E731
+    assert torch.allclose(s.points[:, -1].double(), centred(post), atol=1e-5)  # pooled point: the exact posterior
+    for i in range(3):  # each draw alone, with the prior
+        one = world.point_log_likelihood(s.raw[:, i:i + 1], "image")[:, 0] + world.log_prior
+        assert torch.allclose(s.points[:, i].double(), centred(one - torch.logsumexp(one, 1, keepdim=True)), atol=1e-5)
+    # the posterior (and so the PMI) is the draws world's: only what a head is shown differs
+    draws = tiny("draws")
+    assert torch.equal(post, draws.log_posterior(s.raw, "image"))
+
+
+def test_draws_mode_is_the_default_and_unchanged():
+    a, b = tiny_world(), tiny("draws", points=2)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(a.sample(a.sample_topics(5, g1), "text", g1).points, b.sample(b.sample_topics(5, g2), "text", g2).points)

@@ -34,20 +34,30 @@ def load_estimators(out_dir: Path, record: dict, warn=print) -> dict | None:
     return uncertainty.estimators(arrays, record["outcomes"]["spec"])
 
 
-def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
-              resamples: int = uncertainty.DEFAULT_RESAMPLES, warn=print) -> SuiteVerdicts:
-    """Bootstrap every row with outcomes; mark as best, per metric, the top head and every head whose
-    paired interval of the difference to it contains 0 (not significantly worse)."""
-    v = SuiteVerdicts(resamples=resamples)
-    ests = {}  # head -> one estimator dict per repeat
+def row_estimators(out_dir: Path, rs: list[dict], warn=print) -> dict[str, list[dict]]:
+    """Head -> one estimator dict per repeat, for the rows (repeats collapsed) whose outcomes all load."""
+    ests = {}
     for r in rs:
         if r["status"] == "ok":
             per_repeat = [load_estimators(out_dir, x, warn) for x in r.get("repeats", {}).get("records", [r])]
             if per_repeat and all(per_repeat):
                 ests[r["head"]["name"]] = per_repeat
-    for head, e in ests.items():
-        v.intervals[head] = uncertainty.bootstrap(e[0], resamples, level=LEVEL,
-                                                  repeat_groups=e if len(e) > 1 else None)
+    return ests
+
+
+def intervals(ests: dict[str, list[dict]], resamples: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """Each head's 95% bootstrap interval per metric, over test units and, with repeats, over repeats."""
+    return {head: uncertainty.bootstrap(e[0], resamples, level=LEVEL, repeat_groups=e if len(e) > 1 else None)
+            for head, e in ests.items()}
+
+
+def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
+              resamples: int = uncertainty.DEFAULT_RESAMPLES, warn=print) -> SuiteVerdicts:
+    """Bootstrap every row with outcomes; mark as best, per metric, the top head and every head whose
+    paired interval of the difference to it contains 0 (not significantly worse)."""
+    v = SuiteVerdicts(resamples=resamples)
+    ests = row_estimators(out_dir, rs, warn)
+    v.intervals = intervals(ests, resamples)
     contestants = [r for r in rs if r["status"] == "ok" and r["head"].get("kind") != "reference"]
     directions = {m: d == "higher" for m, d in rs[0]["suite"]["metric_directions"]}
     pairs: dict[tuple[str, str], dict] = {}

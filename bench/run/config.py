@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "repeats": 1,   # runs of every cell, each varying every random choice that is not the test data
     "train": TRAIN_DEFAULTS,
-    "heads": {},    # per-head constructor options, e.g. {"kme_rff": {"num_features": 2048}}
+    "heads": {},    # per-head constructor options, e.g. {"kme_rff": {"num_features": 2048}}; "*": every head that has the option
     "suites": {},   # per-suite parameters over the suite's own defaults
 }
 
@@ -82,6 +82,31 @@ def merge_checked(defaults: dict, given: dict, where: str) -> dict:
     return out
 
 
+EVERY_HEAD = "*"
+
+
+def constructor_options(cls) -> dict:
+    """A head's constructor options and their defaults (``inspect.Parameter.empty`` where none)."""
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in ("self", "image_dim", "text_dim") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def shared_head_options(section: dict, chosen: dict, suite_defaults: dict | None = None) -> dict[str, dict]:
+    """``heads: {"*": {out_dim: 4}}`` as per-head options: each option goes to every chosen head whose
+    constructor has it (a head's own section still wins); an option no chosen head has is an error,
+    so a typo is not silently dropped. A suite's ``head_defaults`` come first, below both."""
+    every = section.get(EVERY_HEAD) or {}
+    _check_keys(every, every, f"heads.{EVERY_HEAD}")
+    accepted = {name: constructor_options(cls) for name, cls in chosen.items()}
+    for key in every:
+        if not any(key in opts for opts in accepted.values()):
+            known = sorted({k for opts in accepted.values() for k in opts})
+            raise ConfigError(f"heads.{EVERY_HEAD}.{key}: none of the heads in this run ({', '.join(chosen)}) has an "
+                              f"option {key!r}.{suggest(key, known)} Their options: {', '.join(known)}.")
+    merged = {**(suite_defaults or {}), **every}
+    return {name: {k: v for k, v in merged.items() if k in opts} for name, opts in accepted.items()}
+
+
 def head_options(cls, given: dict, where: str) -> dict:
     """Every constructor option of a head, defaults included, with the given ones checked.
 
@@ -89,10 +114,7 @@ def head_options(cls, given: dict, where: str) -> dict:
     config hash, and the result file shows what actually ran.
     """
     empty = inspect.Parameter.empty
-    params = {
-        name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name not in ("self", "image_dim", "text_dim") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    params = constructor_options(cls)
     given = given or {}
     _check_keys(given, params, where)
     missing = [n for n, d in params.items() if d is empty and n not in given]

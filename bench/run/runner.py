@@ -60,7 +60,10 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
     for name in cfg["suites"]:
         suite_registry.get_suite(name)  # unknown suite names in the config fail too
     for name in cfg["heads"]:
-        head_registry.get_head(name)
+        if name != config.EVERY_HEAD:
+            head_registry.get_head(name)
+    chosen = {n: head_registry.get_head(n) for n in head_names}
+    shared = config.shared_head_options(cfg["heads"], chosen, suite_cls.head_defaults)
     hashed = {k: v for k, v in params.items() if k not in suite_cls.non_protocol_params}
     protocol = {"suite": suite_name, "suite_version": suite_cls.version, "suite_params": hashed,
                 "train": cfg["train"], "seed": cfg["seed"]}
@@ -68,7 +71,7 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
     cells = []
     for name in head_names:
         cls = head_registry.get_head(name)
-        options = config.head_options(cls, cfg["heads"].get(name) or {}, f"heads.{name}")
+        options = config.head_options(cls, {**shared[name], **(cfg["heads"].get(name) or {})}, f"heads.{name}")
         if repeat and isinstance(options.get("seed"), int) and not isinstance(options["seed"], bool):
             options = {**options, "seed": options["seed"] + repeat}
         try:  # values are checked by the constructor: build once on tiny dims, before any real work
