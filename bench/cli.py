@@ -143,6 +143,7 @@ def _sweep(argv: list[str]) -> int:
     from bench.report import provenance
     from bench.report import sweep as sweep_report
     from bench.run import config, runner, sweep
+    from bench.run.code_identity import code_identity
     import heads
     import suites
 
@@ -191,6 +192,9 @@ def _sweep(argv: list[str]) -> int:
         check_out_dir(out)
     except (UserError, KeyError, ValueError) as exc:
         raise UsageError(exc.args[0] if exc.args else str(exc)) from None
+    version = provenance.code_version()  # read now: edits or commits made while the sweep runs change nothing
+    for h in head_names:
+        code_identity(heads.get_head(h), suite_cls)
     keys = [a.key for a in axes]
     run_args = argparse.Namespace(force=args.force, check=None, no_progress=args.no_progress)
     points, failed, t0 = [], [], time.perf_counter()
@@ -208,7 +212,6 @@ def _sweep(argv: list[str]) -> int:
     if not distributed.is_main():
         return EXIT_OK
     title = f"{args.suite} sweep over {', '.join(a.label for a in axes)}"
-    version = provenance.code_version()
     made_by = (f"Made by `python run_bench.py sweep {' '.join(argv)}` at commit {str(version['git_commit'])[:12]}"
                f"{' (uncommitted changes)' if version['git_dirty'] else ''}; each point's runs are under "
                f"points/ (sweep.json lists them), every metric is in sweep.csv.")
@@ -339,8 +342,11 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv[:1] in (["compare"], ["sweep"]):
+        from bench.core import snapshot
+
         try:
-            return (_compare if argv[0] == "compare" else _sweep)(argv[1:])
+            with snapshot.frozen():  # a sweep runs for hours: its cells are keyed by the code it started with
+                return (_compare if argv[0] == "compare" else _sweep)(argv[1:])
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -365,10 +371,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from bench.core import distributed
+    from bench.core import distributed, snapshot
 
     try:
-        return _run(args)
+        with snapshot.frozen():  # every cell of this run keyed by the code and commit it started with
+            return _run(args)
     finally:
         distributed.shutdown()
 

@@ -423,3 +423,27 @@ def test_leaderboard_states_provenance_per_row_and_the_protocol(four_heads, tmp_
     path.write_text(json.dumps(record))
     board = leaderboard.build(out)
     assert "Rows come from 2 commits" in board and "| commit" in board and "ffffffffff" in board and "2026-01-02" in board
+
+
+def test_a_long_run_is_keyed_by_the_code_it_started_with(tmp_path, monkeypatch):
+    """Inside snapshot.frozen() (every run and sweep), a file edited mid-run does not change the keys of
+    later cells, and the commit is read once: the records name the code that actually ran."""
+    from bench.core import snapshot
+    from bench.report import provenance
+    from bench.run import code_identity as ci
+
+    head = tmp_path / "my_head.py"
+    head.write_text("import helper_mod\nX = 1\n")
+    (tmp_path / "helper_mod.py").write_text("Y = 1\n")
+    before = ci.closure([head])
+    with snapshot.frozen():
+        first = ci.closure([head])
+        head.write_text("import helper_mod\nX = 2\n")
+        (tmp_path / "helper_mod.py").write_text("Y = 2\n")
+        assert ci.closure([head]) == first == before
+        calls = []
+        monkeypatch.setattr(provenance, "_code_version", lambda: calls.append(1) or {"git_commit": str(len(calls))})
+        assert provenance.code_version() == provenance.code_version() == {"git_commit": "1"}
+    after = ci.closure([head])  # outside: the files as they are now
+    assert after != before and set(after) == set(before)
+    assert provenance.code_version() == {"git_commit": "2"}

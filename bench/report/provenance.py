@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import bench
+from bench.core import snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,8 +26,13 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-@lru_cache(maxsize=1)
 def code_version() -> dict:
+    """Package version, git commit and whether the project's code differs from it; computed once per
+    ``snapshot.frozen()`` block, so a long run names the commit it started from."""
+    return snapshot.memo("code_version", _code_version)
+
+
+def _code_version() -> dict:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no", "--", "bench", "heads", "suites", "run_bench.py")
     return {"package_version": bench.__version__, "git_commit": commit,

@@ -17,12 +17,14 @@ import secrets
 import sys
 from pathlib import Path
 
+from bench.core import snapshot
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("bench", "heads", "suites")
 
 
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(snapshot.read_bytes(path)).hexdigest()
 
 
 def _module_file(name: str, near: Path) -> list[Path]:
@@ -44,7 +46,7 @@ def _module_file(name: str, near: Path) -> list[Path]:
 
 def _imports(path: Path) -> list[Path]:
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = ast.parse(snapshot.read_bytes(path).decode("utf-8"), filename=str(path))
     except (SyntaxError, UnicodeDecodeError, OSError):
         return []
     here = path.parent
