@@ -7,6 +7,8 @@ exactly what is measured.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -51,6 +53,28 @@ class SimilarityHead(nn.Module):
     # Scoring memory in MiB for heads that score in blocks (None: the head does not chunk). An
     # option users can set; on out-of-memory, evaluation halves it and retries (bench/eval/scoring.py).
     memory_budget_mb: float | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        """Record every constructor option, defaults included, as ``self.options`` (shown in the head's
+        repr), so no head keeps a hand-written copy of its own signature."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self).__init__ is recording_init:  # the most derived constructor records
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                self.options = {k: v for k, v in bound.arguments.items()
+                                if k not in ("self", "image_dim", "text_dim")
+                                and signature.parameters[k].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                         inspect.Parameter.VAR_KEYWORD)}
+
+        cls.__init__ = recording_init
 
     def __init__(self, image_dim: int, text_dim: int):
         super().__init__()

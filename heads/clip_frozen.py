@@ -22,7 +22,6 @@ class ClipFrozenHead(SimilarityHead):
                 f"clip_frozen compares backbone embeddings directly, so image_dim and text_dim must match "
                 f"(got {image_dim} and {text_dim}); use a trainable head such as 'cosine' for unequal dimensions."
             )
-        self.options = {"logit_scale": logit_scale}
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
 
     def _encode(self, points, mask, side) -> VectorRep:

@@ -39,7 +39,6 @@ class CosineHead(SimilarityHead):
             raise ValueError(f"cosine: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}.")
         if out_dim is not None and int(out_dim) < 1:
             raise ValueError(f"cosine: out_dim must be a positive integer or None, got {out_dim!r}.")
-        self.options = {"init_logit_scale": init_logit_scale, "max_logit_scale": max_logit_scale, "out_dim": out_dim}
         out_dim = max(image_dim, text_dim) if out_dim is None else int(out_dim)
         self.image_map = aligned_linear(image_dim, out_dim)
         self.text_map = aligned_linear(text_dim, out_dim)

@@ -108,8 +108,6 @@ class KmeProtoHead(_PrototypeHead):
             raise ValueError(f"kme_proto: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
         super().__init__(image_dim, text_dim, prototypes, out_dim)
         self.bandwidth = Bandwidth(sigma, max_inverse_sigma2, learnable=learn_sigma)
-        self.options = {"prototypes": prototypes, "sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2,
-                        "learn_sigma": learn_sigma, "out_dim": out_dim}
 
     def encode_image(self, points, mask=None) -> ProtoRep:
         return self._encode("image", points, mask)
@@ -135,8 +133,6 @@ class ProtoCosineHead(_PrototypeHead):
         super().__init__(image_dim, text_dim, prototypes, out_dim)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.max_log_scale = math.log(max_logit_scale)
-        self.options = {"prototypes": prototypes, "init_logit_scale": init_logit_scale,
-                        "max_logit_scale": max_logit_scale, "out_dim": out_dim}
 
     def _vector(self, side: str, points, mask) -> VectorRep:
         rep = self._encode(side, points, mask)

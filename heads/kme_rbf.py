@@ -38,9 +38,6 @@ class KmeRbfHead(KernelMeanHead):
         super().__init__(image_dim, text_dim, sigma=sigma, max_inverse_sigma2=max_inverse_sigma2,
                          learn_sigma=learn_sigma, points_used=points_used, memory_budget_mb=memory_budget_mb,
                          out_dim=out_dim)
-        self.options = {"sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2, "learn_sigma": learn_sigma,
-                        "points_used": points_used, "memory_budget_mb": memory_budget_mb, "kernel": kernel,
-                        "out_dim": out_dim}
         self.kernel = kernel
         self.fused_failed = False  # auto: set when the fused kernel failed once; the PyTorch path is used after
         self.last_kernel: str | None = None  # "triton" or "torch": the path the last score() call took

@@ -81,11 +81,6 @@ class KmeRffHead(KernelMeanHead):
         super().__init__(image_dim, text_dim, sigma=sigma, max_inverse_sigma2=max_inverse_sigma2,
                          learn_sigma=learn_sigma, points_used=points_used, memory_budget_mb=memory_budget_mb,
                          out_dim=out_dim)
-        self.options = {"num_features": int(num_features), "features": features, "orthogonal": orthogonal,
-                        "seed": seed, "sigma": sigma, "max_inverse_sigma2": max_inverse_sigma2,
-                        "learn_sigma": learn_sigma, "points_used": points_used,
-                        "fourier_floor": fourier_floor, "memory_budget_mb": memory_budget_mb, "out_dim": out_dim,
-                        "output_scale": output_scale}
         # A separate learnable scale on the score (log-parametrised like cosine's, starting at 1, at most
         # 100): with max_inverse_sigma2 kept low, the bandwidth stays where random features approximate
         # the kernel and the sharpness of the softmax is learned here instead (docs/heads.md).

@@ -130,7 +130,7 @@ class Bandwidth(nn.Module):
     cosine now follow the same training trajectory (tested).
     """
 
-    def __init__(self, init_sigma: float = math.sqrt(0.07), max_inverse: float = 100.0, learnable: bool = True):
+    def __init__(self, init_sigma: float, max_inverse: float, learnable: bool):  # every head passes all three
         super().__init__()
         value = torch.tensor(math.log(1.0 / init_sigma**2), dtype=torch.float32)
         if learnable:

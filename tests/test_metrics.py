@@ -195,3 +195,26 @@ def test_accuracy_scores_a_tie_with_the_true_class_as_its_expectation():
     acc = metrics.topk_accuracy(logits, targets, ks=(1, 2))
     assert acc[1] == pytest.approx((0.5 + 1 + 0) / 3) and acc[2] == pytest.approx((1 + 1 + 0) / 3)
     assert metrics.mean_per_class_recall(logits, targets, 3) == pytest.approx(0.5)
+
+
+def test_per_item_infonce_and_row_kl_against_scipy_loops():
+    """The per-item terms the intervals resample, item by item from their definitions (scipy), and
+    their means are the reported metrics."""
+    from scipy.special import logsumexp, softmax
+    from scipy.stats import entropy
+
+    from bench.eval import metrics
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(6, 6, generator=g, dtype=torch.float64) * 3
+    t = torch.randn(6, 6, generator=g, dtype=torch.float64) * 2
+    a = s.numpy()
+    want = [(-(a[i, i] - logsumexp(a[i, :])) - (a[i, i] - logsumexp(a[:, i]))) / 2 for i in range(6)]
+    got = metrics.infonce_terms(s.float())
+    assert got.dtype == torch.float64 and torch.allclose(got, torch.tensor(want, dtype=torch.float64), atol=1e-5)
+    assert math.isclose(float(metrics.infonce_terms(s).mean()), float(metrics.symmetric_infonce(s)), rel_tol=1e-12)
+    kl = [entropy(softmax(t.numpy()[i]), softmax(a[i])) for i in range(6)]
+    got = metrics.row_kl_terms(t, s)
+    assert torch.allclose(got, torch.tensor(kl, dtype=torch.float64), atol=1e-12)
+    assert math.isclose(metrics.row_kl(t, s), sum(kl) / 6, rel_tol=1e-12)
+    assert not torch.allclose(metrics.row_kl_terms(s, t), got)  # KL is not symmetric: the argument order matters

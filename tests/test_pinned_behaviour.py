@@ -196,3 +196,182 @@ def test_kme_rbf_with_one_point_follows_cosines_training_trajectory():
             head = get_head(name)(8, 8, **opts)
             losses[name] = train_head(head, data, {**cfg, "steps": steps}, 0, torch.device("cpu"), progress=False).final_loss
         assert losses["kme_rbf"] == pytest.approx(losses["cosine"], abs=1e-5), (steps, losses)
+
+
+# -- closing what mutation testing found open (scripts/mutation.sh) ------------------------------------
+def test_last_real_index_when_padding_follows_the_first_point():
+    # Broken once: filling padded positions with +1 instead of -1 picked a padded point for [T, F, F].
+    from heads.pointsets import last_real_index, last_real_point
+
+    mask = torch.tensor([[True, False, False], [True, True, False], [False, True, True], [True, False, True]])
+    assert last_real_index(mask).tolist() == [0, 1, 2, 2]
+    points = torch.arange(4 * 3 * 2, dtype=torch.float32).view(4, 3, 2)
+    assert torch.equal(last_real_point(points, mask), points[torch.arange(4), torch.tensor([0, 1, 2, 2])])
+
+
+def test_positions_count_from_the_pooled_point_and_long_sets_share_the_last_bias():
+    # Broken once: without the clamp at MAX_POSITIONS - 1 a 70-point set indexed past the bias table.
+    from heads.pointsets import MAX_POSITIONS, positions_from_end
+
+    mask = torch.tensor([[True, True, True, False]])
+    assert positions_from_end(mask)[0, :3].tolist() == [2, 1, 0]
+    long = positions_from_end(torch.ones(1, MAX_POSITIONS + 6, dtype=torch.bool))[0]
+    assert long.tolist() == [MAX_POSITIONS - 1] * 7 + list(range(MAX_POSITIONS - 2, -1, -1))
+
+
+def test_chunk_sizes_take_the_whole_budget_and_chunks_keep_the_dtype():
+    from heads.pointsets import chunk_sizes, chunked_score
+
+    assert chunk_sizes(10, 10, 1.0, 100) == (10, 10)  # one byte per pair: 100 pairs fit exactly
+    assert chunk_sizes(10, 10, 1.0, 99)[0] < 10
+    full = torch.randn(7, 5, dtype=torch.float64)
+    calls = []
+
+    def pair_fn(rs, cs):
+        calls.append((rs, cs))
+        return full[rs, cs]
+
+    out = chunked_score(pair_fn, 7, 5, 2**20 / 3, 1.0, torch.device("cpu"), dtype=torch.float64)  # 3 pairs per MB
+    assert out.dtype == torch.float64 and torch.equal(out, full) and len(calls) > 1
+    calls.clear()
+    out = chunked_score(pair_fn, 7, 5, 2**20 / 35, 1.0, torch.device("cpu"), dtype=torch.float64)  # 35 pairs: fits
+    assert torch.equal(out, full) and len(calls) == 1  # a budget in MB (2**20 bytes), not 2 * 20
+
+
+def test_fixed_bandwidth_stays_fixed_and_is_saved():
+    head = get_head("kme_rbf")(4, 4, sigma=0.5, learn_sigma=False)
+    assert "bandwidth.log_inverse_sigma2" in head.state_dict()
+    assert not any(n.startswith("bandwidth") for n, _ in head.named_parameters())
+    assert math.isclose(float(head.inverse_sigma2), 4.0, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("name, side", [("cosine", "image"), ("cosine", "text"), ("kme_rbf", "image"), ("kme_rbf", "text")])
+def test_a_wrong_point_dimension_names_its_side(name, side):
+    head = get_head(name)(4, 6)
+    dim = 6 if side == "image" else 4  # the other side's dimension
+    with pytest.raises(ValueError, match=f"^{side} points must have shape"):
+        getattr(head, f"encode_{side}")(torch.randn(2, 3, dim))
+
+
+def test_cosine_reads_the_last_real_point_of_padded_sets():
+    # Broken once: dropping the mask in encode_image read the padding as the pooled point.
+    torch.manual_seed(0)
+    head = get_head("cosine")(4, 4)
+    points = torch.randn(3, 5, 4)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] * 3 + [False] * 2])
+    for side in ("image", "text"):
+        enc = getattr(head, f"encode_{side}")
+        got = enc(points, mask).vectors
+        want = torch.stack([enc(points[i:i + 1, :int(mask[i].sum())]).vectors[0] for i in range(3)])
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_cosine_options_at_their_bounds():
+    cosine = get_head("cosine")
+    cosine(4, 4, init_logit_scale=100.0, max_logit_scale=100.0)  # the scale may start at its bound
+    assert cosine(4, 4, out_dim=1).image_map.weight.shape == (1, 4)  # one output dimension is allowed
+    for bad in ({"init_logit_scale": 0.0}, {"init_logit_scale": 101.0}):
+        with pytest.raises(ValueError, match="0 < init_logit_scale <= max_logit_scale"):
+            cosine(4, 4, **bad)
+    with pytest.raises(ValueError, match="out_dim must be a positive integer"):
+        cosine(4, 4, out_dim=0)
+    from heads.pointsets import PointSetEncoder, PointSetRep
+
+    with pytest.raises(ValueError, match="points_used must be a positive integer"):
+        PointSetEncoder(4, 4, points_used=0)
+    rep = PointSetRep(torch.zeros(5, 2, 3), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="expected 2 x 3 sets, got 5"):
+        rep.mean_over_groups(2, 3)
+
+
+class _Points:
+    """Just what kme_rbf's dispatch reads from a representation's points: device, shape, requires_grad."""
+
+    def __init__(self, device="cuda", p=4, requires_grad=False):
+        self.device, self.shape, self.requires_grad = torch.device(device), (3, p, 8), requires_grad
+
+
+def _dispatch(monkeypatch, kernel="auto", available=True, fits=True, device="cuda", grad=False, failed=False):
+    from heads import kme_rbf_fused
+    from heads.pointsets import PointSetRep
+
+    monkeypatch.setattr(kme_rbf_fused, "available", lambda d: available)
+    monkeypatch.setattr(kme_rbf_fused, "supports", lambda m, n: fits and (m, n) == (4, 5))
+    head = get_head("kme_rbf")(8, 8, kernel=kernel, learn_sigma=False)
+    head.fused_failed = failed
+    image, text = PointSetRep(_Points(device, 4, grad), None), PointSetRep(_Points(device, 5), None)
+    return head.uses_fused_kernel(image, text)
+
+
+def test_kme_rbf_takes_the_fused_kernel_exactly_where_it_should(monkeypatch):
+    # Every condition of the dispatch, each flipped alone (a GPU is not needed to decide).
+    assert _dispatch(monkeypatch) is True
+    for flip in ({"available": False}, {"fits": False}, {"device": "cpu"}, {"grad": True}, {"failed": True},
+                 {"kernel": "torch"}):
+        assert _dispatch(monkeypatch, **flip) is False, flip
+    assert _dispatch(monkeypatch, kernel="triton") is True
+    for flip, why in (({"grad": True}, "no backward pass"), ({"fits": False}, "sets are limited to"),
+                      ({"available": False}, "needs a CUDA device")):
+        with pytest.raises(ValueError, match=why):
+            _dispatch(monkeypatch, kernel="triton", **flip)
+    with torch.no_grad():  # no grad mode: points that require grad do not force the PyTorch path
+        assert _dispatch(monkeypatch, grad=True) is True
+
+
+def test_kme_rbf_falls_back_loudly_in_auto_and_never_in_triton(monkeypatch, caplog):
+    from heads import kme_rbf_fused
+    from heads.kme_rbf_reference import kme_log_inner
+
+    torch.manual_seed(0)
+    head = get_head("kme_rbf")(4, 4)
+    with torch.no_grad():
+        img, txt = head.encode_image(torch.randn(3, 2, 4)), head.encode_text(torch.randn(5, 2, 4))
+        exact = kme_log_inner(img, txt, head.inverse_sigma2, 256.0)
+        monkeypatch.setattr(head, "uses_fused_kernel", lambda a, b: True)
+        monkeypatch.setattr(kme_rbf_fused, "log_inner", lambda a, b, s: exact + 1.0)
+        assert torch.equal(head.score(img, txt), exact + 1.0) and head.last_kernel == "triton"
+
+        def broken(a, b, s):
+            raise RuntimeError("launch failed")
+
+        monkeypatch.setattr(kme_rbf_fused, "log_inner", broken)
+        with caplog.at_level("WARNING"):
+            assert torch.equal(head.score(img, txt), exact) and head.last_kernel == "torch"
+        assert head.fused_failed is True and "RuntimeError: launch failed" in caplog.text
+        assert "kernel: torch to silence this" in caplog.text
+
+        def oom(a, b, s):
+            raise RuntimeError("CUDA out of memory")
+
+        monkeypatch.setattr(kme_rbf_fused, "log_inner", oom)
+        with pytest.raises(RuntimeError, match="out of memory"):  # a smaller budget is the fix, not a silent fallback
+            head.score(img, txt)
+        head.kernel = "triton"
+        monkeypatch.setattr(kme_rbf_fused, "log_inner", broken)
+        with pytest.raises(RuntimeError, match="launch failed"):
+            head.score(img, txt)
+
+
+def test_kernel_triton_is_refused_before_work_where_it_cannot_run(monkeypatch):
+    from heads import kme_rbf_fused
+
+    seen = []
+    monkeypatch.setattr(kme_rbf_fused, "available", lambda d: seen.append(d) or False)
+    with pytest.raises(ValueError, match="kernel: triton needs a CUDA device.*this run is on cpu"):
+        get_head("kme_rbf")(4, 4, kernel="triton").check_device(torch.device("cpu"))
+    assert seen == [torch.device("cpu")]
+    get_head("kme_rbf")(4, 4, kernel="auto").check_device(torch.device("cpu"))  # auto and torch always run
+    get_head("kme_rbf")(4, 4, kernel="torch").check_device(torch.device("cpu"))
+    monkeypatch.setattr(kme_rbf_fused, "available", lambda d: True)
+    get_head("kme_rbf")(4, 4, kernel="triton").check_device(torch.device("cuda"))
+
+
+@pytest.mark.parametrize("name", ["clip_frozen", "cosine", "kme_rbf", "kme_rff", "kme_proto", "proto_cosine"])
+def test_a_heads_options_are_its_resolved_constructor_options(name):
+    from bench.run import config
+
+    cls = get_head(name)
+    assert cls(4, 4).options == config.head_options(cls, {}, name)
+    given = {"out_dim": 3} if "out_dim" in config.head_options(cls, {}, name) else {"logit_scale": 50.0}
+    assert cls(4, 4, **given).options == config.head_options(cls, given, name)
+    assert repr(given)[1:-1].split(":")[0].strip("'") in repr(cls(4, 4, **given))

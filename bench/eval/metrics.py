@@ -99,9 +99,7 @@ def infonce_terms(logits: torch.Tensor) -> torch.Tensor:
 
 def row_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> float:
     """Mean over rows of KL(softmax(target) || softmax(logits))."""
-    p_log = torch.log_softmax(target_logits.double(), dim=1)
-    q_log = torch.log_softmax(logits.double(), dim=1)
-    return float((p_log.exp() * (p_log - q_log)).sum(dim=1).mean())
+    return float(row_kl_terms(target_logits, logits).mean())
 
 
 def _true_class_hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
