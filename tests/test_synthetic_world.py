@@ -1,6 +1,7 @@
 """The synthetic world's exact PMI against brute-force enumeration on a tiny world."""
 import math
 
+import pytest
 import torch
 
 from suites.synthetic_world import World
@@ -161,3 +162,42 @@ def test_draws_mode_is_the_default_and_unchanged():
     a, b = tiny_world(), tiny("draws", points=2)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(a.sample(a.sample_topics(5, g1), "text", g1).points, b.sample(b.sample_topics(5, g2), "text", g2).points)
+
+
+def test_bend_is_the_documented_map_with_seeded_offsets():
+    a, b = tiny_world(0.4), tiny_world(0.4)
+    g1, g2 = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
+    s, t = a.sample(a.sample_topics(9, g1), "text", g1), b.sample(b.sample_topics(9, g2), "text", g2)
+    assert torch.equal(s.points, t.points)  # the bend's offsets and matrices are the world seed's
+    side = a.text
+    want = s.raw + 0.4 * torch.tanh(s.raw @ side.bend_matrix.T + side.bend_offset)
+    assert torch.allclose(s.points[:, :-1].double(), want, atol=1e-6)
+    assert not torch.equal(a.image.bend_offset, a.text.bend_offset)
+
+
+def test_draws_are_with_replacement_and_their_noise_is_independent():
+    # One concept per topic (concentration ~0): every draw of an input is that concept, so the
+    # draws must be sampled with replacement; the noise around it is fresh for every draw.
+    world = World(3, 5, 4, 6, 0.5, 3.0, 2.0, 1e-4, 0.0, 2)
+    g = torch.Generator().manual_seed(0)
+    z = world.sample_topics(400, g)
+    s = world.sample(z, "image", g)
+    main = world.log_concepts.argmax(1)[z]
+    residual = s.raw - world.image.centres[main].unsqueeze(1)
+    assert float(residual.abs().max()) < 5 * 0.5 * 3  # every draw sits on its topic's one concept
+    assert abs(float(residual.std()) - 0.5) < 0.02
+    assert float((residual[:, 0] - residual[:, 1]).abs().min()) > 0  # draws do not share their noise
+    assert torch.equal(s.topics, z)
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"topics": 0}, "positive"), ({"concepts": 0}, "positive"), ({"dim": 0}, "positive"), ({"points": 0}, "positive"),
+    ({"noise": 0.0}, "noise > 0"), ({"bend": 1.0}, r"bend must be in \[0, 1\)"), ({"bend": -0.1}, "bend"),
+    ({"mode": "pooled"}, "mode must be one of draws, posterior, one_relevant"),
+])
+def test_world_refuses_impossible_settings(bad, says):
+    ok = dict(topics=1, concepts=1, dim=1, points=1, noise=0.1, centre_scale=1.0, prior_concentration=1.0,
+              topic_concentration=1.0, bend=0.99, seed=0)
+    World(**ok)  # the smallest world is allowed
+    with pytest.raises(ValueError, match=says):
+        World(**{**ok, **bad})
