@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 # One thread: torch's OpenMP workers spin, and mutmut limits CPU time, so they read as timeouts.
 export HF_HUB_OFFLINE=1 MPLBACKEND=Agg HYPOTHESIS_PROFILE=mutation OMP_NUM_THREADS=1
 python -m pip install --quiet --disable-pip-version-check mutmut
-rm -rf mutants
+# Incremental: mutants/ keeps each mutant's result, and a rerun checks only what changed or was not
+# checked yet. --fresh starts over.
+if [[ "${1:-}" == "--fresh" ]]; then rm -rf mutants; shift; fi
 mutmut run "$@" || true
 mutmut results --all true > mutants/results.txt || true
 python - <<'PY'
@@ -16,6 +18,14 @@ lines = [l.strip() for l in open("mutants/results.txt") if ":" in l]
 status = Counter(l.rsplit(":", 1)[1].strip() for l in lines)
 total = sum(status.values())
 print(f"mutants: {total}; " + ", ".join(f"{k}: {v}" for k, v in sorted(status.items())))
+by_module = {}
+for l in lines:
+    name, st = l.rsplit(":", 1)
+    module = name.split(".x")[0] if ".x" in name else name.split("__mutmut")[0]
+    killed, n = by_module.get(module, (0, 0))
+    by_module[module] = (killed + (st.strip() in ("killed", "timeout")), n + 1)
+for module, (killed, n) in sorted(by_module.items()):
+    print(f"  {module:<40} {killed:>5} / {n:<5} killed")
 for l in lines:
     if l.rsplit(":", 1)[1].strip() not in ("killed", "timeout"):
         print("  " + l)

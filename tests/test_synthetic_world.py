@@ -201,3 +201,13 @@ def test_world_refuses_impossible_settings(bad, says):
     World(**ok)  # the smallest world is allowed
     with pytest.raises(ValueError, match=says):
         World(**{**ok, **bad})
+
+
+def test_centres_are_gaussian_at_their_scale_and_every_mode_is_seeded():
+    world = World(4, 400, 8, 3, 0.5, 2.5, 2.0, 0.5, 0.3, 7)
+    assert abs(float(world.image.centres.std()) - 2.5) < 0.1  # N(0, scale^2 I), not scale / N(0, 1)
+    for mode in ("draws", "posterior", "one_relevant"):
+        a, b = tiny(mode), tiny(mode)
+        g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+        s, t = a.sample(a.sample_topics(6, g1), "image", g1), b.sample(b.sample_topics(6, g2), "image", g2)
+        assert torch.equal(s.points, t.points) and torch.equal(s.raw, t.raw), mode

@@ -104,3 +104,14 @@ def test_divergence_names_the_head_and_step():
     head.score = exploding
     with pytest.raises(TrainingDiverged, match=r"head 'mine': training loss is nan at step 0\. Lower train\.lr \(now 0\.05\)"):
         train_head(head, data(), CFG, seed=1, device=torch.device("cpu"), label="mine", progress=False)
+
+
+def test_grad_clip_zero_disables_clipping():
+    torch.manual_seed(0)
+    head = get_head("cosine")(5, 5)
+    twin = copy.deepcopy(head)
+    cfg = {**CFG, "grad_clip": 0.0}
+    train_head(head, data(), cfg, seed=2, device=torch.device("cpu"), progress=False)
+    reference_train(twin, data(), {**cfg, "grad_clip": float("inf")}, seed=2)  # no clipping at all
+    for p, q in zip(head.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-6)
