@@ -154,7 +154,7 @@ def _sweep(argv: list[str]) -> int:
     try:
         axes = sweep.parse_grid(args.grid)
         suite_cls = suites.get_suite(args.suite)
-        head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
+        head_names = _head_names(args)
         if not head_names or len(set(head_names)) != len(head_names):
             raise UsageError(f"--heads {args.heads!r}: name each head once (see --list-heads).")
         for h in head_names:
@@ -169,11 +169,7 @@ def _sweep(argv: list[str]) -> int:
                                  f"({', '.join(head_names)}); add it to --heads or use heads.*.{parts[2]}.")
         if args.resamples != 0 and args.resamples < 100:
             raise UsageError(f"--resamples {args.resamples}: use 0 or at least 100 (10,000 by default).")
-        user = config.load_yaml(args.config)
-        if args.seed is not None:
-            user["seed"] = args.seed
-        if args.repeats is not None:
-            user["repeats"] = args.repeats
+        user = _user_config(args)
         device = distributed.init(args.device) or provenance.resolve_device(args.device)
         planned = []
         for i, point in enumerate(sweep.points(axes)):
@@ -234,6 +230,24 @@ def _sweep(argv: list[str]) -> int:
 
 class UsageError(Exception):
     pass
+
+
+def _user_config(args) -> dict:
+    """The --config file with --seed and --repeats applied (checked later by config.resolve)."""
+    from bench.run import config
+
+    user = config.load_yaml(args.config)
+    if args.seed is not None:
+        user["seed"] = args.seed
+    if args.repeats is not None:
+        user["repeats"] = args.repeats
+    return user
+
+
+def _head_names(args) -> list[str]:
+    import heads
+
+    return heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
 
 
 def import_head_module(spec: str) -> None:
@@ -411,7 +425,6 @@ def _plan_run(args):
     from bench.run import config, runner
     from bench.core import distributed
     from bench.report import provenance, regression
-    import heads
     import suites
 
     try:
@@ -427,17 +440,12 @@ def _plan_run(args):
             raise UsageError(f"--seed {args.seed} is out of range; use an integer from 0 to {config.MAX_SEED}.")
         if args.resamples != 0 and args.resamples < 100:
             raise UsageError(f"--resamples {args.resamples}: use 0 (no intervals) or at least 100 (10,000 by default).")
-        user = config.load_yaml(args.config)
-        if args.seed is not None:
-            user["seed"] = args.seed
-        if args.repeats is not None:
-            user["repeats"] = args.repeats
-        cfg = config.resolve(user)
+        cfg = config.resolve(_user_config(args))
         if cfg["repeats"] > 1 and (args.check or args.update_baseline is not None):
             raise UsageError(f"--check and --update-baseline judge one run per head; repeats = {cfg['repeats']} makes "
                              "several. Use --repeats 1 for the regression check.")
         _apply_suite_flags(args, cfg, suite_names)
-        head_names = heads.list_heads() if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
+        head_names = _head_names(args)
         if not head_names:
             raise UsageError("--heads is empty; name at least one head (see --list-heads).")
         if len(set(head_names)) != len(head_names):
