@@ -26,6 +26,8 @@ def register_head(name: str):
     def decorator(cls):
         if not (isinstance(cls, type) and issubclass(cls, SimilarityHead)):
             raise TypeError(f"@register_head({name!r}) must decorate a SimilarityHead subclass, got {cls!r}.")
+        if cls.readout not in READOUTS:
+            raise ValueError(f"@register_head({name!r}): readout = {cls.readout!r}; it must be one of {', '.join(READOUTS)}.")
         return inner(cls)
 
     return decorator
@@ -37,6 +39,14 @@ def get_head(name: str) -> type["SimilarityHead"]:
 
 def list_heads() -> list[str]:
     return HEADS.names()
+
+
+# What a head reads from the backbone (suites extract only what the chosen heads need):
+#   layers: the pooled token at the last L blocks, through the final LayerNorm and projection;
+#   tokens: every token of the last block through the same (image: patches, then the class token;
+#           text: the real tokens up to and including end-of-text), float16 on disk, with a mask.
+# Either way the last real point of a set is the backbone's own pooled embedding.
+READOUTS = ("layers", "tokens")
 
 
 class SimilarityHead(nn.Module):
@@ -53,6 +63,7 @@ class SimilarityHead(nn.Module):
     # Scoring memory in MiB for heads that score in blocks (None: the head does not chunk). An
     # option users can set; on out-of-memory, evaluation halves it and retries (bench/eval/scoring.py).
     memory_budget_mb: float | None = None
+    readout: str = "layers"  # one of READOUTS
 
     def __init_subclass__(cls, **kwargs):
         """Record every constructor option, defaults included, as ``self.options`` (shown in the head's
@@ -94,6 +105,17 @@ class SimilarityHead(nn.Module):
     def score(self, image_rep, text_rep) -> torch.Tensor:
         """``[n_images, n_texts]`` logits."""
         raise NotImplementedError
+
+    def score_directions(self, image_rep, text_rep) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(i2t, t2i)``, both ``[n_images, n_texts]``: an image query ranks a row of ``i2t``, a text
+        query a column of ``t2i``. Training, retrieval and the synthetic metrics use each direction's
+        own matrix; zero-shot (images query classes) uses ``i2t``. Default: ``score`` for both.
+        Override it (returning ``score``'s matrix as ``i2t``) when the two directions differ (FILIP)."""
+        scores = self.score(image_rep, text_rep)
+        return scores, scores
+
+    def begin_train_step(self, step: int) -> None:
+        """Called before every training step's encoding (e.g. to redraw random features); default nothing."""
 
     def combine_prompts(self, text_rep, n_classes: int, n_prompts: int):
         """One class representation from ``n_prompts`` prompt representations per class.

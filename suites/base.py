@@ -98,6 +98,23 @@ class PointSets:
     def image_rows(self, idx: torch.Tensor) -> torch.Tensor:
         return idx if self.image_of_pair is None else self.image_of_pair[idx]
 
+    def image_batch(self, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image point sets and mask of pairs ``idx``, on ``device`` (read from disk for token sets)."""
+        return rows_of(self.images, self.image_mask, self.image_rows(idx), device)
+
+    def text_batch(self, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return rows_of(self.texts, self.text_mask, idx, device)
+
+
+def rows_of(points, mask, rows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows of a dense tensor (with its optional mask), or of a set store that reads them itself
+    (``rows(idx) -> (points, mask)``: token sets memory-mapped from the feature cache)."""
+    if hasattr(points, "rows"):
+        p, m = points.rows(rows)
+    else:
+        p, m = points[rows], None if mask is None else mask[rows]
+    return p.to(device, non_blocking=True), None if m is None else m.to(device, non_blocking=True)
+
 
 @dataclass
 class SuiteData:

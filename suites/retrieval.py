@@ -13,7 +13,7 @@ import torch
 
 from bench.eval import metrics, uncertainty
 from bench.data import retrieval_data
-from bench.eval.scoring import encode, score_matrix
+from bench.eval.scoring import encode, score_matrices
 from suites.backbone_suite import BackboneSuite
 from suites.base import Evaluation, ReportTable, SuiteData, register_suite
 
@@ -44,12 +44,12 @@ RETRIEVAL_SPEC = {
 }
 
 
-def retrieval_outcomes(scores: torch.Tensor, positives: torch.Tensor, caption_image: torch.Tensor) -> dict:
-    """Both directions' first-positive ranks; a caption's unit is its image."""
-    out = {f"i2t/{k}": v for k, v in uncertainty.rank_outcomes(scores, positives).items()}
-    out.update({f"t2i/{k}": v for k, v in uncertainty.rank_outcomes(scores.T, positives.T).items()})
+def retrieval_outcomes(i2t: torch.Tensor, t2i: torch.Tensor, positives: torch.Tensor, caption_image: torch.Tensor) -> dict:
+    """Both directions' first-positive ranks, each from its own matrix; a caption's unit is its image."""
+    out = {f"i2t/{k}": v for k, v in uncertainty.rank_outcomes(i2t, positives).items()}
+    out.update({f"t2i/{k}": v for k, v in uncertainty.rank_outcomes(t2i.T, positives.T).items()})
     out["t2i/unit"] = caption_image.cpu().numpy().astype("int32")
-    out["t2i/n_units"] = scores.shape[0]
+    out["t2i/n_units"] = i2t.shape[0]
     return out
 
 
@@ -94,9 +94,9 @@ class RetrievalSuite(BackboneSuite):
 
     def evaluate_dataset(self, head, image_rep, t: RetrievalTest, device) -> Evaluation:
         txt = encode(head, "text", t.texts, None, device)
-        scores = score_matrix(head, image_rep, txt, len(t.images), len(t.texts)).cpu()
-        positives = torch.zeros_like(scores, dtype=torch.bool)
+        i2t, t2i = (m.cpu() for m in score_matrices(head, image_rep, txt, len(t.images), len(t.texts)))
+        positives = torch.zeros_like(i2t, dtype=torch.bool)
         positives[t.caption_image, torch.arange(len(t.texts))] = True
-        recalls = metrics.retrieval_recalls(scores, positives, KS)
+        recalls = metrics.retrieval_recalls(i2t, positives, KS, t2i=t2i)
         return Evaluation({**recalls, "recall_sum": sum(recalls.values())},
-                          retrieval_outcomes(scores, positives, t.caption_image), RETRIEVAL_SPEC)
+                          retrieval_outcomes(i2t, t2i, positives, t.caption_image), RETRIEVAL_SPEC)

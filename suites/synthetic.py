@@ -26,7 +26,7 @@ import torch
 
 from bench.eval import metrics, uncertainty
 from bench.core.errors import ConfigError
-from bench.eval.scoring import encode, score_matrix
+from bench.eval.scoring import encode, score_matrices, score_matrix
 from suites.base import Evaluation, PointSets, ReportTable, Suite, SuiteData, register_suite
 from suites.synthetic_world import MODES, World
 
@@ -127,33 +127,40 @@ class SyntheticSuite(Suite):
                     "bayes_accuracy": test.bayes_accuracy}
         return SuiteData(train=train, image_dim=world.point_dim, text_dim=world.point_dim, test=test, identity=identity)
 
-    def _metrics(self, scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest) -> Evaluation:
+    def _metrics(self, scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest,
+                 t2i: torch.Tensor | None = None) -> Evaluation:
+        """``scores`` is the image-query (i2t) matrix; ``t2i`` the text-query one when a head scores the
+        directions differently (FILIP). InfoNCE and retrieval take each direction from its own matrix, the
+        row KL (image rows) from i2t, and Pearson, Spearman and RMSE compare the mean of the two with PMI."""
         n = scores.shape[0]
+        t2i = scores if t2i is None else t2i
+        both = scores if t2i is scores else (scores.double() + t2i.double()) / 2
         out = {
-            "infonce_excess": float(metrics.symmetric_infonce(scores.double())) - float(metrics.symmetric_infonce(test.pmi.double())),
+            "infonce_excess": float(metrics.symmetric_infonce(scores.double(), t2i.double()))
+            - float(metrics.symmetric_infonce(test.pmi.double())),
             "pmi_row_kl": metrics.row_kl(test.pmi, scores),
-            "pmi_pearson": metrics.pearson(scores, test.pmi),
-            "pmi_spearman": metrics.spearman(scores, test.pmi),
-            "pmi_rmse": metrics.centred_rmse(scores, test.pmi),
+            "pmi_pearson": metrics.pearson(both, test.pmi),
+            "pmi_spearman": metrics.spearman(both, test.pmi),
+            "pmi_rmse": metrics.centred_rmse(both, test.pmi),
         }
-        out.update(metrics.retrieval_recalls(scores, torch.eye(n, dtype=torch.bool, device=scores.device)))
+        out.update(metrics.retrieval_recalls(scores, torch.eye(n, dtype=torch.bool, device=scores.device), t2i=t2i))
         acc = metrics.topk_accuracy(class_scores, test.topics.to(class_scores.device), ks=(1,))[1]
         out["zeroshot_acc1"] = acc
         out["zeroshot_vs_bayes"] = acc / test.bayes_accuracy
-        return Evaluation(out, self._outcomes(scores, class_scores, test), self._spec(test))
+        return Evaluation(out, self._outcomes(scores, t2i, class_scores, test), self._spec(test))
 
     @staticmethod
-    def _outcomes(scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest) -> dict:
+    def _outcomes(scores: torch.Tensor, t2i: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest) -> dict:
         """Per test item: its share of InfoNCE excess and of the row KL, its ranks both ways, and the rank
         of its true topic; Pearson, Spearman and RMSE over all pairs have no per-item form."""
         n = scores.shape[0]
         eye = torch.eye(n, dtype=torch.bool)
         truth = torch.zeros_like(class_scores, dtype=torch.bool)
         truth[torch.arange(n), test.topics.to(class_scores.device)] = True
-        out = {"item/infonce_excess": (metrics.infonce_terms(scores) - metrics.infonce_terms(test.pmi)).numpy(),
+        out = {"item/infonce_excess": (metrics.infonce_terms(scores, t2i) - metrics.infonce_terms(test.pmi)).numpy(),
                "item/row_kl": metrics.row_kl_terms(test.pmi, scores).numpy()}
         out.update({f"i2t/{k}": v for k, v in uncertainty.rank_outcomes(scores, eye).items()})
-        out.update({f"t2i/{k}": v for k, v in uncertainty.rank_outcomes(scores.T, eye).items()})
+        out.update({f"t2i/{k}": v for k, v in uncertainty.rank_outcomes(t2i.T, eye).items()})
         out.update({f"zs/{k}": v for k, v in uncertainty.rank_outcomes(class_scores.cpu(), truth.cpu()).items()})
         return out
 
@@ -171,11 +178,11 @@ class SyntheticSuite(Suite):
         head.eval()
         img = encode(head, "image", test.pairs.images, None, device)
         txt = encode(head, "text", test.pairs.texts, None, device)
-        scores = score_matrix(head, img, txt, len(test.pairs), len(test.pairs)).cpu()
+        i2t, t2i = (m.cpu() for m in score_matrices(head, img, txt, len(test.pairs), len(test.pairs)))
         classes = head.combine_prompts(encode(head, "text", test.prompts, None, device),
                                        test.n_classes, test.prompts_per_class)
         class_scores = score_matrix(head, img, classes, len(test.pairs), test.n_classes).cpu()
-        return self._metrics(scores, class_scores, test)
+        return self._metrics(i2t, class_scores, test, t2i)
 
     def diagnostic_points(self, data: SuiteData, n: int = 256):
         return data.test.pairs.images[:n], data.test.pairs.texts[:n]

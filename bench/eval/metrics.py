@@ -45,22 +45,28 @@ def hit_probability(m: torch.Tensor, e: torch.Tensor, p: torch.Tensor) -> torch.
     return torch.where(m <= 0, torch.zeros_like(prob), torch.where(m > e, torch.ones_like(prob), prob))
 
 
-def retrieval_recalls(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """Both directions on an [images, texts] matrix, named as clip_benchmark names them."""
+def retrieval_recalls(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10),
+                      t2i: torch.Tensor | None = None) -> dict[str, float]:
+    """Both directions on an [images, texts] matrix, named as clip_benchmark names them. Text queries
+    rank the columns of ``t2i`` when the head scores that direction differently (FILIP)."""
     out = {}
-    for k, v in recall_at_k(scores.T, positives.T, ks).items():
+    for k, v in recall_at_k((scores if t2i is None else t2i).T, positives.T, ks).items():
         out[f"image_retrieval_recall@{k}"] = v  # text query -> images
     for k, v in recall_at_k(scores, positives, ks).items():
         out[f"text_retrieval_recall@{k}"] = v   # image query -> texts
     return out
 
 
-def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
+def symmetric_infonce(logits: torch.Tensor, t2i: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE of a square matrix whose diagonal holds the positives: the training loss
-    (differentiable, in the logits' dtype) and, on the whole test matrix, a synthetic-suite metric."""
+    (differentiable, in the logits' dtype) and, on the whole test matrix, a synthetic-suite metric.
+
+    A head with direction-specific scores (FILIP) gives ``t2i`` too: the image-to-text half is the
+    row cross-entropy of ``logits``, the text-to-image half the column cross-entropy of ``t2i``."""
+    t2i = logits if t2i is None else t2i
     target = torch.arange(logits.shape[0], device=logits.device)
     ce = torch.nn.functional.cross_entropy
-    return (ce(logits, target) + ce(logits.T, target)) / 2
+    return (ce(logits, target) + ce(t2i.T, target)) / 2
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -91,10 +97,12 @@ def row_kl_terms(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Ten
     return (p_log.exp() * (p_log - q_log)).sum(dim=1)
 
 
-def infonce_terms(logits: torch.Tensor) -> torch.Tensor:
-    """Per item i: (its row's cross-entropy + its column's) / 2; ``symmetric_infonce`` is their mean."""
+def infonce_terms(logits: torch.Tensor, t2i: torch.Tensor | None = None) -> torch.Tensor:
+    """Per item i: (its row's cross-entropy + its column's) / 2; ``symmetric_infonce`` is their mean.
+    The column is taken from ``t2i`` when the head scores the two directions differently."""
     s = logits.double()
-    return -(torch.log_softmax(s, dim=1).diagonal() + torch.log_softmax(s, dim=0).diagonal()) / 2
+    c = s if t2i is None else t2i.double()
+    return -(torch.log_softmax(s, dim=1).diagonal() + torch.log_softmax(c, dim=0).diagonal()) / 2
 
 
 def row_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> float:

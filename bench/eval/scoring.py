@@ -56,12 +56,12 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
-def _score_with_retries(head, image_rep, text_rep, retries: int = 4) -> torch.Tensor:
+def _score_with_retries(score, head, image_rep, text_rep, retries: int = 4):
     """On out-of-memory, halve the head's scoring budget and try again; then fail with the numbers."""
     budget = head.memory_budget_mb
     for attempt in range(retries + 1):
         try:
-            return head.score(image_rep, text_rep)
+            return score(image_rep, text_rep)
         except Exception as exc:  # noqa: BLE001 (only out-of-memory is handled; the rest re-raised)
             if not _is_oom(exc):
                 raise
@@ -75,13 +75,28 @@ def _score_with_retries(head, image_rep, text_rep, retries: int = 4) -> torch.Te
     raise AssertionError("unreachable")
 
 
-@torch.no_grad()
-def score_matrix(head, image_rep, text_rep, n_images: int, n_texts: int) -> torch.Tensor:
-    scores = _score_with_retries(head, image_rep, text_rep)
+def _checked(head, scores, n_images: int, n_texts: int, what: str = "score()") -> torch.Tensor:
     if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n_images, n_texts):
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ScoreError(f"head {head.name!r}: score() must return a [{n_images}, {n_texts}] tensor, got {shape}.")
+        raise ScoreError(f"head {head.name!r}: {what} must return a [{n_images}, {n_texts}] tensor, got {shape}.")
     bad = ~torch.isfinite(scores)
     if bool(bad.any()):
-        raise ScoreError(f"head {head.name!r}: score() returned {int(bad.sum())} NaN/inf values out of {scores.numel()}.")
+        raise ScoreError(f"head {head.name!r}: {what} returned {int(bad.sum())} NaN/inf values out of {scores.numel()}.")
     return scores.float()
+
+
+@torch.no_grad()
+def score_matrix(head, image_rep, text_rep, n_images: int, n_texts: int) -> torch.Tensor:
+    """The image-query (i2t) matrix: what zero-shot classification ranks classes by."""
+    return _checked(head, _score_with_retries(head.score, head, image_rep, text_rep), n_images, n_texts)
+
+
+@torch.no_grad()
+def score_matrices(head, image_rep, text_rep, n_images: int, n_texts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(i2t, t2i)`` from the head's ``score_directions``; the same tensor twice for most heads."""
+    pair = _score_with_retries(head.score_directions, head, image_rep, text_rep)
+    if not (isinstance(pair, tuple) and len(pair) == 2):
+        raise ScoreError(f"head {head.name!r}: score_directions() must return a pair (i2t, t2i), got {type(pair).__name__}.")
+    i2t = _checked(head, pair[0], n_images, n_texts, "score_directions()")
+    t2i = i2t if pair[1] is pair[0] else _checked(head, pair[1], n_images, n_texts, "score_directions()")
+    return i2t, t2i

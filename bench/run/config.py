@@ -26,6 +26,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.1,   # applied to matrices only, never to scales, bandwidths or biases
     "warmup_steps": 50,
     "grad_clip": 1.0,      # max global grad norm; 0 disables
+    "loss": "infonce",     # infonce | siglip (bench/run/losses.py); part of the protocol, so tables never mix losses
 }
 
 MAX_REPEATS = 100
@@ -215,6 +216,11 @@ def resolve(user: dict) -> dict:
         if not ok:
             raise ConfigError(f"train.{key} = {t[key]!r} is out of range: train needs {key} {allowed}. "
                               f"The default is {TRAIN_DEFAULTS[key]!r}.")
+    from bench.run.losses import LOSSES
+
+    if t["loss"] not in LOSSES:
+        raise ConfigError(f"train.loss = {t['loss']!r} is not a loss.{suggest(t['loss'], LOSSES.names())} "
+                          f"Losses: {', '.join(LOSSES.names())} (bench/run/losses.py).")
     return cfg
 
 

@@ -308,12 +308,14 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
             "description": cls.description, "options": cell.options}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timings, error, diagnostics = {"build_seconds": build_seconds}, None, {}
+    timings, error, diagnostics, trained_loss = {"build_seconds": build_seconds}, None, {}, {}
     try:
         seed = repeat_seed(cfg, cell.repeat)
         torch.manual_seed(seed)  # same initialisation stream for every head
         head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
         stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, progress)
+        loss_state = {} if stats.loss is None else {f"loss.{k}": v for k, v in stats.loss.state_dict().items()}
+        trained_loss = stats.loss_parameters()
         timings.update(train_seconds=round(stats.seconds, 3), train_steps=stats.steps,
                        train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
                        final_train_loss=stats.final_loss)
@@ -321,8 +323,10 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
             distributed.barrier()
             return None
         if head.trainable:
-            atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head, cell.repeat), head.state_dict(),
-                                {"head": cell.head, "version": cls.version, "config_key": cell.key})
+            atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head, cell.repeat),
+                                {**head.state_dict(), **loss_state},
+                                {"head": cell.head, "version": cls.version, "config_key": cell.key,
+                                 "loss": cfg["train"]["loss"]})
         t1 = time.perf_counter()
         evaluation = as_evaluation(suite.evaluate(head, data, device))
         timings["eval_seconds"] = round(time.perf_counter() - t1, 3)
@@ -338,6 +342,8 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
                      "failed" if error else "ok", error, timings, device, cfg)
     if diagnostics:
         record["diagnostics"] = {k: float(v) for k, v in diagnostics.items()}
+    if not error and trained_loss:
+        record["trained_loss"] = {"name": cfg["train"]["loss"], "parameters": trained_loss}
     path = results.write(out_dir, record, evaluation.outcomes, evaluation.spec) if is_main else None
     distributed.barrier()
     if not error:

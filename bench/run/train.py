@@ -1,4 +1,4 @@
-"""Symmetric InfoNCE training of a head on cached point sets, under one budget for every head.
+"""Contrastive training of a head on cached point sets, under one budget and one loss for every head.
 
 Fairness is the point: the optimiser, schedule, steps, batch size and the exact order of
 training pairs depend only on the config and the seed, never on the head.
@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.core import distributed
-from bench.eval.metrics import symmetric_infonce
 from bench.eval.scoring import check_rep
+from bench.run import losses
 from suites.base import PointSets
 
 
@@ -28,6 +28,13 @@ class TrainStats:
     final_loss: float | None
     seconds: float
     pairs_per_second: float | None
+    loss: torch.nn.Module | None = None  # the loss module, with its trained parameters (SigLIP's t and b)
+
+    def loss_parameters(self) -> dict[str, float]:
+        """The loss's own scalar parameters as trained, for the result file."""
+        if self.loss is None:
+            return {}
+        return {name: float(p.detach()) for name, p in self.loss.named_parameters() if p.numel() == 1}
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
@@ -65,8 +72,12 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
     if not head.trainable or not params or train_cfg["steps"] == 0:
         return TrainStats(0, None, 0.0, None)
     head.to(device).train()
+    loss_fn = losses.build(train_cfg.get("loss", "infonce")).to(device)
+    params += [p for p in loss_fn.parameters() if p.requires_grad]
     order = batch_order(len(data), train_cfg["batch_size"], train_cfg["steps"], seed)
-    opt = torch.optim.AdamW(param_groups(head, train_cfg["weight_decay"]), lr=train_cfg["lr"])
+    groups = param_groups(head, train_cfg["weight_decay"])
+    groups[1]["params"] += list(loss_fn.parameters())  # a loss's temperature and bias are never decayed
+    opt = torch.optim.AdamW(groups, lr=train_cfg["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_schedule(train_cfg["warmup_steps"], train_cfg["steps"]))
     loss_value = None
     start = time.perf_counter()
@@ -74,14 +85,12 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
     bar = tqdm(order, desc=f"train {label}", unit="step", disable=None if show else True, leave=False)
     for step, global_idx in enumerate(bar):
         idx = distributed.local_slice(global_idx)
-        rows = data.image_rows(idx)
-        img = data.images[rows].to(device, non_blocking=True)
-        txt = data.texts[idx].to(device, non_blocking=True)
-        im = None if data.image_mask is None else data.image_mask[rows].to(device)
-        tm = None if data.text_mask is None else data.text_mask[idx].to(device)
+        img, im = data.image_batch(idx, device)
+        txt, tm = data.text_batch(idx, device)
+        head.begin_train_step(step)
         image_rep = distributed.gather(check_rep(head, "image", head.encode_image(img, im), len(idx)))
         text_rep = distributed.gather(check_rep(head, "text", head.encode_text(txt, tm), len(idx)))
-        loss = symmetric_infonce(head.score(image_rep, text_rep))
+        loss = loss_fn(*head.score_directions(image_rep, text_rep))
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"head {label!r}: training loss is {float(loss.detach())} at step {step}. Lower train.lr "
@@ -101,4 +110,6 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
             bar.set_postfix(loss=f"{loss_value:.4f}")
     seconds = time.perf_counter() - start
     head.eval()
-    return TrainStats(len(order), loss_value, seconds, len(order) * train_cfg["batch_size"] / max(seconds, 1e-9))
+    loss_fn.eval()
+    return TrainStats(len(order), loss_value, seconds, len(order) * train_cfg["batch_size"] / max(seconds, 1e-9),
+                      loss_fn)
