@@ -13,6 +13,9 @@ BUILTIN_MODULES = (
     "heads.kme_rbf",
     "heads.kme_rff",
     "heads.kme_proto",  # kme_proto and its control, proto_cosine
+    "heads.wpse",
+    "heads.filip",
+    "heads.meru",
 )
 
 for _module in BUILTIN_MODULES:

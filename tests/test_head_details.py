@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from heads import get_head
+from heads import BUILTIN_MODULES, HEADS, get_head
 
-ALL = ["clip_frozen", "cosine", "kme_rbf", "kme_rff", "kme_proto", "proto_cosine"]
+# Every shipped head (the built-in modules' registrations): a new head is covered without editing this list.
+ALL = sorted(n for n in HEADS.names() if get_head(n).__module__ in BUILTIN_MODULES)
 
 
 def sets(n, m, d, seed):
@@ -66,6 +67,11 @@ DEFAULTS = {
     "kme_proto": {"prototypes": 16, "sigma": math.sqrt(0.07), "max_inverse_sigma2": 100.0, "learn_sigma": True,
                   "out_dim": None},
     "proto_cosine": {"prototypes": 16, "init_logit_scale": 1 / 0.07, "max_logit_scale": 100.0, "out_dim": None},
+    "wpse": {"alpha": 100.0, "sigma": 0.5, "num_features": 1024, "linear_weight": 2 / 3, "kernel_weight": 1 / 3,
+             "init_logit_scale": 1 / 0.07, "min_logit_scale": 1.0, "max_logit_scale": 100.0, "out_dim": None, "seed": 0},
+    "filip": {"init_logit_scale": math.exp(3.8665), "max_logit_scale": 100.0, "out_dim": None, "memory_budget_mb": 512.0},
+    "meru": {"init_curvature": 1.0, "min_curvature": 0.1, "max_curvature": 10.0, "learn_curvature": True,
+             "init_logit_scale": 1 / 0.07, "max_logit_scale": 100.0, "out_dim": None},
 }
 
 

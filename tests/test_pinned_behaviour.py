@@ -67,6 +67,9 @@ NO_DECAY = {  # scales, bandwidths, biases: never decayed (decaying a log temper
     "cosine": {"log_logit_scale"},
     "kme_rbf": _KME_NO_DECAY,
     "kme_rff": _KME_NO_DECAY,
+    "wpse": {"log_logit_scale", "image_weight.bias", "text_weight.bias"},
+    "filip": {"log_logit_scale"},
+    "meru": {"log_logit_scale", "log_alpha_image", "log_alpha_text", "log_curvature"},
 }
 
 
@@ -366,7 +369,8 @@ def test_kernel_triton_is_refused_before_work_where_it_cannot_run(monkeypatch):
     get_head("kme_rbf")(4, 4, kernel="triton").check_device(torch.device("cuda"))
 
 
-@pytest.mark.parametrize("name", ["clip_frozen", "cosine", "kme_rbf", "kme_rff", "kme_proto", "proto_cosine"])
+@pytest.mark.parametrize("name", ["clip_frozen", "cosine", "kme_rbf", "kme_rff", "kme_proto", "proto_cosine",
+                                  "wpse", "filip", "meru"])
 def test_a_heads_options_are_its_resolved_constructor_options(name):
     from bench.run import config
 
