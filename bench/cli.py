@@ -279,7 +279,8 @@ def _listing(kind: str) -> str:
         from bench.core.errors import ConfigError
         from bench.run import config
 
-        lines = ["Heads (set options under heads.NAME in --config; every option below is recorded in each result):"]
+        lines = ["Heads (set options under heads.NAME in --config; every option below is recorded in each result).",
+                 "Readout: layers = the pooled token at the last L blocks; tokens = every token of the last block."]
         for n in heads.list_heads():
             c = heads.get_head(n)
             try:
@@ -287,7 +288,10 @@ def _listing(kind: str) -> str:
                 shown = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items())
             except ConfigError as exc:
                 shown = str(exc)
-            lines += ["", f"{n} (v{c.version}, {'trainable' if c.trainable else 'trains nothing'})"]
+            scores = "direction-specific scores" if c.score_directions is not heads.SimilarityHead.score_directions \
+                else "one score for both directions"
+            lines += ["", f"{n} (v{c.version}, {'trainable' if c.trainable else 'trains nothing'}, readout: {c.readout}, "
+                          f"{scores})"]
             lines += textwrap.wrap(c.description, 100, initial_indent="  ", subsequent_indent="  ")
             lines += textwrap.wrap(f"options: {shown or 'none'}", 100, initial_indent="  ", subsequent_indent="    ")
         return "\n".join(lines)

@@ -86,30 +86,32 @@ class FilipHead(SimilarityHead):
         return self._tokens(points, mask, self.text_map)
 
     @staticmethod
-    def _block(img: TokenRep, txt: TokenRep, rows: slice, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    def _block(img: TokenRep, txt: TokenRep, rows: slice, cols: slice, both: bool) -> tuple[torch.Tensor, torch.Tensor]:
         u, um = img.points[rows], img.mask[rows]
         v, vm = txt.points[cols], txt.mask[cols]
         sims = torch.einsum("atd,bsd->abts", u, v)  # [a, b, image tokens, text tokens]
         neg = torch.finfo(sims.dtype).min
         best_text = sims.masked_fill(~vm[None, :, None, :], neg).amax(dim=3)   # [a, b, t]
-        best_image = sims.masked_fill(~um[:, None, :, None], neg).amax(dim=2)  # [a, b, s]
         s_i = (best_text * um[:, None, :]).sum(-1) / um.sum(-1, keepdim=True)
+        if not both:
+            return s_i, s_i
+        best_image = sims.masked_fill(~um[:, None, :, None], neg).amax(dim=2)  # [a, b, s]
         s_t = (best_image * vm[None, :, :]).sum(-1) / vm.sum(-1)[None, :]
         return s_i, s_t
 
-    def score_directions(self, image_rep: TokenRep, text_rep: TokenRep):
+    def score_directions(self, image_rep: TokenRep, text_rep: TokenRep, both: bool = True):
         n, m = image_rep.points.shape[0], text_rep.points.shape[0]
         per_pair = image_rep.points.shape[1] * text_rep.points.shape[1] * image_rep.points.element_size() * 3
         rows, cols = chunk_sizes(n, m, per_pair, self.memory_budget_mb * 2**20)
         if rows >= n and cols >= m:
-            s_i, s_t = self._block(image_rep, text_rep, slice(0, n), slice(0, m))
+            s_i, s_t = self._block(image_rep, text_rep, slice(0, n), slice(0, m), both)
         else:
             s_i = image_rep.points.new_empty(n, m)
             s_t = image_rep.points.new_empty(n, m)
             for r in range(0, n, rows):
                 for c in range(0, m, cols):
                     rs, cs = slice(r, min(r + rows, n)), slice(c, min(c + cols, m))
-                    s_i[rs, cs], s_t[rs, cs] = self._block(image_rep, text_rep, rs, cs)
+                    s_i[rs, cs], s_t[rs, cs] = self._block(image_rep, text_rep, rs, cs, both)
         scale = self.logit_scale
         s_i, s_t = scale * s_i, scale * s_t
         if text_rep.group > 1:  # prompts of one class: their scores averaged
@@ -119,4 +121,4 @@ class FilipHead(SimilarityHead):
 
     def score(self, image_rep: TokenRep, text_rep: TokenRep) -> torch.Tensor:
         """The image-to-text scores (what an image query, and zero-shot, ranks by)."""
-        return self.score_directions(image_rep, text_rep)[0]
+        return self.score_directions(image_rep, text_rep, both=False)[0]

@@ -68,6 +68,7 @@ class BackboneSuite(Suite):
         super().__init__(params)
         self.corrupt: dict[str, dict] = {}  # "dataset/split" -> the images left out as undecodable
         self._loaded = None
+        self.readouts: set[str] = {"layers"}  # set by the runner: what the heads of this run read (heads/base.py)
 
     def load_test_set(self, root: Path, name: str):
         raise NotImplementedError
@@ -111,10 +112,12 @@ class BackboneSuite(Suite):
     def cache(self) -> FeatureCache:
         return FeatureCache(self.roots()[1])
 
-    def image_points(self, backbone, cache, name: str, split: str, paths) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points for every image, and which to keep: undecodable ones fail the run unless skip_corrupt."""
+    def image_points(self, backbone, cache, name: str, split: str, paths, readout: str = "layers"):
+        """Points for every image (a tensor, or token sets on disk), and which to keep: undecodable ones
+        fail the run unless skip_corrupt."""
         kw = {"batch_size": self.params["batch_size"], "workers": self.params["workers"]}
-        got = extract.image_points(cache, backbone, name, split, paths, **kw)
+        read = extract.image_token_sets if readout == "tokens" else extract.image_points
+        got = read(cache, backbone, name, split, paths, **kw)
         keep = torch.ones(len(paths), dtype=torch.bool)
         if got.corrupt:
             files = {str(paths[i]): why for i, why in sorted(got.corrupt.items())}
@@ -127,16 +130,29 @@ class BackboneSuite(Suite):
                       "they are listed in the result file.", file=sys.stderr)
         return got.points, keep
 
-    def text_points(self, backbone, cache, name: str, split: str, texts) -> torch.Tensor:
-        return extract.text_points(cache, backbone, name, split, texts, batch_size=self.params["text_batch_size"]).points
+    def text_points(self, backbone, cache, name: str, split: str, texts, readout: str = "layers"):
+        read = extract.text_token_sets if readout == "tokens" else extract.text_points
+        return read(cache, backbone, name, split, texts, batch_size=self.params["text_batch_size"]).points
 
     def train_set(self) -> retrieval_data.RetrievalSet:
         """Validated before any backbone work, like every test set."""
         return retrieval_data.load(self.roots()[0], self.params["train_dataset"], self.params["train_split"])
 
-    def train_pairs(self, train: retrieval_data.RetrievalSet, backbone, cache) -> PointSets:
-        img, keep = self.image_points(backbone, cache, train.name, train.split, train.image_paths)
-        txt = self.text_points(backbone, cache, train.name, train.split, train.captions)
+    def build(self, seed: int) -> SuiteData:
+        """The data of every readout the run's heads need, each from its own cache entries."""
+        tests, train = self.loaded()  # every dataset validated before any backbone work
+        backbone, cache = self.backbone(seed), self.cache()
+        views = {r: self.build_readout(backbone, cache, tests, train, r) for r in sorted(self.readouts)}
+        main = views.get("layers") or next(iter(views.values()))
+        main.views = views
+        return main
+
+    def build_readout(self, backbone, cache, tests: dict, train, readout: str) -> SuiteData:
+        raise NotImplementedError
+
+    def train_pairs(self, train: retrieval_data.RetrievalSet, backbone, cache, readout: str = "layers") -> PointSets:
+        img, keep = self.image_points(backbone, cache, train.name, train.split, train.image_paths, readout)
+        txt = self.text_points(backbone, cache, train.name, train.split, train.captions, readout)
         image_of_pair = torch.tensor(train.caption_image, dtype=torch.long)
         pairs = keep[image_of_pair]  # a left-out image takes its captions with it
         return PointSets(img, txt[pairs], image_of_pair=image_of_pair[pairs])
@@ -158,6 +174,8 @@ class BackboneSuite(Suite):
 
     def diagnostic_points(self, data: SuiteData, n: int = 256):
         first = next(iter(data.test.values()), None)
+        if first is not None and not isinstance(first.images, torch.Tensor):  # token sets: no diagnostics
+            return None
         texts = getattr(first, "texts", None) if first is not None else None
         texts = getattr(first, "prompts", None) if texts is None and first is not None else texts
         return None if first is None or texts is None else (first.images[:n], texts[:n])

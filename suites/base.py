@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from bench.core.registry import Registry
+from bench.eval.scoring import rows_of
 
 SUITES: Registry[type["Suite"]] = Registry("suite")
 
@@ -106,16 +107,6 @@ class PointSets:
         return rows_of(self.texts, self.text_mask, idx, device)
 
 
-def rows_of(points, mask, rows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rows of a dense tensor (with its optional mask), or of a set store that reads them itself
-    (``rows(idx) -> (points, mask)``: token sets memory-mapped from the feature cache)."""
-    if hasattr(points, "rows"):
-        p, m = points.rows(rows)
-    else:
-        p, m = points[rows], None if mask is None else mask[rows]
-    return p.to(device, non_blocking=True), None if m is None else m.to(device, non_blocking=True)
-
-
 @dataclass
 class SuiteData:
     train: PointSets
@@ -123,6 +114,13 @@ class SuiteData:
     text_dim: int
     test: Any                      # suite-specific test data
     identity: dict = field(default_factory=dict)  # what identifies the test set in result files
+    # The same data as another readout gives it (heads/base.py READOUTS), when the run has heads of several.
+    views: dict[str, "SuiteData"] = field(default_factory=dict)
+
+    def for_readout(self, readout: str) -> "SuiteData":
+        """What a head of this readout trains and is tested on; generated data (the synthetic suite) has one
+        form for every readout: its draws play the part of tokens and their mean that of the pooled token."""
+        return self.views.get(readout, self)
 
 
 class Suite:

@@ -57,16 +57,14 @@ class ClassificationSuite(BackboneSuite):
     def load_test_set(self, root, name: str) -> classification_data.ClassificationSet:
         return classification_data.load(root, name)
 
-    def build(self, seed: int) -> SuiteData:
-        sets, train = self.loaded()  # every dataset validated before any backbone work
-        backbone, cache = self.backbone(seed), self.cache()
-        pairs = self.train_pairs(train, backbone, cache)
+    def build_readout(self, backbone, cache, sets: dict, train, readout: str) -> SuiteData:
+        pairs = self.train_pairs(train, backbone, cache, readout)
         test = {}
         for name, ds in sets.items():
-            images, keep = self.image_points(backbone, cache, name, "test", ds.image_paths)
+            images, keep = self.image_points(backbone, cache, name, "test", ds.image_paths, readout)
             test[name] = ClassificationTest(
                 images[keep], torch.tensor(ds.labels, dtype=torch.long)[keep],
-                self.text_points(backbone, cache, name, "prompts", ds.prompts()),
+                self.text_points(backbone, cache, name, "prompts", ds.prompts(), readout),
                 len(ds.classnames), len(ds.templates))
         datasets = {n: {"images": len(test[n].images), "classes": len(ds.classnames), "templates": len(ds.templates),
                         "fingerprint": ds.fingerprint()} for n, ds in sets.items()}

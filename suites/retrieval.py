@@ -76,14 +76,12 @@ class RetrievalSuite(BackboneSuite):
     def load_test_set(self, root, name: str) -> retrieval_data.RetrievalSet:
         return retrieval_data.load(root, name, self.params["test_split"])
 
-    def build(self, seed: int) -> SuiteData:
-        tests, train = self.loaded()  # every dataset validated before any backbone work
-        backbone, cache = self.backbone(seed), self.cache()
-        pairs = self.train_pairs(train, backbone, cache)
+    def build_readout(self, backbone, cache, tests: dict, train, readout: str) -> SuiteData:
+        pairs = self.train_pairs(train, backbone, cache, readout)
         test = {}
         for name, ds in tests.items():
-            images, keep = self.image_points(backbone, cache, name, ds.split, ds.image_paths)
-            texts = self.text_points(backbone, cache, name, ds.split, ds.captions)
+            images, keep = self.image_points(backbone, cache, name, ds.split, ds.image_paths, readout)
+            texts = self.text_points(backbone, cache, name, ds.split, ds.captions, readout)
             caption_image = torch.tensor(ds.caption_image, dtype=torch.long)
             kept_captions = keep[caption_image]  # a left-out image takes its captions with it
             new_index = torch.cumsum(keep, 0) - 1

@@ -115,3 +115,30 @@ def test_dataset_features_go_through_the_cache_and_match_the_model(tiny_backbone
     Image.new("RGB", (50, 50)).save(paths[0])
     extract.image_points(cache, tiny_backbone, "toy", "test", paths, batch_size=2, workers=0, progress=False)
     assert calls["image"] == 6
+
+
+def test_token_readout_is_the_last_block_through_norm_and_projection(tiny_backbone):
+    """Tokens equal open_clip's own forward_intermediates output for the last block, through the final
+    LayerNorm and projection; the last real point is encode_image / encode_text exactly."""
+    bb = tiny_backbone
+    m = bb.model
+    images = torch.randn(3, 3, 32, 32)
+    texts = bb.tokenize(["a photo of a cat", "a dog", ""])
+    ip, im = bb.image_tokens(images)
+    tp, tm = bb.text_tokens(texts)
+    with torch.no_grad():
+        out = m.forward_intermediates(image=images, text=texts, image_indices=1, text_indices=1, normalize=False,
+                                      image_output_fmt="NLC", image_output_extra_tokens=True)
+        patches = m.visual.ln_post(out["image_intermediates"][-1]) @ m.visual.proj
+        text_all = m.ln_final(out["text_intermediates"][-1]) @ m.text_projection
+        enc_i, enc_t = m.encode_image(images).float(), m.encode_text(texts).float()
+    assert ip.shape == (3, 16 + 1, 32) and bool(im.all())  # 4 x 4 patches, then the class token
+    assert torch.allclose(ip[:, :-1], patches, atol=1e-5)
+    assert torch.equal(ip[:, -1], enc_i)
+    lengths = tm.sum(1)
+    assert lengths.tolist() == [int(texts[i].argmax()) + 1 for i in range(3)]  # through end-of-text
+    assert lengths[2] == 2  # an empty caption: start and end
+    for i in range(3):
+        n = int(lengths[i])
+        assert torch.allclose(tp[i, :n - 1], text_all[i, :n - 1], atol=1e-5)
+        assert torch.equal(tp[i, n - 1], enc_t[i])

@@ -143,3 +143,26 @@ def test_skip_corrupt_drops_the_sample_and_keeps_labels_aligned(data, tmp_path, 
     assert "imagenet_sketch/mean_per_class_recall" in capsys.readouterr().out
     assert skipped["suite"]["test_set"]["datasets"]["imagenet_sketch"]["images"] == 1009
     assert list(skipped["suite"]["test_set"]["corrupt_images_skipped"]["imagenet_sketch/test"]["files"]) == [str(bad_root / victim)]
+
+
+def _run_heads(data, tmp_path, heads):
+    root, cfg, small = data
+    args = ["--suite", "classification", "--backbone", str(cfg), "--data-root", str(root), "--config", str(small),
+            "--out", str(tmp_path), "--no-progress", "--device", "cpu", "--heads", heads]
+    assert main(args) == 0
+    recs = {r["head"]["name"]: r for r in results.load_all(tmp_path)}
+    assert set(recs) == set(heads.split(",")) and all(r["status"] == "ok" for r in recs.values())
+    return recs
+
+
+@pytest.mark.slow  # 40 s: 80,000 prompts through the token readout
+def test_wpse_and_meru_classify_zero_shot_from_tokens_and_pooled_points(data, tmp_path):
+    recs = _run_heads(data, tmp_path, "wpse,meru")
+    for r in recs.values():
+        assert 0 <= r["metrics"]["imagenet_sketch/acc1"] <= r["metrics"]["imagenet_sketch/acc5"] <= 1
+
+
+@pytest.mark.slow  # FILIP's token-by-token scores of 1,010 images against 80,000 prompts
+def test_filip_classifies_zero_shot_with_its_prompt_ensemble(data, tmp_path):
+    recs = _run_heads(data, tmp_path, "filip")
+    assert 0 <= recs["filip"]["metrics"]["imagenet_sketch/acc1"] <= 1

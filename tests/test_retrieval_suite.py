@@ -141,3 +141,43 @@ def test_heads_train_on_webdataset_shards(data, tmp_path):
     assert run_retrieval(root, cfg, conf, tmp_path / "o", heads="cosine") == 0
     record = results.read(results.run_path(tmp_path / "o", "retrieval", "cosine"))
     assert record["suite"]["test_set"]["train"]["pairs"] == 20 and record["timing"]["train_steps"] == 3
+
+
+@pytest.mark.parametrize("loss", ["infonce", "siglip"])
+def test_token_and_field_heads_run_end_to_end_under_either_loss(data, tmp_path, loss):
+    """Every head beside the shipped ones, under either loss: the token heads read float16 token sets from
+    the cache (a second entry beside the layers readout), and their scores equal a dense recomputation."""
+    from bench.features.cache import FeatureCache
+
+    root, cfg, small = data
+    config = tmp_path / f"{loss}.yaml"
+    config.write_text(small.read_text().replace("train: {", f"train: {{loss: {loss}, "))
+    heads = "cosine,kme_rbf,kme_rff,wpse,filip,meru"
+    assert run_retrieval(root, cfg, config, tmp_path / "a", heads) == 0
+    recs = {r["head"]["name"]: r for r in results.load_all(tmp_path / "a")}
+    assert set(recs) == set(heads.split(",")) and all(r["status"] == "ok" for r in recs.values())
+    assert all(r["config"]["resolved"]["train"]["loss"] == loss for r in recs.values())
+    manifests = [json.loads(m.read_text()) for m in (root / "cache").glob("*/manifest.json")]
+    tokens = [m for m in manifests if m["fields"].get("readout") == "tokens"]
+    assert tokens and all(m["dtype"] == "float16" for m in tokens)
+    images = [m for m in tokens if m["fields"]["side"] == "image" and m["fields"]["dataset"] == "flickr30k"]
+    assert images[0]["rows"] == 8 and images[0]["total_tokens"] == 8 * 17  # 16 patches and the class token
+    texts = [m for m in tokens if m["fields"]["side"] == "text" and m["fields"]["dataset"] == "flickr30k"]
+    assert texts[0]["total_tokens"] < 40 * 16  # ragged: real tokens only, not the context length
+    # a rerun reuses every cell: nothing is extracted again
+    assert run_retrieval(root, cfg, config, tmp_path / "a", heads) == 0
+    # the token sets read back equal the backbone's own tokens
+    from bench.features.backbone import Backbone, BackboneSpec
+    from bench.data import retrieval_data
+
+    bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=0)
+    ds = retrieval_data.load(root, "flickr30k", "test")
+    cache = FeatureCache(root / "cache")
+    from bench.features import extract
+
+    got = extract.text_token_sets(cache, bb, "flickr30k", "test", ds.captions)
+    assert got.cached
+    p, m = got.points.rows(torch.arange(3))
+    want, want_mask = bb.text_tokens(bb.tokenize(ds.captions[:3]))
+    assert torch.equal(m, want_mask[:, :m.shape[1]]) and not bool(want_mask[:, m.shape[1]:].any())
+    assert torch.allclose(p[m], want[want_mask], atol=1e-3, rtol=1e-3)  # float16 storage

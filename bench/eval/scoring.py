@@ -36,14 +36,25 @@ def check_rep(head, side: str, rep, n: int):
     return rep
 
 
+def rows_of(points, mask, rows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows of a dense tensor (with its optional mask), or of a set store that reads them itself
+    (``rows(idx) -> (points, mask)``: token sets memory-mapped from the feature cache)."""
+    if hasattr(points, "rows"):
+        p, m = points.rows(rows)
+    else:
+        p, m = points[rows], None if mask is None else mask[rows]
+    return p.to(device, non_blocking=True), None if m is None else m.to(device, non_blocking=True)
+
+
 @torch.no_grad()
-def encode(head, side: str, points: torch.Tensor, mask: torch.Tensor | None, device, batch: int = 4096):
-    """Encode all sets in batches on ``device``; the representation stays on the device."""
+def encode(head, side: str, points, mask: torch.Tensor | None, device, batch: int = 4096):
+    """Encode all sets in batches on ``device``; the representation stays on the device. ``points`` is a
+    dense ``[n, p, d]`` tensor or token sets read a batch at a time."""
     fn = head.encode_image if side == "image" else head.encode_text
     reps = []
-    for start in range(0, points.shape[0], batch):
-        p = points[start:start + batch].to(device, non_blocking=True)
-        m = None if mask is None else mask[start:start + batch].to(device, non_blocking=True)
+    n = len(points)
+    for start in range(0, n, batch):
+        p, m = rows_of(points, mask, torch.arange(start, min(start + batch, n)), device)
         reps.append(check_rep(head, side, fn(p, m), p.shape[0]))
     return _cat(reps)
 
@@ -97,6 +108,8 @@ def score_matrices(head, image_rep, text_rep, n_images: int, n_texts: int) -> tu
     pair = _score_with_retries(head.score_directions, head, image_rep, text_rep)
     if not (isinstance(pair, tuple) and len(pair) == 2):
         raise ScoreError(f"head {head.name!r}: score_directions() must return a pair (i2t, t2i), got {type(pair).__name__}.")
-    i2t = _checked(head, pair[0], n_images, n_texts, "score_directions()")
-    t2i = i2t if pair[1] is pair[0] else _checked(head, pair[1], n_images, n_texts, "score_directions()")
+    own = getattr(type(head).score_directions, "__qualname__", "") != "SimilarityHead.score_directions"
+    what = "score_directions()" if own else "score()"  # name what the head's author wrote
+    i2t = _checked(head, pair[0], n_images, n_texts, what)
+    t2i = i2t if pair[1] is pair[0] else _checked(head, pair[1], n_images, n_texts, what)
     return i2t, t2i

@@ -147,6 +147,47 @@ class Backbone:
             points.append(pooled)
         return torch.stack([*points, out["text_features"]], dim=1).float()
 
+    @torch.no_grad()
+    def image_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, 3, H, W]`` -> every token of the last block through the final LayerNorm and projection:
+        ``[B, patches + 1, D]`` (patches, then the pooled token: exactly encode_image) and an all-True mask."""
+        out = self.model.forward_intermediates(
+            image=images.to(self.device), image_indices=1, normalize=False, normalize_intermediates=True,
+            image_output_fmt="NLC", image_output_extra_tokens=True)
+        patches = out["image_intermediates"][-1]
+        if patches.dim() == 4:  # a tower that ignores the NLC request returns NCHW
+            patches = patches.flatten(2).transpose(1, 2)
+        proj = self.model.visual.proj
+        patches = patches @ proj if proj is not None else patches
+        points = torch.cat([patches, out["image_features"][:, None]], dim=1).float()
+        return points, torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
+
+    @torch.no_grad()
+    def text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, context]`` -> the last block's tokens through ln_final and the projection, ``[B, context, D]``,
+        with a mask of the real ones: up to and including end-of-text, whose point is encode_text exactly."""
+        m = self.model
+        tokens = tokens.to(self.device)
+        pool = getattr(m, "text_pool_type", "argmax")
+        if pool == "argmax":
+            end = tokens.argmax(dim=-1)
+        elif pool == "eos" and getattr(m, "text_eos_id", None) is not None:
+            end = (tokens == m.text_eos_id).int().argmax(dim=-1)
+        else:
+            raise BackboneError(f"the tokens readout needs a text tower pooled at end-of-text (argmax or eos); "
+                                f"{self.spec.model} pools with {pool!r}. Use a layers-readout head with it.")
+        out = m.forward_intermediates(text=tokens, text_indices=1, normalize=False, normalize_intermediates=True)
+        x = out["text_intermediates"][-1]
+        if isinstance(m.text_projection, torch.nn.Linear):
+            x = m.text_projection(x)
+        elif m.text_projection is not None:
+            x = x @ m.text_projection
+        x = x.float().clone()
+        rows = torch.arange(len(tokens), device=x.device)
+        x[rows, end] = out["text_features"].float()
+        mask = torch.arange(tokens.shape[1], device=x.device)[None, :] <= end[:, None]
+        return x, mask
+
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts)
 

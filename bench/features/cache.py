@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from bench.core import atomic, distributed, hashing
+from bench.features.token_sets import OFFSETS_FILE, TOKENS_FILE, TokenSets, TokenWriter
 
 log = logging.getLogger(__name__)
 CACHE_SCHEMA = 1
@@ -102,31 +103,70 @@ class FeatureCache:
         distributed.barrier()
         return CacheEntry(points, False, json.loads(json.dumps(extra or {}, default=str)))
 
-    def store(self, fields: dict, points: torch.Tensor, extra: dict | None = None) -> None:
-        """Publish ``points`` for ``fields`` whole, or not at all. ``extra`` (JSON) goes into the manifest."""
-        from safetensors.torch import save_file
+    def get_or_build_tokens(self, fields: dict, stream: Callable[[TokenWriter], dict]) -> tuple[TokenSets, bool, dict]:
+        """Token sets for ``fields``, or those ``stream(writer)`` writes batch by batch (it returns the extra).
 
+        Written straight to disk, so a dataset's tokens never sit in RAM at once; read back memory-mapped.
+        Under torchrun rank 0 extracts alone while the others wait, then every rank maps the same files.
+        """
+        why = self.problem(fields)
+        cached = distributed.all_true(why is None)
+        if not cached:
+            if why not in (None, "not cached"):
+                log.warning("feature cache %s is stale (%s); rebuilding it.", self.path(fields), why)
+            if distributed.is_main():
+                self._publish_built(fields, lambda tmp: self._write_tokens(tmp, stream))
+            distributed.barrier()
+        manifest = self.manifest(fields)
+        sets = TokenSets(self.path(fields), manifest["dim"], manifest["total_tokens"])
+        return sets, cached, manifest.get("extra", {})
+
+    @staticmethod
+    def _write_tokens(tmp: Path, stream) -> dict:
+        writer = TokenWriter(tmp)
+        try:
+            extra = stream(writer) or {}
+        finally:
+            layout = writer.finish()
+        return {"kind": "tokens", "dtype": "float16", **layout,
+                "files": [TOKENS_FILE, OFFSETS_FILE], "extra": extra}
+
+    def _publish_built(self, fields: dict, write: Callable[[Path], dict]) -> None:
+        """``write(tmp)`` fills a building folder and returns the manifest's content; the manifest gets the
+        files' sizes and checksums, and the folder is renamed into place whole (or removed)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.sweep_partials()
         final = self.path(fields)
-        tag = f"{_host()}.{os.getpid()}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}.", suffix=".partial", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_host()}.{os.getpid()}.", suffix=".partial", dir=self.root))
         os.chmod(tmp, atomic.umask_mode(directory=True))
         try:
-            points = points.detach().float().cpu()
-            shards = []
-            for i, start in enumerate(range(0, len(points), self.shard_rows)):
-                name = f"shard-{i:05d}.safetensors"
-                save_file({"points": points[start:start + self.shard_rows].contiguous()}, str(tmp / name))
-                shards.append({"file": name, "rows": int(min(self.shard_rows, len(points) - start)),
-                               "bytes": (tmp / name).stat().st_size, "sha256": hashing.file_sha256(tmp / name)})
-            manifest = {"schema": CACHE_SCHEMA, "fields": fields, "rows": len(points),
-                        "shape": list(points.shape), "shards": shards, "extra": extra or {}}
+            content = write(tmp)
+            files = content.pop("files")
+            files = [f if isinstance(f, dict) else {"file": f} for f in files]  # a file may carry more (its rows)
+            shards = [{**f, "bytes": (tmp / f["file"]).stat().st_size, "sha256": hashing.file_sha256(tmp / f["file"])}
+                      for f in files]
+            manifest = {"schema": CACHE_SCHEMA, "fields": fields, **content, "shards": shards}
             atomic.write_json(tmp / "manifest.json", json.loads(json.dumps(manifest, default=str)))
             self._publish(tmp, final, fields)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def store(self, fields: dict, points: torch.Tensor, extra: dict | None = None) -> None:
+        """Publish ``points`` for ``fields`` whole, or not at all. ``extra`` (JSON) goes into the manifest."""
+        from safetensors.torch import save_file
+
+        points = points.detach().float().cpu()
+
+        def write(tmp: Path) -> dict:
+            files = []
+            for i, start in enumerate(range(0, len(points), self.shard_rows)):
+                part = points[start:start + self.shard_rows].contiguous()
+                files.append({"file": f"shard-{i:05d}.safetensors", "rows": len(part)})
+                save_file({"points": part}, str(tmp / files[-1]["file"]))
+            return {"rows": len(points), "shape": list(points.shape), "files": files, "extra": extra or {}}
+
+        self._publish_built(fields, write)
 
     def sweep_partials(self) -> list[Path]:
         """Remove building folders whose writer is gone: a dead process on this host, or older than a day."""

@@ -28,6 +28,7 @@ from bench.core import distributed
 from bench.data import image_source
 from bench.features.backbone import Backbone
 from bench.features.cache import FeatureCache
+from bench.features.token_sets import TokenSets
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 @dataclass
 class Extracted:
-    points: torch.Tensor
+    points: "torch.Tensor | TokenSets"           # dense point sets (layers readout), or token sets on disk
     cached: bool                                   # no forward pass was needed
     corrupt: dict[int, str] = field(default_factory=dict)  # item index -> why it could not be decoded
 
@@ -89,9 +90,11 @@ def loader_workers(requested: int) -> int:
 
 
 def image_batches(backbone: Backbone, paths, start: int = 0, stop: int | None = None, batch_size: int = 256,
-                  workers: int = 4, progress: bool = True):
+                  workers: int = 4, progress: bool = True, read=None):
     """Yield (points, undecodable) per batch of images[start:stop]; ``undecodable`` maps a global
-    index to why it could not be decoded (its row is zero)."""
+    index to why it could not be decoded (its row is zero). ``read`` is the readout (default the
+    backbone's ``image_points``); one returning (points, mask) yields ((points, mask), undecodable)."""
+    read = read or backbone.image_points
     paths = list(paths)
     stop = len(paths) if stop is None else stop
     loader = DataLoader(ImageFiles(paths[start:stop], backbone.preprocess), batch_size=batch_size,
@@ -100,22 +103,24 @@ def image_batches(backbone: Backbone, paths, start: int = 0, stop: int | None = 
     with tqdm(total=stop - start, desc="image features", unit="img", disable=None if progress else True) as bar:
         for images, errors in loader:
             with _autocast(backbone.device):
-                points = backbone.image_points(images)
+                out = read(images)
             bad = [j for j, e in enumerate(errors) if e]
             if bad:
-                points = points.clone()
+                points = (out[0] if isinstance(out, tuple) else out).clone()
                 points[bad] = 0
-            yield points, {done + j: errors[j] for j in bad}
+                out = (points, out[1]) if isinstance(out, tuple) else points
+            yield out, {done + j: errors[j] for j in bad}
             done += len(images)
             bar.update(len(images))
 
 
-def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, progress: bool = True):
+def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, progress: bool = True, read=None):
+    read = read or backbone.text_points
     with tqdm(total=len(texts), desc="text features", unit="txt", disable=None if progress else True) as bar:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
             with _autocast(backbone.device):
-                yield backbone.text_points(backbone.tokenize(chunk))
+                yield read(backbone.tokenize(chunk))
             bar.update(len(chunk))
 
 
@@ -163,3 +168,36 @@ def text_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: st
     fields = {"backbone": backbone.identity, "dataset": dataset, "split": split,
               "fingerprint": fingerprint_texts(texts), "side": "text"}
     return _cached_or_extracted(cache, fields, len(texts), _text_share(backbone, texts, **kw))
+
+
+# -- the tokens readout: every token, float16, streamed to disk (bench/features/token_sets.py) --------------
+def token_fields(backbone: Backbone, dataset: str, split: str, fingerprint: str, side: str) -> dict:
+    """The cache key of token sets: the backbone without its layer count (it does not change the last
+    block's tokens), the readout, and the data."""
+    identity = {k: v for k, v in backbone.identity.items() if k != "layers"}
+    return {"backbone": identity, "readout": "tokens", "dataset": dataset, "split": split,
+            "fingerprint": fingerprint, "side": side}
+
+
+def image_token_sets(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, paths, **kw) -> Extracted:
+    def stream(writer) -> dict:
+        corrupt = {}
+        for (points, mask), bad in image_batches(backbone, paths, read=backbone.image_tokens, **kw):
+            writer.append(points, mask)
+            corrupt.update(bad)
+        return {"corrupt": {str(i): why for i, why in sorted(corrupt.items())}}
+
+    fields = token_fields(backbone, dataset, split, fingerprint_files(paths), "image")
+    sets, cached, extra = cache.get_or_build_tokens(fields, stream)
+    return Extracted(sets, cached, {int(i): why for i, why in extra.get("corrupt", {}).items()})
+
+
+def text_token_sets(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, texts: list[str], **kw) -> Extracted:
+    def stream(writer) -> dict:
+        for points, mask in text_batches(backbone, texts, read=backbone.text_tokens, **kw):
+            writer.append(points, mask)
+        return {}
+
+    fields = token_fields(backbone, dataset, split, fingerprint_texts(texts), "text")
+    sets, cached, _ = cache.get_or_build_tokens(fields, stream)
+    return Extracted(sets, cached)

@@ -235,6 +235,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             log(f"[{suite_name}] every cell reused; nothing to compute")
             summary.records.extend(reused_refs)
             return summary
+    suite.readouts = {head_registry.get_head(c.head).readout for c in todo} or {"layers"}  # extract only what is read
     t0 = time.perf_counter()
     data = suite.build(cfg["seed"])
     build_seconds = time.perf_counter() - t0
@@ -304,6 +305,7 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
     """Train, save, evaluate and record one head; anything the head raises fails this head only."""
     suite_name, is_main = suite_cls.name, distributed.is_main()
     cls = head_registry.get_head(cell.head)
+    data = data.for_readout(cls.readout)
     meta = {"name": cell.head, "version": cls.version, "kind": "head", "trainable": cls.trainable,
             "description": cls.description, "options": cell.options}
     if device.type == "cuda":
