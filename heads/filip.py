@@ -26,6 +26,7 @@ class TokenRep:
     points: torch.Tensor
     mask: torch.Tensor
     group: int = 1
+    ragged_fields = ("points", "mask")  # padded to a common width when gathered across ranks (not a field)
 
     def __len__(self) -> int:
         return self.points.shape[0] // self.group

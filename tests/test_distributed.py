@@ -34,6 +34,33 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert not list((tmp_path / "two").rglob("*.tmp"))
 
 
+def test_torchrun_field_heads_and_siglip_match_one_process(tmp_path):
+    """Direction-specific scores, per-step random features and the loss's own parameters under 2 ranks:
+    FILIP's ragged token reps are padded to a common width when gathered, WPSE's draws agree across
+    ranks, SigLIP's temperature and bias are averaged like a head's parameters."""
+    from helpers import SMALL
+
+    cfg = small_config(tmp_path, train={**SMALL["train"], "loss": "siglip"})
+    heads = "wpse,filip,meru"
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "one"), "--heads", heads, "--no-progress"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "run_bench.py"), "--config", str(cfg), "--out", str(tmp_path / "two"),
+           "--heads", heads, "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one = {r["head"]["name"]: r for r in results.load_all(tmp_path / "one")}
+    two = {r["head"]["name"]: r for r in results.load_all(tmp_path / "two")}
+    for head in heads.split(","):
+        assert one[head]["config"]["resolved"]["train"]["loss"] == "siglip"
+        for name, value in one[head]["trained_loss"]["parameters"].items():
+            assert two[head]["trained_loss"]["parameters"][name] == pytest.approx(value, abs=1e-4), (head, name)
+        for metric, value in one[head]["metrics"].items():
+            # float order differs across ranks: a rank may flip one near-tie of 150 items, so counts get 1/150
+            tol = 1 / 150 if ("recall" in metric or "zeroshot" in metric) else 1e-3
+            assert two[head]["metrics"][metric] == pytest.approx(value, abs=tol), (head, metric)
+
+
 def test_batch_must_divide_across_processes(monkeypatch):
     import torch
 
@@ -143,7 +170,7 @@ def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
             f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 4, datasets: [flickr30k], "
             f"cache_dir: '{tmp_path / name / 'cache'}'}}}}\n")
     args = ["--suite", "retrieval", "--backbone", str(root / "tiny.json"), "--data-root", str(root),
-            "--heads", "cosine", "--device", "cpu", "--no-progress"]
+            "--heads", "cosine,filip", "--device", "cpu", "--no-progress"]
     assert main([*args, "--config", str(tmp_path / "one.yaml"), "--out", str(tmp_path / "one" / "out")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "run_bench.py"),
@@ -156,14 +183,20 @@ def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
         out = {}
         for manifest in (tmp_path / name / "cache").glob("*/manifest.json"):
             fields = json.loads(manifest.read_text())["fields"]
+            if fields.get("readout") == "tokens":  # rank 0 extracts token sets alone: the same bytes
+                tokens = (manifest.parent / "tokens.f16").read_bytes()
+                out[("tokens", fields["dataset"], fields["split"], fields["side"])] = torch.frombuffer(
+                    bytearray(tokens), dtype=torch.float16).float()
+                continue
             out[(fields["dataset"], fields["split"], fields["side"])] = torch.cat(
                 [load_file(str(p))["points"] for p in sorted(manifest.parent.glob("shard-*.safetensors"))])
         return out
 
     one, two = entries("one"), entries("two")
-    assert set(one) == set(two) and len(two) == 4  # train and test, images and texts
+    assert set(one) == set(two) and len(two) == 8  # train and test, images and texts; layers and tokens
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5), key
     assert not list((tmp_path / "two" / "cache").glob(".*"))
     rec = results.read(results.run_path(tmp_path / "two" / "out", "retrieval", "cosine"))
     assert rec["status"] == "ok" and rec["suite"]["test_set"]["datasets"]["flickr30k"]["images"] == 5
+    assert results.read(results.run_path(tmp_path / "two" / "out", "retrieval", "filip"))["status"] == "ok"

@@ -74,13 +74,26 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather(rep):
-    """Gather a representation (a tensor or a dataclass of tensors) from all ranks, in rank order."""
+    """Gather a representation (a tensor or a dataclass of tensors) from all ranks, in rank order.
+
+    A dataclass's non-tensor fields (a group size) must agree across ranks and pass through. Fields named
+    in its ``ragged_fields`` (token sets padded to their batch's longest set, which differs by rank) are
+    padded along dimension 1, with zeros (False for a mask), to the longest across ranks first."""
     if world_size() == 1:
         return rep
     if isinstance(rep, torch.Tensor):
         return _GatherWithGrad.apply(rep)
     if is_dataclass(rep):
-        return type(rep)(**{f.name: gather(getattr(rep, f.name)) for f in fields(rep)})
+        ragged = getattr(rep, "ragged_fields", ())
+        width = max(gather_objects(max([getattr(rep, f).shape[1] for f in ragged], default=0))) if ragged else 0
+        out = {}
+        for f in fields(rep):
+            value = getattr(rep, f.name)
+            if f.name in ragged and value.shape[1] < width:
+                pad = [0, 0] * (value.dim() - 2) + [0, width - value.shape[1]]
+                value = torch.nn.functional.pad(value, pad, value=False if value.dtype == torch.bool else 0)
+            out[f.name] = gather(value) if isinstance(value, torch.Tensor) else value
+        return type(rep)(**out)
     raise TypeError(f"cannot gather a {type(rep).__name__} across ranks; use tensors or a dataclass of tensors.")
 
 
