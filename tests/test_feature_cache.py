@@ -101,3 +101,42 @@ def test_a_concurrent_writer_that_publishes_first_wins_cleanly(tmp_path):
     assert not cached and torch.equal(points, torch.ones(2, 2, 4))
     assert cache.problem(FIELDS) is None
     assert [p.name for p in tmp_path.iterdir()] == [cache.path(FIELDS).name]
+
+
+def test_token_sets_are_ragged_float16_and_read_a_batch_at_a_time(tmp_path):
+    """Only real tokens are stored (float16); the file is memory-mapped, never loaded whole; a batch comes
+    back padded to its own longest set with the right mask; a damaged token file is rebuilt."""
+    import numpy as np
+
+    from bench.features.token_sets import TokenSets
+
+    cache = FeatureCache(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(5, 6, 3, generator=g)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 1, 3, 2, 5])[:, None]
+    calls = []
+
+    def stream(writer):
+        calls.append(1)
+        writer.append(points[:2], mask[:2])
+        writer.append(points[2:], mask[2:])
+        return {"note": "x"}
+
+    fields = {**FIELDS, "readout": "tokens"}
+    sets, cached, extra = cache.get_or_build_tokens(fields, stream)
+    assert not cached and extra == {"note": "x"} and isinstance(sets, TokenSets)
+    assert isinstance(sets.tokens, np.memmap) and sets.total_tokens == 17 and sets.shape == (5, 6, 3)
+    p, m = sets.rows(torch.tensor([1, 3]))
+    assert p.shape == (2, 2, 3) and m.tolist() == [[True, False], [True, True]]
+    assert torch.equal(p[0, 0], points[1, 0].half().float()) and torch.equal(p[1], points[3, :2].half().float())
+    sub = sets.select(torch.tensor([True, False, True, False, False]))
+    q, n = sub.rows(torch.arange(2))
+    assert len(sub) == 2 and torch.equal(q[1, :3], points[2, :3].half().float()) and n.sum() == 9
+    again, cached, _ = cache.get_or_build_tokens(fields, stream)
+    assert cached and len(calls) == 1
+    with open(cache.path(fields) / "tokens.f16", "r+b") as fh:  # flip bytes in place: same size
+        fh.seek(8)
+        fh.write(b"\x00\x7c")
+    assert "checksum" in cache.problem(fields)
+    cache.get_or_build_tokens(fields, stream)
+    assert len(calls) == 2 and cache.problem(fields) is None

@@ -47,6 +47,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def score_times(images, texts, n_images: int, n_captions: int) -> dict:
+    """Seconds to encode and score an n_images x n_captions test set with each head, side by side in one
+    process, on sets tiled from the extracted ones (shapes and lengths are what matter for time)."""
+    import heads as head_registry
+    from bench.eval.scoring import encode, score_matrices
+
+    img_rows = torch.arange(n_images) % len(images)
+    txt_rows = torch.arange(n_captions) % len(texts)
+    ip, im = images.rows(img_rows)
+    tp, tm = texts.rows(txt_rows)
+    dim = ip.shape[-1]
+    out = {}
+    for name in ("cosine", "meru", "wpse", "filip"):
+        head = head_registry.get_head(name)(dim, dim).eval()
+        t0 = time.perf_counter()
+        ri = encode(head, "image", ip, im, "cpu")
+        rt = encode(head, "text", tp, tm, "cpu")
+        score_matrices(head, ri, rt, n_images, n_captions)
+        out[name] = round(time.perf_counter() - t0, 2)
+    out["size"] = f"{n_images} images x {n_captions} captions"
+    return out
+
+
 def main(argv=None) -> int:
     from PIL import Image
 
@@ -59,6 +82,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--captions", default=None, help="a text file, one caption per line")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--score-images", type=int, default=500)
+    p.add_argument("--score-captions", type=int, default=2500)
     args = p.parse_args(argv)
     captions = Path(args.captions).read_text().splitlines() if args.captions else SAMPLE_CAPTIONS
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -96,6 +121,7 @@ def main(argv=None) -> int:
             "extract_seconds": round(extract_s, 1), "peak_rss_mb_before": round(base),
             "peak_rss_mb_after_extract_and_read": round(after_extract),
         }
+        figures["score_seconds"] = score_times(images.points, texts.points, args.score_images, args.score_captions)
     print(json.dumps(figures, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
