@@ -39,6 +39,7 @@ def corrupt_message(name: str, split: str, n_images: int, files: dict[str, str],
 
 class BackboneSuite(Suite):
     non_protocol_params = ("data_root", "cache_dir", "batch_size", "text_batch_size", "workers")
+    COLUMN_OPTIONS = ("image_column", "caption_column", "label_column")
     known_datasets: tuple[str, ...] = ()
 
     @classmethod
@@ -54,12 +55,19 @@ class BackboneSuite(Suite):
                                   f"Known: {', '.join(cls.known_datasets)}.")
         if len(set(datasets)) != len(datasets):
             raise ConfigError(f"{where}.datasets = {datasets!r} names a dataset twice; list each once.")
+        for d, spec in (p.get("sources") or {}).items():
+            if d not in datasets:
+                raise ConfigError(f"{where}.sources.{d}: not a dataset of this run ({', '.join(datasets)}); a source "
+                                  "replaces where a listed dataset is read from.")
+            if not (isinstance(spec, str) and spec.startswith("hf:") and len(spec) > 3):
+                raise ConfigError(f"{where}.sources.{d} = {spec!r}: write hf:PATH_OR_NAME[:SPLIT] (a save_to_disk folder, "
+                                  "parquet file(s), or a dataset in the local Hugging Face cache).")
         rules = [("layers", p["layers"] >= 1, "an integer >= 1 (points per input: the pooled token at the last L blocks)"),
                  ("batch_size", p["batch_size"] >= 1, "an integer >= 1"),
                  ("text_batch_size", p["text_batch_size"] >= 1, "an integer >= 1"),
                  ("workers", p["workers"] >= 0, "an integer >= 0 (0 decodes images in the main process)"),
                  ("backbone", bool(str(p["backbone"]).strip()), "NAME[:PRETRAINED], e.g. ViT-B-32:openai"),
-                 ("train_dataset", bool(str(p["train_dataset"]).strip()), "a dataset name, csv:PATH or wds:SHARDS")]
+                 ("train_dataset", bool(str(p["train_dataset"]).strip()), "a dataset name, csv:PATH, wds:SHARDS or hf:PATH[:SPLIT]")]
         for key, ok, allowed in rules:
             if not ok:
                 raise ConfigError(f"{where}.{key} = {p[key]!r} is out of range: it must be {allowed}.")
@@ -134,9 +142,16 @@ class BackboneSuite(Suite):
         read = extract.text_token_sets if readout == "tokens" else extract.text_points
         return read(cache, backbone, name, split, texts, batch_size=self.params["text_batch_size"]).points
 
+    def columns(self) -> dict:
+        return {k: self.params[k] for k in self.COLUMN_OPTIONS if k in self.params}
+
+    def source(self, name: str) -> str | None:
+        return (self.params.get("sources") or {}).get(name)
+
     def train_set(self) -> retrieval_data.RetrievalSet:
         """Validated before any backbone work, like every test set."""
-        return retrieval_data.load(self.roots()[0], self.params["train_dataset"], self.params["train_split"])
+        return retrieval_data.load(self.roots()[0], self.params["train_dataset"], self.params["train_split"],
+                                   columns=self.columns())
 
     def build(self, seed: int) -> SuiteData:
         """The data of every readout the run's heads need, each from its own cache entries."""

@@ -55,7 +55,7 @@ class ClassificationSuite(BackboneSuite):
     known_datasets = DATASETS
 
     def load_test_set(self, root, name: str) -> classification_data.ClassificationSet:
-        return classification_data.load(root, name)
+        return classification_data.load(root, name, self.source(name), self.columns())
 
     def build_readout(self, backbone, cache, sets: dict, train, readout: str) -> SuiteData:
         pairs = self.train_pairs(train, backbone, cache, readout)

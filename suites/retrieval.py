@@ -74,7 +74,7 @@ class RetrievalSuite(BackboneSuite):
     known_datasets = DATASETS
 
     def load_test_set(self, root, name: str) -> retrieval_data.RetrievalSet:
-        return retrieval_data.load(root, name, self.params["test_split"])
+        return retrieval_data.load(root, name, self.params["test_split"], self.source(name), self.columns())
 
     def build_readout(self, backbone, cache, tests: dict, train, readout: str) -> SuiteData:
         pairs = self.train_pairs(train, backbone, cache, readout)

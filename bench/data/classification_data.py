@@ -82,7 +82,38 @@ def classes_from_shards(name: str, root: Path, shards: list[Path]) -> Classifica
     return ClassificationSet(name, paths, labels, lists["classnames.txt"], lists["zeroshot_classification_templates.txt"])
 
 
-def load(data_root: Path, name: str) -> ClassificationSet:
+def clip_benchmark_names(name: str) -> tuple[list[str] | None, list[str] | None]:
+    """clip_benchmark's English class names and zero-shot templates for ``name`` (None where it has none)."""
+    import json
+
+    import clip_benchmark
+
+    folder = Path(clip_benchmark.__file__).parent / "datasets"
+    classnames = json.loads((folder / "en_classnames.json").read_text()).get(name)
+    templates = json.loads((folder / "en_zeroshot_classification_templates.json").read_text()).get(name)
+    return classnames, templates
+
+
+def from_hf(name: str, spec: str, split: str, columns: dict | None = None) -> ClassificationSet:
+    """A labelled split of a Hugging Face dataset under a known name: class names and templates are
+    clip_benchmark's for that name (so its metrics mean what they mean for the folder copy), else the
+    dataset's own ClassLabel names and ImageNet's templates."""
+    from bench.data import hf_source
+
+    columns = columns or {}
+    refs, labels, names = hf_source.labelled_images(spec, split, columns.get("image_column", "auto"),
+                                                    columns.get("label_column", "auto"))
+    classnames, templates = clip_benchmark_names(name)
+    classnames = classnames or names
+    if not classnames:
+        raise DataError(f"{name} from {spec}: no class names: clip_benchmark has none for {name!r} and the label "
+                        "column is not a ClassLabel. Cast it with Dataset.cast_column(label, ClassLabel(names=[...])).")
+    return ClassificationSet(name, refs, labels, list(classnames), list(templates or clip_benchmark_names("imagenet1k")[1]))
+
+
+def load(data_root: Path, name: str, source: str | None = None, columns: dict | None = None) -> ClassificationSet:
+    if source is not None:
+        return validate(from_hf(name, source, "test", columns))
     if name not in LAYOUTS:
         from bench.core.registry import suggest
 

@@ -1,4 +1,5 @@
-"""Where an image's bytes live: a plain file, or a member of a webdataset tar shard.
+"""Where an image's bytes live: a plain file, a member of a webdataset tar shard, or a row of an indexed
+source (a Hugging Face dataset, a torchvision dataset held in arrays such as CIFAR).
 
 A tar member is addressed as ``/path/shard.tar::member.jpg`` so that the rest of the pipeline (file
 lists, fingerprints, the feature cache) treats both alike. Each process keeps its open shards and
@@ -17,7 +18,58 @@ from pathlib import Path
 from PIL import Image
 
 SEP = "::"
+INDEXED = "indexed:"  # ``indexed:KEY::ROW``: row ROW of the source registered under KEY
 _open_tars: dict[tuple[int, str], tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]]] = {}
+
+
+class IndexedSource:
+    """A dataset whose images are addressed by row. Subclasses are small picklable descriptions (so a
+    DataLoader worker can reopen them); ``open_row`` decodes through ``to_rgb`` like a file, ``stamp`` is
+    what identifies the source's content (its own fingerprint and its files' sizes and times)."""
+
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def open_row(self, row: int) -> Image.Image:
+        raise NotImplementedError
+
+    def stamp(self) -> str:
+        raise NotImplementedError
+
+    def row_size(self, row: int) -> int | None:
+        """Bytes of the row's encoded image when known (a missing or empty image is refused early)."""
+        return None
+
+
+_sources: dict[str, IndexedSource] = {}
+_stamps: dict[tuple[int, str], str] = {}
+
+
+def register(source: IndexedSource) -> str:
+    """Register a source; returns the prefix of its rows' references (``prefix + str(row)``)."""
+    _sources[source.key()] = source
+    return f"{INDEXED}{source.key()}{SEP}"
+
+
+def sources_for(paths) -> dict[str, IndexedSource]:
+    """The sources the references in ``paths`` need (carried to DataLoader workers with the file list)."""
+    keys = {str(p)[len(INDEXED):].split(SEP, 1)[0] for p in paths if str(p).startswith(INDEXED)}
+    return {k: _sources[k] for k in keys}
+
+
+def ensure(sources: dict[str, IndexedSource]) -> None:
+    for k, source in sources.items():
+        _sources.setdefault(k, source)
+
+
+def indexed(path) -> tuple[IndexedSource, int] | None:
+    text = str(path)
+    if not text.startswith(INDEXED):
+        return None
+    key, row = text[len(INDEXED):].split(SEP, 1)
+    if key not in _sources:
+        raise OSError(f"image source {key} is not registered in this process (its dataset was not loaded)")
+    return _sources[key], int(row)
 
 
 def split(path) -> tuple[Path, str | None]:
@@ -58,6 +110,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_image(path) -> Image.Image:
+    found = indexed(path)
+    if found is not None:
+        return to_rgb(found[0].open_row(found[1]))
     shard, member = split(path)
     if member is None:
         with Image.open(shard) as img:
@@ -67,8 +122,19 @@ def open_image(path) -> Image.Image:
         return to_rgb(img)
 
 
+def source_stamp(source: IndexedSource) -> str:
+    key = (os.getpid(), source.key())
+    if key not in _stamps:
+        _stamps[key] = source.stamp()
+    return _stamps[key]
+
+
 def identity(path) -> str:
-    """Name and size (of the member, for a tar): what the data fingerprints are built from."""
+    """Name and size (of the member, for a tar; the source's content stamp and the row, for an indexed
+    source): what the data fingerprints are built from."""
+    found = indexed(path)
+    if found is not None:
+        return f"{source_stamp(found[0])}|{found[1]}"
     shard, member = split(path)
     if member is None:
         return f"{shard.name}|{shard.stat().st_size}"

@@ -197,8 +197,16 @@ def read_webdataset(pattern: str) -> RetrievalSet:
     return pairs_from_shards(f"wds:{Path(pattern).name}", "train", [Path(p).expanduser() for p in braceexpand(pattern)])
 
 
-def load(data_root: Path, name: str, split: str) -> RetrievalSet:
-    """A dataset by name under ``data_root``; or ``csv:PATH`` / ``wds:SHARDS`` as open_clip's trainer reads them."""
+def load(data_root: Path, name: str, split: str, source: str | None = None, columns: dict | None = None) -> RetrievalSet:
+    """A dataset by name under ``data_root``; or ``csv:PATH`` / ``wds:SHARDS`` as open_clip's trainer reads them;
+    or a Hugging Face dataset, ``hf:PATH_OR_NAME[:SPLIT]``, as the name (training pairs) or as the ``source``
+    of a named test set (which keeps its name, so its metrics keep theirs)."""
+    from bench.data import hf_source
+
+    columns = columns or {}
+    if hf_source.is_hf(source or name):
+        return hf_source.retrieval_set(source or name, name, split, columns.get("image_column", "auto"),
+                                       columns.get("caption_column", "auto")).validate()
     if name.startswith("csv:"):
         return read_csv(Path(name[4:]).expanduser()).validate()
     if name.startswith("wds:"):

@@ -48,11 +48,13 @@ class ImageFiles(Dataset):
 
     def __init__(self, paths: list[str | Path], transform):
         self.paths, self.transform = [str(p) for p in paths], transform
+        self.sources = image_source.sources_for(self.paths)  # travel to DataLoader workers with the list
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        image_source.ensure(self.sources)
         try:
             return self.transform(image_source.open_image(self.paths[i])), ""
         except DECODE_ERRORS as exc:  # a blank stand-in keeps the batch shape; the row is zeroed later
@@ -65,6 +67,9 @@ def fingerprint_files(paths: list[str | Path], extra: str = "") -> str:
     h = hashlib.sha256(extra.encode())
     mtimes: dict[Path, int] = {}
     for p in paths:
+        if image_source.indexed(p) is not None:  # the source's stamp holds its files' sizes and times
+            h.update(f"{image_source.identity(p)}\n".encode())
+            continue
         shard, _ = image_source.split(p)
         if shard not in mtimes:
             mtimes[shard] = shard.stat().st_mtime_ns
