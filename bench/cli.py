@@ -314,10 +314,11 @@ def _check_data(args) -> int:
     source, wrapped to 100 columns."""
     import textwrap
 
-    from bench.data import classification_data, retrieval_data
+    from bench.data import classification_data, probe_data, retrieval_data
 
     root = data_root(args.data_root)
     rows = [{"task": "retrieval", **r} for r in retrieval_data.check_all(root)]
+    rows += [{"task": "linear_probe", **r} for r in probe_data.check_all(root)]
     for name, (layout, source) in classification_data.LAYOUTS.items():
         try:
             ds = classification_data.load(root, name)

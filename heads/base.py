@@ -114,6 +114,16 @@ class SimilarityHead(nn.Module):
         scores = self.score(image_rep, text_rep)
         return scores, scores
 
+    def embed_image(self, points: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One vector per image, ``[n, d]``, for the linear-probe suite (which L2-normalises it, as
+        CLIP_benchmark's featurizer does). Optional: a head without it is skipped there, with a note.
+        Return the vector whose inner product the head's similarity is built on, where one exists."""
+        raise NotImplementedError
+
+    @classmethod
+    def has_image_embedding(cls) -> bool:
+        return cls.embed_image is not SimilarityHead.embed_image
+
     def begin_train_step(self, step: int) -> None:
         """Called before every training step's encoding (e.g. to redraw random features); default nothing."""
 

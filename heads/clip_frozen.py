@@ -31,6 +31,10 @@ class ClipFrozenHead(SimilarityHead):
     def encode_image(self, points, mask=None) -> VectorRep:
         return self._encode(points, mask, "image")
 
+    def embed_image(self, points, mask=None) -> torch.Tensor:
+        """The backbone's own image embedding (CLIP_benchmark's linear-probe feature)."""
+        return self.encode_image(points, mask).vectors
+
     def encode_text(self, points, mask=None) -> VectorRep:
         return self._encode(points, mask, "text")
 

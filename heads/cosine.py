@@ -57,6 +57,10 @@ class CosineHead(SimilarityHead):
     def encode_image(self, points, mask=None) -> VectorRep:
         return self._encode(points, mask, self.image_dim, "image", self.image_map)
 
+    def embed_image(self, points, mask=None) -> torch.Tensor:
+        """The mapped unit vector the cosine is taken of."""
+        return self.encode_image(points, mask).vectors
+
     def encode_text(self, points, mask=None) -> VectorRep:
         return self._encode(points, mask, self.text_dim, "text", self.text_map)
 

@@ -40,3 +40,10 @@ class KernelMeanHead(SimilarityHead):
         dim, encoder = (self.image_dim, self.image_encoder) if side == "image" else (self.text_dim, self.text_encoder)
         mask = self.check_points(points, mask, dim, side)
         return encoder(points.float(), mask)
+
+    def embed_image(self, points, mask=None) -> torch.Tensor:
+        """The weighted mean of the image's unit points: its mean embedding under a linear kernel, the
+        first-order part of the Gaussian one (an exact Gaussian KME has no finite vector). The same for
+        kme_rbf and kme_rff, whose encoders are the same kind, so a probe gap between them is the training."""
+        rep = self.point_sets("image", points, mask)
+        return (rep.weights.unsqueeze(-1) * rep.points).sum(1)

@@ -91,6 +91,11 @@ class _PrototypeHead(SimilarityHead):
         self.image_encoder = PrototypeEncoder(image_dim, out_dim, int(prototypes))
         self.text_encoder = PrototypeEncoder(text_dim, out_dim, int(prototypes))
 
+    def embed_image(self, points, mask=None) -> torch.Tensor:
+        """The weighted mean of the image's prototypes (proto_cosine's vector before normalisation)."""
+        rep = self._encode("image", points, mask)
+        return rep.log_weights.exp() @ rep.prototypes
+
     def _encode(self, side: str, points, mask) -> ProtoRep:
         dim, encoder = (self.image_dim, self.image_encoder) if side == "image" else (self.text_dim, self.text_encoder)
         return encoder(points, self.check_points(points, mask, dim, side))

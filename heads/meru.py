@@ -96,6 +96,10 @@ class MeruHead(SimilarityHead):
     def encode_image(self, points, mask=None) -> TangentRep:
         return self._encode(points, mask, self.image_dim, "image", self.image_map, self.log_alpha_image)
 
+    def embed_image(self, points, mask=None) -> torch.Tensor:
+        """The tangent vector at the origin (before lifting): the Euclidean vector MERU's geometry starts from."""
+        return self.encode_image(points, mask).vectors
+
     def encode_text(self, points, mask=None) -> TangentRep:
         return self._encode(points, mask, self.text_dim, "text", self.text_map, self.log_alpha_text)
 

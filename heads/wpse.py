@@ -121,6 +121,11 @@ class WpseHead(SimilarityHead):
     def encode_image(self, points, mask=None) -> WeightedMeans:
         return self._encode(points, mask, self.image_dim, "image", self.image_map, self.image_weight)
 
+    def embed_image(self, points, mask=None) -> torch.Tensor:
+        """[sqrt(a1) linear mean, sqrt(a2) feature mean]: the vector whose inner product is WPSE's similarity."""
+        rep = self.encode_image(points, mask)
+        return torch.cat([math.sqrt(self.linear_weight) * rep.linear, math.sqrt(self.kernel_weight) * rep.features], -1)
+
     def encode_text(self, points, mask=None) -> WeightedMeans:
         return self._encode(points, mask, self.text_dim, "text", self.text_map, self.text_weight)
 

@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "suites.synthetic",
     "suites.retrieval",
     "suites.classification",
+    "suites.linear_probe",
 )
 
 for _module in BUILTIN_MODULES:

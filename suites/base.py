@@ -49,6 +49,7 @@ class Evaluation:
     metrics: dict[str, float]
     outcomes: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, dict] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # JSON facts that are not metrics (a chosen weight decay)
 
     def prefixed(self, prefix: str) -> "Evaluation":
         """The same under ``prefix/`` (one dataset of several): metric, array and reference names."""
@@ -63,12 +64,14 @@ class Evaluation:
             return out
         return Evaluation({f"{prefix}/{k}": v for k, v in self.metrics.items()},
                           {f"{prefix}/{k}": v for k, v in self.outcomes.items()},
-                          {f"{prefix}/{k}": ref(s) for k, s in self.spec.items()})
+                          {f"{prefix}/{k}": ref(s) for k, s in self.spec.items()},
+                          {f"{prefix}/{k}": v for k, v in self.details.items()})
 
     def merge(self, other: "Evaluation") -> None:
         self.metrics.update(other.metrics)
         self.outcomes.update(other.outcomes)
         self.spec.update(other.spec)
+        self.details.update(other.details)
 
 
 def as_evaluation(result) -> Evaluation:
@@ -140,6 +143,7 @@ class Suite:
     # are not its fixed test data (the synthetic world). Real test sets never vary.
     repeat_params: tuple[str, ...] = ()
     device: torch.device = torch.device("cpu")  # set by the runner before build()
+    seed: int = 0  # the cell's seed (run seed + repeat), set by the runner before build()
     reference_names: tuple[str, ...] = ()  # the rows references() returns (ceilings, not contestants)
     # Head options this suite runs with unless the config sets them, for every head that has the option
     # (e.g. the synthetic suite's out_dim below its topics' count); resolved into each cell's options.
@@ -169,6 +173,10 @@ class Suite:
 
     def build(self, seed: int) -> SuiteData:
         raise NotImplementedError
+
+    def skip_reason(self, head_cls) -> str | None:
+        """Why this suite cannot measure heads of this class (recorded as skipped, not failed), or None."""
+        return None
 
     def evaluate(self, head, data: SuiteData, device: torch.device) -> "Evaluation | dict[str, float]":
         """The metrics of ``head`` on the test data: a dict, or an ``Evaluation`` with per-query outcomes."""

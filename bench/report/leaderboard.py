@@ -111,7 +111,7 @@ def _layout(r: dict) -> dict:
 
 def _cell_text(value, status: str, bold: bool, interval=None) -> str:
     if status != "ok":
-        return "failed"
+        return "skipped" if status == "skipped" else "failed"
     if value is None or pd.isna(value):
         return ""
     text = f"{value:.4f}" if interval is None else f"{value:.4f} ± {uncertainty.half_width(interval):.4f}"
@@ -218,7 +218,7 @@ def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str 
                 parts += [t["legend"], ""] if t.get("legend") else []
         failed = [r for r in rs if r["status"] != "ok"]
         for r in failed:
-            parts.append(f"- `{r['head']['name']}` failed: {r['error']}")
+            parts.append(f"- `{r['head']['name']}` {'skipped' if r['status'] == 'skipped' else 'failed'}: {r['error']}")
         if failed:
             parts.append("")
     if notes:

@@ -81,6 +81,7 @@ def load(path: Path, for_update: bool = False) -> dict:
 def make(records: list[dict], previous: dict | None = None) -> tuple[dict, list[str]]:
     """A baseline from this run's records, merged into ``previous``: a head not in this run keeps its
     entry (returned as ``kept``), but only when both were made under the same protocol."""
+    records = [r for r in records if r["status"] != "skipped"]  # a head the suite cannot measure has no baseline
     ok = [r for r in records if r["status"] == "ok"]
     if not ok or len(ok) != len(records):
         failed = [r["head"]["name"] for r in records if r["status"] != "ok"]

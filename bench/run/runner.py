@@ -222,6 +222,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
             + "".join(f", {k} {params[k]}" for k in suite_cls.repeat_params))
     suite = suite_cls(params)
     suite.device = device
+    suite.seed = repeat_seed(cfg, repeat)
     protocol_hash, references = _identify(suite, suite_cls, protocol, cells, cfg, device)
     if is_main and out_dir.exists():
         for stale in atomic.sweep_stale(out_dir):
@@ -249,7 +250,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
         if record is None:  # not rank 0
             continue
         summary.records.append(record)
-        if record["status"] != "ok":
+        if record["status"] == "failed":
             summary.failed.append(cell.head)
     if is_main:
         for record, evaluation in reference_records:
@@ -311,6 +312,14 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timings, error, diagnostics, trained_loss = {"build_seconds": build_seconds}, None, {}, {}
+    skipped = suite.skip_reason(cls)
+    if skipped is not None:  # nothing to train or measure: recorded, listed with its reason, not a failure
+        record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, {}, "skipped", skipped, timings, device, cfg)
+        if is_main:
+            results.write(out_dir, record, {}, {})
+        distributed.barrier()
+        log(f"[{suite_name}] {cell.head}: skipped: {skipped}")
+        return record if is_main else None
     try:
         seed = repeat_seed(cfg, cell.repeat)
         torch.manual_seed(seed)  # same initialisation stream for every head
@@ -346,6 +355,8 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
         record["diagnostics"] = {k: float(v) for k, v in diagnostics.items()}
     if not error and trained_loss:
         record["trained_loss"] = {"name": cfg["train"]["loss"], "parameters": trained_loss}
+    if evaluation.details:
+        record["evaluation_details"] = evaluation.details
     path = results.write(out_dir, record, evaluation.outcomes, evaluation.spec) if is_main else None
     distributed.barrier()
     if not error:

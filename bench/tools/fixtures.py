@@ -51,3 +51,32 @@ def make_flickr(root: Path, n_images: int = 3, per: int = 5, g: torch.Generator 
         lines += [f"{1000 + i}.jpg,a caption of {i}, with a comma {j}" for j in range(per)]
     (folder / "flickr30k_test_karpathy.txt").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def make_cifar10(root: Path, n_train: int = 60, n_test: int = 30, g: torch.Generator | None = None) -> Path:
+    """``root/cifar10/cifar-10-batches-py``: the python pickles torchvision's CIFAR10 reads (5 train batches,
+    one test batch, batches.meta). Each class gets its own mean colour plus noise, so a probe can learn it."""
+    import pickle
+
+    import numpy as np
+
+    g = g or torch.Generator().manual_seed(0)
+    folder = root / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    colours = torch.rand(10, 3, generator=torch.Generator().manual_seed(123)) * 200
+
+    def batch(n: int, offset: int) -> dict:
+        labels = [(offset + i) % 10 for i in range(n)]
+        noise = torch.rand(n, 3, 32, 32, generator=g) * 55
+        data = (colours[labels][:, :, None, None] + noise).clamp(0, 255).to(torch.uint8).reshape(n, -1).numpy()
+        return {"data": np.ascontiguousarray(data), "labels": labels, "batch_label": "fixture"}
+
+    per = n_train // 5
+    for i in range(5):
+        with open(folder / f"data_batch_{i + 1}", "wb") as fh:
+            pickle.dump(batch(per, i * per), fh)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(batch(n_test, 3), fh)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"class{c}" for c in range(10)]}, fh)
+    return folder

@@ -1,0 +1,179 @@
+"""Linear probe: CLIP_benchmark's protocol (bench/eval/linear_probe.py) on each head's image vectors.
+
+Every head first trains on the same image-caption pairs as in the other real-data suites; then its
+``embed_image`` gives one vector per image of a dataset's train and test splits (L2-normalised, as
+CLIP_benchmark's featurizer does), and a linear classifier is fitted with CLIP_benchmark's
+weight-decay sweep on a validation split (carved from train with ``val_proportion``, seeded by the
+run seed, or a named ``val_split``). A head without ``embed_image`` (FILIP: no single vector per
+image) is recorded as skipped, with the reason, not as failed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.core.errors import ConfigError
+from bench.data import probe_data
+from bench.eval import linear_probe, metrics, uncertainty
+from suites.backbone_suite import BackboneSuite
+from suites.base import Evaluation, ReportTable, SuiteData, register_suite
+
+DATASETS = tuple(probe_data.LAYOUTS)
+PROBE_SPEC = {
+    "lp_acc1": {"kind": "hit", "query": "lp", "k": 1},
+    "lp_acc5": {"kind": "hit", "query": "lp", "k": 5},
+    "lp_mean_per_class_recall": {"kind": "balanced_hit", "query": "lp", "k": 1, "labels": "lp/label"},
+}
+
+
+@dataclass
+class ProbeSet:
+    """A dataset's splits as read (no images decoded): what the data identity and the build need."""
+
+    name: str
+    train: probe_data.LabelledSet
+    test: probe_data.LabelledSet
+    val: probe_data.LabelledSet | None
+
+    @property
+    def image_paths(self) -> list:
+        return [p for s in self.splits() for p in s.image_paths]
+
+    def splits(self) -> list[probe_data.LabelledSet]:
+        return [s for s in (self.train, self.val, self.test) if s is not None]
+
+    def fingerprint(self) -> str:
+        return "-".join(s.fingerprint() for s in self.splits())
+
+
+@dataclass
+class ProbeTest:
+    train: torch.Tensor | object
+    train_labels: torch.Tensor
+    test: torch.Tensor | object
+    test_labels: torch.Tensor
+    val: torch.Tensor | object | None = None
+    val_labels: torch.Tensor | None = None
+
+    @property
+    def images(self):  # what the shared diagnostics look at
+        return self.test
+
+
+@register_suite("linear_probe")
+class LinearProbeSuite(BackboneSuite):
+    version = 1
+    description = "CLIP_benchmark's linear probe (weight-decay sweep) on each head's image vector."
+    main_metric = "imagenet1k/lp_acc1"
+    metrics = {f"{d}/{m}": True for d in DATASETS for m in ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall")}
+    headline_metrics = tuple(f"{d}/lp_acc1" for d in ("imagenet1k", "cifar10", "cifar100"))
+    summary_metrics = tuple(f"{d}/lp_acc1" for d in DATASETS)
+    report_tables = tuple(
+        ReportTable(title, tuple((d, f"{d}/{m}") for d in DATASETS), legend)
+        for title, m, legend in [
+            ("linear-probe top-1 accuracy", "lp_acc1", "Columns are datasets. The chosen weight decay of each cell "
+             "is in its result file (evaluation_details)."),
+            ("linear-probe top-5 accuracy", "lp_acc5", "Columns are datasets (empty below 5 classes, as CLIP_benchmark)."),
+            ("linear-probe mean per-class recall", "lp_mean_per_class_recall", "Columns are datasets; balanced accuracy."),
+        ])
+    defaults_file = "linear_probe.yaml"
+    known_datasets = DATASETS
+
+    @classmethod
+    def check_params(cls, params: dict, train: dict) -> None:
+        super().check_params(params, train)
+        p, where = params, "suites.linear_probe"
+        rules = [("val_proportion", 0 <= p["val_proportion"] < 1, "a number in [0, 1) (0: no sweep, weight decay 0)"),
+                 ("fewshot_k", p["fewshot_k"] == -1 or p["fewshot_k"] >= 1, "-1 (every sample) or an integer >= 1"),
+                 ("epochs", p["epochs"] >= 1, "an integer >= 1"), ("lr", p["lr"] > 0, "a number > 0"),
+                 ("probe_batch_size", p["probe_batch_size"] >= 1, "an integer >= 1"),
+                 ("train_per_class", p["train_per_class"] >= 0, "an integer >= 0 (0: every training image)")]
+        for key, ok, allowed in rules:
+            if not ok:
+                raise ConfigError(f"{where}.{key} = {p[key]!r} is out of range: it must be {allowed}.")
+        if p["val_split"] and p["val_proportion"]:
+            raise ConfigError(f"{where}: val_split {p['val_split']!r} and val_proportion {p['val_proportion']} are both "
+                              "set; a validation split is named or carved from train, not both (set one to '' or 0).")
+
+    def load_test_set(self, root, name: str) -> ProbeSet:
+        p, source = self.params, self.source(name)
+        k = p["train_per_class"]
+
+        def split(which: str, per_class: int = 0):
+            return probe_data.load_split(root, name, which, source, self.columns(), per_class)
+
+        return ProbeSet(name, split("train", k), split("test"), split(p["val_split"]) if p["val_split"] else None)
+
+    def skip_reason(self, head_cls) -> str | None:
+        if not head_cls.has_image_embedding():
+            return (f"{head_cls.name} has no embed_image (one vector per image), so there is nothing to probe; "
+                    "see docs/heads.md")
+        return None
+
+    def build_readout(self, backbone, cache, tests: dict, train, readout: str) -> SuiteData:
+        pairs = self.train_pairs(train, backbone, cache, readout)
+        test, datasets = {}, {}
+        for name, ds in tests.items():
+            parts = {}
+            for s in ds.splits():
+                points, keep = self.image_points(backbone, cache, name, s.split, s.image_paths, readout)
+                parts[s.split] = (points[keep], torch.tensor(s.labels, dtype=torch.long)[keep])
+            val = parts.get(self.params["val_split"]) if ds.val is not None else None
+            test[name] = ProbeTest(*parts["train"], *parts["test"], *(val or (None, None)))
+            datasets[name] = {s.split: {"images": len(parts[s.split][1]), "fingerprint": s.fingerprint(), **s.notes}
+                              for s in ds.splits()}
+        return self.suite_data(backbone, train, pairs, test, datasets)
+
+    @torch.no_grad()
+    def vectors(self, head, points, device, batch: int = 4096) -> torch.Tensor:
+        """The head's image vectors, L2-normalised (CLIP_benchmark's featurizer), on the CPU."""
+        from bench.eval.scoring import rows_of
+
+        out = []
+        for start in range(0, len(points), batch):
+            p, m = rows_of(points, None, torch.arange(start, min(start + batch, len(points))), device)
+            out.append(torch.nn.functional.normalize(head.embed_image(p, m).float(), dim=-1).cpu())
+        return torch.cat(out)
+
+    def evaluate(self, head, data: SuiteData, device) -> Evaluation:
+        head.eval()
+        out = Evaluation({})
+        for name, t in data.test.items():
+            out.merge(self.probe(head, t, device).prefixed(name))
+        return out
+
+    def probe(self, head, t: ProbeTest, device) -> Evaluation:
+        p = self.params
+        train_x, train_y = self.vectors(head, t.train, device), t.train_labels
+        if t.val is not None:
+            val_x, val_y = self.vectors(head, t.val, device), t.val_labels
+        elif p["val_proportion"] > 0:
+            rows, val_rows = linear_probe.validation_split(len(train_y), p["val_proportion"], self.seed)
+            train_x, train_y, val_x, val_y = train_x[rows], train_y[rows], train_x[val_rows], train_y[val_rows]
+        else:
+            val_x = val_y = None
+        result = linear_probe.evaluate(train_x, train_y, self.vectors(head, t.test, device), val_x, val_y,
+                                       fewshot_k=p["fewshot_k"], batch_size=p["probe_batch_size"], lr=p["lr"],
+                                       epochs=p["epochs"], seed=self.seed, device=device)
+        logits, labels = result.logits, t.test_labels
+        n_classes = max(int(train_y.max()), int(labels.max())) + 1
+        if logits.shape[1] < n_classes:  # a test class the training split never showed: never predicted
+            logits = torch.cat([logits, torch.full((len(logits), n_classes - logits.shape[1]), -math.inf)], 1)
+        acc = metrics.topk_accuracy(logits, labels, ks=(1, 5))
+        truth = torch.zeros_like(logits, dtype=torch.bool)
+        truth[torch.arange(len(labels)), labels] = True
+        outcomes = {f"lp/{k}": v for k, v in uncertainty.rank_outcomes(logits, truth).items()}
+        outcomes["lp/label"] = labels.numpy().astype("int32")
+        top5 = int(labels.max()) >= 5  # CLIP_benchmark's condition for reporting acc5
+        values = {"lp_acc1": acc[1], "lp_acc5": acc[5] if top5 else float("nan"),
+                  "lp_mean_per_class_recall": metrics.mean_per_class_recall(logits, labels, n_classes)}
+        spec = {k: v for k, v in PROBE_SPEC.items() if k != "lp_acc5" or top5}
+        details = {"weight_decay": result.weight_decay, "fits": result.fits, "probe_seconds": round(result.seconds, 2),
+                   "train_images": len(train_y), "validation_images": 0 if val_y is None else len(val_y),
+                   "sweep": [[wd, acc1] for wd, acc1 in result.sweep]}
+        return Evaluation(values, outcomes, spec, details)
+
+    def diagnostic_points(self, data: SuiteData, n: int = 256):
+        return None
