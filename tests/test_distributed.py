@@ -34,6 +34,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert not list((tmp_path / "two").rglob("*.tmp"))
 
 
+@pytest.mark.slow  # 20 s: two more torchrun launches
 def test_torchrun_field_heads_and_siglip_match_one_process(tmp_path):
     """Direction-specific scores, per-step random features and the loss's own parameters under 2 ranks:
     FILIP's ragged token reps are padded to a common width when gathered, WPSE's draws agree across

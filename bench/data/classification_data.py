@@ -94,6 +94,12 @@ def clip_benchmark_names(name: str) -> tuple[list[str] | None, list[str] | None]
     return classnames, templates
 
 
+# Datasets labelled with ImageNet-1k's 1,000 class indices, as clip_benchmark gives them its names. A Hugging Face
+# copy of any other set must use the folder copy's label order for the names to be right; its ClassLabel names
+# are used where clip_benchmark has none.
+SAME_CLASSES = {"imagenetv2": "imagenet1k", "imagenet_sketch": "imagenet1k"}
+
+
 def from_hf(name: str, spec: str, split: str, columns: dict | None = None) -> ClassificationSet:
     """A labelled split of a Hugging Face dataset under a known name: class names and templates are
     clip_benchmark's for that name (so its metrics mean what they mean for the folder copy), else the
@@ -103,7 +109,7 @@ def from_hf(name: str, spec: str, split: str, columns: dict | None = None) -> Cl
     columns = columns or {}
     refs, labels, names = hf_source.labelled_images(spec, split, columns.get("image_column", "auto"),
                                                     columns.get("label_column", "auto"))
-    classnames, templates = clip_benchmark_names(name)
+    classnames, templates = clip_benchmark_names(SAME_CLASSES.get(name, name))
     classnames = classnames or names
     if not classnames:
         raise DataError(f"{name} from {spec}: no class names: clip_benchmark has none for {name!r} and the label "
