@@ -14,7 +14,7 @@ import torch
 
 from bench.core import atomic, distributed
 from bench.features import extract
-from bench.data import default_root, retrieval_data
+from bench.data import default_root, image_source, retrieval_data
 from bench.features.backbone import Backbone, BackboneSpec, weights_identity
 from bench.core.errors import ConfigError, DataError
 from bench.core.registry import suggest
@@ -84,6 +84,7 @@ class BackboneSuite(Suite):
     def loaded(self) -> tuple[dict, retrieval_data.RetrievalSet]:
         """Every test set, then the training set, read and validated once (no images decoded)."""
         if self._loaded is None:
+            image_source.reset()  # read the data as it is now, not as an earlier run in this process saw it
             root = self.roots()[0]
             tests = {d: self.load_test_set(root, d) for d in self.params["datasets"]}
             self._loaded = tests, self.train_set()

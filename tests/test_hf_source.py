@@ -108,3 +108,37 @@ def test_bad_hf_source_exits_2(data, tmp_path, capsys):
                  "--heads", "cosine", "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "nothing-here" in err and "Traceback" not in err
+
+
+def test_a_dataset_rewritten_between_two_runs_of_one_process_is_read_again(data, tmp_path):
+    """Opened datasets and their stamps are forgotten at each run's start (the suite's loaded()): a dataset
+    rewritten in place between two runs of one process gives the new rows' images, not the old ones'."""
+    import shutil
+
+    import numpy as np
+
+    from bench.data import image_source
+    from bench.run import config
+    from suites import get_suite
+
+    root, hf, cfg = data
+    coco_as_hf(root, "test").save_to_disk(str(tmp_path / "copy"))
+    cls = get_suite("retrieval")
+    params = config.merge_checked(cls.default_params(), {
+        "datasets": ["mscoco_captions"], "data_root": str(root), "cache_dir": str(tmp_path / "c"),
+        "sources": {"mscoco_captions": f"hf:{tmp_path / 'copy'}"}}, "suites.retrieval")
+    first = cls(params).loaded()[0]["mscoco_captions"]
+    before = np.asarray(image_source.open_image(first.image_paths[0]))
+    ds = coco_as_hf(root, "test")
+    ds.select(list(range(1, len(ds))) + [0]).flatten_indices().save_to_disk(str(tmp_path / "copy2"))
+    shutil.rmtree(tmp_path / "copy")
+    shutil.move(str(tmp_path / "copy2"), str(tmp_path / "copy"))
+    second = cls(params).loaded()[0]["mscoco_captions"]
+    after = np.asarray(image_source.open_image(second.image_paths[0]))
+    want = np.asarray(image_source.open_image(ds_path(root, 1)))  # the folder copy's second image: the new row 0
+    assert not np.array_equal(before, after) and np.array_equal(after, want)
+    assert second.fingerprint() != first.fingerprint()
+
+
+def ds_path(root, i):
+    return retrieval_data.load(root, "mscoco_captions", "test").image_paths[i]

@@ -182,6 +182,7 @@ class HFImages(image_source.IndexedSource):
 
 
 _open: dict[tuple[int, str], object] = {}
+image_source.on_reset(_open.clear)
 
 
 def image_refs(ds, spec: str, split: str | None, image_column: str) -> list[str]:

@@ -43,6 +43,20 @@ class IndexedSource:
 
 _sources: dict[str, IndexedSource] = {}
 _stamps: dict[tuple[int, str], str] = {}
+_reset_hooks: list = []
+
+
+def on_reset(hook) -> None:
+    """``hook()`` runs at every ``reset`` (a module that keeps opened datasets forgets them)."""
+    _reset_hooks.append(hook)
+
+
+def reset() -> None:
+    """Forget opened sources and their stamps, so the next run reads the data as it is now (a dataset
+    rewritten between two runs of one process is never served from the first run's memory)."""
+    _stamps.clear()
+    for hook in _reset_hooks:
+        hook()
 
 
 def register(source: IndexedSource) -> str:

@@ -84,6 +84,7 @@ class TorchvisionRows(image_source.IndexedSource):
 
 
 _open: dict[tuple[int, str], object] = {}
+image_source.on_reset(_open.clear)
 
 
 # CIFAR's python pickles, read here: torchvision's reader insists on the archive's md5 sums, which a copy
