@@ -116,15 +116,15 @@ def test_token_sets_are_ragged_float16_and_read_a_batch_at_a_time(tmp_path):
     mask = torch.arange(6)[None, :] < torch.tensor([6, 1, 3, 2, 5])[:, None]
     calls = []
 
-    def stream(writer):
-        calls.append(1)
-        writer.append(points[:2], mask[:2])
-        writer.append(points[2:], mask[2:])
+    def stream(writer, start, stop):
+        calls.append((start, stop))
+        writer.append(points[start:start + 2], mask[start:start + 2])
+        writer.append(points[start + 2:stop], mask[start + 2:stop])
         return {"note": "x"}
 
     fields = {**FIELDS, "readout": "tokens"}
-    sets, cached, extra = cache.get_or_build_tokens(fields, stream)
-    assert not cached and extra == {"note": "x"} and isinstance(sets, TokenSets)
+    sets, cached, extra = cache.get_or_build_tokens(fields, 5, stream)
+    assert not cached and extra == {"note": "x"} and isinstance(sets, TokenSets) and calls == [(0, 5)]
     assert isinstance(sets.tokens, np.memmap) and sets.total_tokens == 17 and sets.shape == (5, 6, 3)
     p, m = sets.rows(torch.tensor([1, 3]))
     assert p.shape == (2, 2, 3) and m.tolist() == [[True, False], [True, True]]
@@ -132,11 +132,36 @@ def test_token_sets_are_ragged_float16_and_read_a_batch_at_a_time(tmp_path):
     sub = sets.select(torch.tensor([True, False, True, False, False]))
     q, n = sub.rows(torch.arange(2))
     assert len(sub) == 2 and torch.equal(q[1, :3], points[2, :3].half().float()) and n.sum() == 9
-    again, cached, _ = cache.get_or_build_tokens(fields, stream)
+    again, cached, _ = cache.get_or_build_tokens(fields, 5, stream)
     assert cached and len(calls) == 1
     with open(cache.path(fields) / "tokens.f16", "r+b") as fh:  # flip bytes in place: same size
         fh.seek(8)
         fh.write(b"\x00\x7c")
     assert "checksum" in cache.problem(fields)
-    cache.get_or_build_tokens(fields, stream)
+    cache.get_or_build_tokens(fields, 5, stream)
     assert len(calls) == 2 and cache.problem(fields) is None
+
+
+def test_token_parts_of_ranks_join_in_order_with_an_empty_share(tmp_path):
+    """What rank 0 does under torchrun: the ranks' parts (one empty) joined into one entry equal to one writer's."""
+    from bench.features.token_sets import TokenSets
+
+    g = torch.Generator().manual_seed(1)
+    points = torch.randn(5, 4, 3, generator=g)
+    mask = torch.arange(4)[None, :] < torch.tensor([4, 1, 3, 2, 2])[:, None]
+    cache = FeatureCache(tmp_path / "c")
+    parts, layouts = tmp_path / "parts", []
+    for r, (a, b) in enumerate([(0, 3), (3, 3), (3, 5)]):
+        (parts / f"rank{r:05d}").mkdir(parents=True)
+        layouts.append(cache._write_tokens(parts / f"rank{r:05d}", lambda w, a=a, b=b: (
+            w.append(points[a:b], mask[a:b]) if b > a else None, {"corrupt": {str(a): "x"}} if a == 3 else {})[1]))
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    layout = cache._join_parts(joined, parts, layouts)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    cache._write_tokens(whole, lambda w: w.append(points, mask))
+    assert (joined / "tokens.f16").read_bytes() == (whole / "tokens.f16").read_bytes()
+    a, b = TokenSets(joined, 3, layout["total_tokens"]), TokenSets(whole, 3, layout["total_tokens"])
+    assert torch.equal(a.rows(torch.arange(5))[0], b.rows(torch.arange(5))[0]) and layout["rows"] == 5
+    assert layout["extra"] == {"corrupt": {"3": "x"}}

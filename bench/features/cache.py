@@ -103,23 +103,71 @@ class FeatureCache:
         distributed.barrier()
         return CacheEntry(points, False, json.loads(json.dumps(extra or {}, default=str)))
 
-    def get_or_build_tokens(self, fields: dict, stream: Callable[[TokenWriter], dict]) -> tuple[TokenSets, bool, dict]:
-        """Token sets for ``fields``, or those ``stream(writer)`` writes batch by batch (it returns the extra).
+    def get_or_build_tokens(self, fields: dict, n: int, stream: Callable[[TokenWriter, int, int], dict]
+                            ) -> tuple[TokenSets, bool, dict]:
+        """Token sets for ``fields``, or those ``stream(writer, start, stop)`` writes for items [start, stop)
+        batch by batch (it returns the extra: JSON, e.g. undecodable items by global index).
 
         Written straight to disk, so a dataset's tokens never sit in RAM at once; read back memory-mapped.
-        Under torchrun rank 0 extracts alone while the others wait, then every rank maps the same files.
+        Under torchrun each rank writes its contiguous share into a part folder beside the cache entry;
+        rank 0 joins the parts in rank order and publishes; then every rank maps the same files.
         """
         why = self.problem(fields)
         cached = distributed.all_true(why is None)
         if not cached:
             if why not in (None, "not cached"):
                 log.warning("feature cache %s is stale (%s); rebuilding it.", self.path(fields), why)
-            if distributed.is_main():
-                self._publish_built(fields, lambda tmp: self._write_tokens(tmp, stream))
+            if distributed.world_size() == 1:
+                self._publish_built(fields, lambda tmp: self._write_tokens(tmp, lambda w: stream(w, 0, n)))
+            else:
+                self._build_tokens_sharded(fields, n, stream)
             distributed.barrier()
         manifest = self.manifest(fields)
         sets = TokenSets(self.path(fields), manifest["dim"], manifest["total_tokens"])
         return sets, cached, manifest.get("extra", {})
+
+    def _build_tokens_sharded(self, fields: dict, n: int, stream) -> None:
+        world, rank = distributed.world_size(), distributed.rank()
+        per = -(-n // world)
+        # named like a building folder of rank 0's process, so a later build removes it if that process died
+        name = distributed.gather_objects(f".{self.path(fields).name}.{_host()}.{os.getpid()}.parts.partial"
+                                          if distributed.is_main() else None)[0]
+        parts = self.root / name
+        if distributed.is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            parts.mkdir()
+        distributed.barrier()
+        mine = parts / f"rank{rank:05d}"
+        mine.mkdir()
+        layout = self._write_tokens(mine, lambda w: stream(w, min(n, rank * per), min(n, (rank + 1) * per)))
+        layouts = distributed.gather_objects(layout)
+        if distributed.is_main():
+            try:
+                self._publish_built(fields, lambda tmp: self._join_parts(tmp, parts, layouts))
+            finally:
+                shutil.rmtree(parts, ignore_errors=True)
+
+    @staticmethod
+    def _join_parts(tmp: Path, parts: Path, layouts: list[dict]) -> dict:
+        """One entry from the ranks' parts, in rank order: tokens appended, offsets shifted, extras merged."""
+        import numpy as np
+
+        offsets, extra, total = [np.zeros(1, dtype=np.int64)], {}, 0
+        with open(tmp / TOKENS_FILE, "wb") as out:
+            for r, layout in enumerate(layouts):
+                folder = parts / f"rank{r:05d}"
+                with open(folder / TOKENS_FILE, "rb") as part:
+                    shutil.copyfileobj(part, out, 16 * 2**20)
+                offsets.append(np.load(folder / OFFSETS_FILE)[1:] + total)
+                total += layout["total_tokens"]
+                for key, value in layout["extra"].items():
+                    extra[key] = {**extra.get(key, {}), **value} if isinstance(value, dict) else value
+        offsets = np.concatenate(offsets)
+        np.save(tmp / OFFSETS_FILE, offsets)
+        dims = [layout["dim"] for layout in layouts if layout["dim"]]
+        return {"kind": "tokens", "dtype": "float16", "rows": len(offsets) - 1, "dim": dims[0] if dims else 0,
+                "total_tokens": int(total), "max_tokens": int(np.diff(offsets).max()) if len(offsets) > 1 else 0,
+                "files": [TOKENS_FILE, OFFSETS_FILE], "extra": extra}
 
     @staticmethod
     def _write_tokens(tmp: Path, stream) -> dict:

@@ -185,24 +185,24 @@ def token_fields(backbone: Backbone, dataset: str, split: str, fingerprint: str,
 
 
 def image_token_sets(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, paths, **kw) -> Extracted:
-    def stream(writer) -> dict:
+    def stream(writer, start: int, stop: int) -> dict:
         corrupt = {}
-        for (points, mask), bad in image_batches(backbone, paths, read=backbone.image_tokens, **kw):
+        for (points, mask), bad in image_batches(backbone, paths, start, stop, read=backbone.image_tokens, **kw):
             writer.append(points, mask)
-            corrupt.update(bad)
+            corrupt.update(bad)  # global indices
         return {"corrupt": {str(i): why for i, why in sorted(corrupt.items())}}
 
     fields = token_fields(backbone, dataset, split, fingerprint_files(paths), "image")
-    sets, cached, extra = cache.get_or_build_tokens(fields, stream)
+    sets, cached, extra = cache.get_or_build_tokens(fields, len(paths), stream)
     return Extracted(sets, cached, {int(i): why for i, why in extra.get("corrupt", {}).items()})
 
 
 def text_token_sets(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, texts: list[str], **kw) -> Extracted:
-    def stream(writer) -> dict:
-        for points, mask in text_batches(backbone, texts, read=backbone.text_tokens, **kw):
+    def stream(writer, start: int, stop: int) -> dict:
+        for points, mask in text_batches(backbone, texts[start:stop], read=backbone.text_tokens, **kw):
             writer.append(points, mask)
         return {}
 
     fields = token_fields(backbone, dataset, split, fingerprint_texts(texts), "text")
-    sets, cached, _ = cache.get_or_build_tokens(fields, stream)
+    sets, cached, _ = cache.get_or_build_tokens(fields, len(texts), stream)
     return Extracted(sets, cached)
