@@ -57,10 +57,6 @@ class ProbeTest:
     val: torch.Tensor | object | None = None
     val_labels: torch.Tensor | None = None
 
-    @property
-    def images(self):  # what the shared diagnostics look at
-        return self.test
-
 
 @register_suite("linear_probe")
 class LinearProbeSuite(BackboneSuite):

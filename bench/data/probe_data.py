@@ -75,9 +75,6 @@ class TorchvisionRows(image_source.IndexedSource):
             return Image.fromarray(ds.images[int(row)])
         return ds[int(row)][0]
 
-    def row_size(self, row: int) -> int | None:
-        return 1
-
     def stamp(self) -> str:
         files = sorted(p for p in Path(self.root).rglob("*") if p.is_file())
         return "tv:" + ",".join(f"{p.relative_to(self.root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)

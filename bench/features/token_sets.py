@@ -85,7 +85,3 @@ class TokenSets:
         if isinstance(item, slice):
             return self.select(np.arange(len(self))[item])
         return self.select(item)
-
-    def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every set at once, padded (small data and tests only)."""
-        return self.rows(np.arange(len(self)))

@@ -86,7 +86,6 @@ def main(argv=None) -> int:
     p.add_argument("--score-captions", type=int, default=2500)
     args = p.parse_args(argv)
     captions = Path(args.captions).read_text().splitlines() if args.captions else SAMPLE_CAPTIONS
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         g = torch.Generator().manual_seed(0)
