@@ -19,12 +19,22 @@ from suites.base import Evaluation, ReportTable, SuiteData, register_suite
 DATASETS = ("imagenet1k", "imagenetv2", "imagenet-r", "imagenet-a", "imagenet_sketch", "objectnet")
 
 
-# Per sample: the rank of its true class (ties exact); the resampling unit is the sample.
-CLASSIFICATION_SPEC = {
-    "acc1": {"kind": "hit", "query": "cls", "k": 1},
-    "acc5": {"kind": "hit", "query": "cls", "k": 5},
-    "mean_per_class_recall": {"kind": "balanced_hit", "query": "cls", "k": 1, "labels": "cls/label"},
-}
+def class_evaluation(logits: torch.Tensor, labels: torch.Tensor, n_classes: int, prefix: str = "", query: str = "cls",
+                     top5: bool = True) -> Evaluation:
+    """acc@1, acc@5 (when ``top5``) and mean per-class recall of ``[samples, classes]`` logits, with each
+    sample's rank of its true class (ties exact) as the outcome: the resampling unit is the sample.
+    Shared by zero-shot classification and the linear probe (``prefix`` "lp_", ``query`` "lp")."""
+    acc = metrics.topk_accuracy(logits, labels, ks=(1, 5))
+    truth = torch.zeros_like(logits, dtype=torch.bool)
+    truth[torch.arange(len(labels)), labels] = True
+    outcomes = {f"{query}/{k}": v for k, v in uncertainty.rank_outcomes(logits, truth).items()}
+    outcomes[f"{query}/label"] = labels.cpu().numpy().astype("int32")
+    values = {f"{prefix}acc1": acc[1], f"{prefix}acc5": acc[5] if top5 else float("nan"),
+              f"{prefix}mean_per_class_recall": metrics.mean_per_class_recall(logits, labels, n_classes)}
+    spec = {f"{prefix}acc1": {"kind": "hit", "query": query, "k": 1},
+            **({f"{prefix}acc5": {"kind": "hit", "query": query, "k": 5}} if top5 else {}),
+            f"{prefix}mean_per_class_recall": {"kind": "balanced_hit", "query": query, "k": 1, "labels": f"{query}/label"}}
+    return Evaluation(values, outcomes, spec)
 
 
 @dataclass
@@ -73,11 +83,4 @@ class ClassificationSuite(BackboneSuite):
     def evaluate_dataset(self, head, image_rep, t: ClassificationTest, device) -> Evaluation:
         classes = head.combine_prompts(encode(head, "text", t.prompts, None, device), t.n_classes, t.n_templates)
         logits = score_matrix(head, image_rep, classes, len(t.images), t.n_classes).cpu()
-        acc = metrics.topk_accuracy(logits, t.labels, ks=(1, 5))
-        truth = torch.zeros_like(logits, dtype=torch.bool)
-        truth[torch.arange(len(t.labels)), t.labels] = True
-        outcomes = {f"cls/{k}": v for k, v in uncertainty.rank_outcomes(logits, truth).items()}
-        outcomes["cls/label"] = t.labels.cpu().numpy().astype("int32")
-        return Evaluation({"acc1": acc[1], "acc5": acc[5],
-                           "mean_per_class_recall": metrics.mean_per_class_recall(logits, t.labels, t.n_classes)},
-                          outcomes, CLASSIFICATION_SPEC)
+        return class_evaluation(logits, t.labels, t.n_classes)

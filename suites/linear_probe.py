@@ -16,16 +16,13 @@ import torch
 
 from bench.core.errors import ConfigError
 from bench.data import probe_data
-from bench.eval import linear_probe, metrics, uncertainty
+from bench.eval import linear_probe
+from bench.eval.scoring import in_batches
 from suites.backbone_suite import BackboneSuite
+from suites.classification import class_evaluation
 from suites.base import Evaluation, ReportTable, SuiteData, register_suite
 
 DATASETS = tuple(probe_data.LAYOUTS)
-PROBE_SPEC = {
-    "lp_acc1": {"kind": "hit", "query": "lp", "k": 1},
-    "lp_acc5": {"kind": "hit", "query": "lp", "k": 5},
-    "lp_mean_per_class_recall": {"kind": "balanced_hit", "query": "lp", "k": 1, "labels": "lp/label"},
-}
 
 
 @dataclass
@@ -123,15 +120,10 @@ class LinearProbeSuite(BackboneSuite):
         return self.suite_data(backbone, train, pairs, test, datasets)
 
     @torch.no_grad()
-    def vectors(self, head, points, device, batch: int = 4096) -> torch.Tensor:
+    def vectors(self, head, points, device) -> torch.Tensor:
         """The head's image vectors, L2-normalised (CLIP_benchmark's featurizer), on the CPU."""
-        from bench.eval.scoring import rows_of
-
-        out = []
-        for start in range(0, len(points), batch):
-            p, m = rows_of(points, None, torch.arange(start, min(start + batch, len(points))), device)
-            out.append(torch.nn.functional.normalize(head.embed_image(p, m).float(), dim=-1).cpu())
-        return torch.cat(out)
+        return torch.cat(in_batches(
+            lambda p, m: torch.nn.functional.normalize(head.embed_image(p, m).float(), dim=-1).cpu(), points, None, device))
 
     def evaluate(self, head, data: SuiteData, device) -> Evaluation:
         head.eval()
@@ -157,19 +149,12 @@ class LinearProbeSuite(BackboneSuite):
         n_classes = max(int(train_y.max()), int(labels.max())) + 1
         if logits.shape[1] < n_classes:  # a test class the training split never showed: never predicted
             logits = torch.cat([logits, torch.full((len(logits), n_classes - logits.shape[1]), -math.inf)], 1)
-        acc = metrics.topk_accuracy(logits, labels, ks=(1, 5))
-        truth = torch.zeros_like(logits, dtype=torch.bool)
-        truth[torch.arange(len(labels)), labels] = True
-        outcomes = {f"lp/{k}": v for k, v in uncertainty.rank_outcomes(logits, truth).items()}
-        outcomes["lp/label"] = labels.numpy().astype("int32")
         top5 = int(labels.max()) >= 5  # CLIP_benchmark's condition for reporting acc5
-        values = {"lp_acc1": acc[1], "lp_acc5": acc[5] if top5 else float("nan"),
-                  "lp_mean_per_class_recall": metrics.mean_per_class_recall(logits, labels, n_classes)}
-        spec = {k: v for k, v in PROBE_SPEC.items() if k != "lp_acc5" or top5}
-        details = {"weight_decay": result.weight_decay, "fits": result.fits, "probe_seconds": round(result.seconds, 2),
+        evaluation = class_evaluation(logits, labels, n_classes, prefix="lp_", query="lp", top5=top5)
+        evaluation.details = {"weight_decay": result.weight_decay, "fits": result.fits, "probe_seconds": round(result.seconds, 2),
                    "train_images": len(train_y), "validation_images": 0 if val_y is None else len(val_y),
                    "sweep": [[wd, acc1] for wd, acc1 in result.sweep]}
-        return Evaluation(values, outcomes, spec, details)
+        return evaluation
 
     def diagnostic_points(self, data: SuiteData, n: int = 256):
         return None

@@ -13,9 +13,9 @@ from bench.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_torchrun_two_processes_match_one(tmp_path):
-    cfg = small_config(tmp_path)
-    heads = "cosine,kme_rbf,kme_rff"
+def one_and_two_processes(tmp_path, cfg, heads: str):
+    """The synthetic suite with ``heads`` in this process (out ``one``) and under 2 gloo ranks (``two``):
+    both runs' records by head, and the torchrun process."""
     assert main(["--config", str(cfg), "--out", str(tmp_path / "one"), "--heads", heads, "--no-progress"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -23,9 +23,15 @@ def test_torchrun_two_processes_match_one(tmp_path):
            "--heads", heads, "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    by_head = lambda out: {r["head"]["name"]: r for r in results.load_all(out)}  # noqa: E731
+    return by_head(tmp_path / "one"), by_head(tmp_path / "two"), proc
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    cfg = small_config(tmp_path)
+    heads = "cosine,kme_rbf,kme_rff"
+    one, two, proc = one_and_two_processes(tmp_path, cfg, heads)
     assert proc.stdout.count("# simbench leaderboard") == 1  # rank 0 alone reports
-    one = {r["head"]["name"]: r for r in results.load_all(tmp_path / "one")}
-    two = {r["head"]["name"]: r for r in results.load_all(tmp_path / "two")}
     assert set(one) == set(two)
     for head in heads.split(","):
         assert two[head]["config"]["hash"] == one[head]["config"]["hash"]
@@ -43,15 +49,7 @@ def test_torchrun_field_heads_and_siglip_match_one_process(tmp_path):
 
     cfg = small_config(tmp_path, train={**SMALL["train"], "loss": "siglip"})
     heads = "wpse,filip,meru"
-    assert main(["--config", str(cfg), "--out", str(tmp_path / "one"), "--heads", heads, "--no-progress"]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "run_bench.py"), "--config", str(cfg), "--out", str(tmp_path / "two"),
-           "--heads", heads, "--device", "cpu", "--no-progress"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    one = {r["head"]["name"]: r for r in results.load_all(tmp_path / "one")}
-    two = {r["head"]["name"]: r for r in results.load_all(tmp_path / "two")}
+    one, two, _ = one_and_two_processes(tmp_path, cfg, heads)
     for head in heads.split(","):
         assert one[head]["config"]["resolved"]["train"]["loss"] == "siglip"
         for name, value in one[head]["trained_loss"]["parameters"].items():

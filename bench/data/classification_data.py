@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.data import image_source
 from bench.core.errors import DataError
-from bench.data.webdataset import clip_benchmark_shards, wds_samples
+from bench.data.webdataset import clip_benchmark_shards, labelled_samples
 
 LAYOUTS = {
     "imagenet1k": ("DATA_ROOT/imagenet1k/ILSVRC2012_devkit_t12.tar.gz + val/ (torchvision ImageNet layout)",
@@ -72,13 +72,7 @@ def classes_from_shards(name: str, root: Path, shards: list[Path]) -> Classifica
             lists[fname] = [line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as exc:
             raise DataError(f"{name}: {f} is not UTF-8 text ({exc}); re-save it as UTF-8.") from None
-    paths, labels = [], []
-    for path, texts in wds_samples(shards, ("cls",)):
-        paths.append(path)
-        try:
-            labels.append(int(texts["cls"]))
-        except ValueError:
-            raise DataError(f"{name}: {path} has class label {texts['cls'][:40]!r}, not an integer.") from None
+    paths, labels = labelled_samples(name, shards)
     return ClassificationSet(name, paths, labels, lists["classnames.txt"], lists["zeroshot_classification_templates.txt"])
 
 

@@ -110,16 +110,15 @@ class HFImages(image_source.IndexedSource):
         return "hf-" + hashing.json_sha256([self.spec, self.split, self.image_column], 16)
 
     def _rows(self):
-        memo = _open.get((os.getpid(), self.key()))
-        if memo is None:
-            import datasets
+        return image_source.opened(self, lambda: self.undecoded(open_dataset(self.spec, self.split)))
 
-            ds = open_dataset(self.spec, self.split)
-            feature = ds.features[self.image_column]
-            if isinstance(feature, datasets.Image):
-                ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
-            memo = _open[(os.getpid(), self.key())] = ds
-        return memo
+    def undecoded(self, ds):
+        """The dataset with its image column as stored bytes (decoded later by image_source, like files)."""
+        import datasets
+
+        if isinstance(ds.features[self.image_column], datasets.Image):
+            ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
+        return ds
 
     def _value(self, row: int):
         value = self._rows()[int(row)][self.image_column]
@@ -181,12 +180,12 @@ class HFImages(image_source.IndexedSource):
         return f"hf:{ds._fingerprint}:{len(ds)}:{','.join(files)}"
 
 
-_open: dict[tuple[int, str], object] = {}
-image_source.on_reset(_open.clear)
 
 
 def image_refs(ds, spec: str, split: str | None, image_column: str) -> list[str]:
-    prefix = image_source.register(HFImages(spec, split, image_column))
+    source = HFImages(spec, split, image_column)
+    prefix = image_source.register(source)
+    image_source.remember(source, source.undecoded(ds))  # opened once per process, not again by the first row
     return [f"{prefix}{i}" for i in range(len(ds))]
 
 

@@ -43,20 +43,27 @@ class IndexedSource:
 
 _sources: dict[str, IndexedSource] = {}
 _stamps: dict[tuple[int, str], str] = {}
-_reset_hooks: list = []
+_opened: dict[tuple[int, str], object] = {}  # what a source opened, per process (workers reopen their own)
 
 
-def on_reset(hook) -> None:
-    """``hook()`` runs at every ``reset`` (a module that keeps opened datasets forgets them)."""
-    _reset_hooks.append(hook)
+def opened(source: IndexedSource, load):
+    """What ``load()`` returns for ``source`` in this process, loaded once until the next ``reset``."""
+    key = (os.getpid(), source.key())
+    if key not in _opened:
+        _opened[key] = load()
+    return _opened[key]
+
+
+def remember(source: IndexedSource, value) -> None:
+    """Hand a source what its loader would load (the caller has just read it)."""
+    _opened[(os.getpid(), source.key())] = value
 
 
 def reset() -> None:
     """Forget opened sources and their stamps, so the next run reads the data as it is now (a dataset
     rewritten between two runs of one process is never served from the first run's memory)."""
     _stamps.clear()
-    for hook in _reset_hooks:
-        hook()
+    _opened.clear()
 
 
 def register(source: IndexedSource) -> str:

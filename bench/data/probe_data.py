@@ -10,7 +10,6 @@ Hugging Face datasets (``sources``) work too.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from bench.core import hashing
 from bench.core.errors import DataError
 from bench.data import image_source
-from bench.data.webdataset import clip_benchmark_shards, wds_samples
+from bench.data.webdataset import clip_benchmark_shards, labelled_samples
 
 LAYOUTS = {
     "imagenet1k": "DATA_ROOT/imagenet1k/ with ILSVRC2012_devkit_t12.tar.gz, train/<wnid>/*.JPEG and val/ (torchvision ImageNet)",
@@ -61,11 +60,8 @@ class TorchvisionRows(image_source.IndexedSource):
         return "tv-" + hashing.json_sha256([self.name, self.root, self.split], 16)
 
     def dataset(self):
-        memo = _open.get((os.getpid(), self.key()))
-        if memo is None:
-            reader = read_cifar if self.name in CIFAR else _build
-            memo = _open[(os.getpid(), self.key())] = reader(self.name, Path(self.root), self.split)
-        return memo
+        reader = read_cifar if self.name in CIFAR else _build
+        return image_source.opened(self, lambda: reader(self.name, Path(self.root), self.split))
 
     def open_row(self, row: int):
         ds = self.dataset()
@@ -80,8 +76,6 @@ class TorchvisionRows(image_source.IndexedSource):
         return "tv:" + ",".join(f"{p.relative_to(self.root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
-_open: dict[tuple[int, str], object] = {}
-image_source.on_reset(_open.clear)
 
 
 # CIFAR's python pickles, read here: torchvision's reader insists on the archive's md5 sums, which a copy
@@ -193,20 +187,13 @@ def _from_folder(data_root: Path, name: str, split: str) -> LabelledSet:
     root = data_root / name
     shards = clip_benchmark_shards(root, split) if root.is_dir() else None
     if shards is not None:  # clip_benchmark's webdataset export
-        paths, labels = [], []
-        for path, texts in wds_samples(shards, ("cls",)):
-            paths.append(path)
-            try:
-                labels.append(int(texts["cls"]))
-            except ValueError:
-                raise DataError(f"{name}: {path} has class label {texts['cls'][:40]!r}, not an integer.") from None
-        return LabelledSet(name, split, paths, labels)
+        return LabelledSet(name, split, *labelled_samples(name, shards))
     if not root.is_dir() or not any(root.iterdir()):
         raise DataError(f"{name}: folder {root} is missing or empty. Expected layout:\n  {LAYOUTS[name]}\nGet it from: {SOURCE}")
     if name in CIFAR:
         arrays = read_cifar(name, root, split)
         labels, rows = arrays.labels, TorchvisionRows(name, str(root), split)
-        _open[(os.getpid(), rows.key())] = arrays  # read once in this process
+        image_source.remember(rows, arrays)  # read once in this process
         prefix = image_source.register(rows)
         return LabelledSet(name, split, [f"{prefix}{i}" for i in range(len(labels))], labels)
     ds = _build(name, root, split)

@@ -52,3 +52,15 @@ def clip_benchmark_shards(folder: Path, split: str) -> list[Path] | None:
     except ValueError:
         raise DataError(f"{count} must hold the number of shards, got {count.read_text()[:40]!r}.") from None
     return [folder / split / f"{i}.tar" for i in range(n)]
+
+
+def labelled_samples(name: str, shards: list[Path]) -> tuple[list[str], list[int]]:
+    """Image references and integer ``cls`` labels of a classification export, in shard order."""
+    paths, labels = [], []
+    for path, texts in wds_samples(shards, ("cls",)):
+        paths.append(path)
+        try:
+            labels.append(int(texts["cls"]))
+        except ValueError:
+            raise DataError(f"{name}: {path} has class label {texts['cls'][:40]!r}, not an integer.") from None
+    return paths, labels

@@ -36,7 +36,7 @@ def check_rep(head, side: str, rep, n: int):
     return rep
 
 
-def rows_of(points, mask, rows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def rows_of(points, mask, rows: "torch.Tensor | slice", device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rows of a dense tensor (with its optional mask), or of a set store that reads them itself
     (``rows(idx) -> (points, mask)``: token sets memory-mapped from the feature cache)."""
     if hasattr(points, "rows"):
@@ -46,17 +46,18 @@ def rows_of(points, mask, rows: torch.Tensor, device) -> tuple[torch.Tensor, tor
     return p.to(device, non_blocking=True), None if m is None else m.to(device, non_blocking=True)
 
 
+def in_batches(fn, points, mask: torch.Tensor | None, device, batch: int = 4096) -> list:
+    """``fn(points, mask)`` on every batch of sets, moved to ``device``: ``points`` is a dense ``[n, p, d]``
+    tensor (sliced: a view) or token sets read from disk a batch at a time."""
+    n = len(points)
+    return [fn(*rows_of(points, mask, slice(start, min(start + batch, n)), device)) for start in range(0, n, batch)]
+
+
 @torch.no_grad()
 def encode(head, side: str, points, mask: torch.Tensor | None, device, batch: int = 4096):
-    """Encode all sets in batches on ``device``; the representation stays on the device. ``points`` is a
-    dense ``[n, p, d]`` tensor or token sets read a batch at a time."""
+    """Encode all sets in batches on ``device``; the representation stays on the device."""
     fn = head.encode_image if side == "image" else head.encode_text
-    reps = []
-    n = len(points)
-    for start in range(0, n, batch):
-        p, m = rows_of(points, mask, torch.arange(start, min(start + batch, n)), device)
-        reps.append(check_rep(head, side, fn(p, m), p.shape[0]))
-    return _cat(reps)
+    return _cat(in_batches(lambda p, m: check_rep(head, side, fn(p, m), p.shape[0]), points, mask, device, batch))
 
 
 class ScoreError(RuntimeError):

@@ -68,7 +68,9 @@ class TokenSets:
         return TokenSets(self.folder, self.dim, self.total_tokens, picked)
 
     def rows(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points ``[b, longest, D]`` (float32) and mask of the sets at ``idx`` (positions in this view)."""
+        """Points ``[b, longest, D]`` (float32) and mask of the sets at ``idx`` (positions in this view, or a slice)."""
+        if isinstance(idx, slice):
+            idx = np.arange(len(self))[idx]
         idx = idx.cpu().numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
         sets = self.index[idx.reshape(-1)]
         starts, ends = self.offsets[sets], self.offsets[sets + 1]
