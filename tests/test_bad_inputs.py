@@ -458,7 +458,23 @@ def _real_cases():
     def cache_unwritable(tmp, data, tiny):
         return {"backbone": str(tiny), "cache_dir": "/proc/simbench-cache"}
 
+    def source_not_in_run(tmp, data, tiny):
+        return {"backbone": str(tiny), "sources": {"imagenet1k": "hf:/nowhere"}}
+
+    def source_not_hf(tmp, data, tiny):
+        return {"backbone": str(tiny), "sources": {"flickr30k": str(data / "flickr30k")}}
+
+    def hf_without_captions(tmp, data, tiny):
+        from datasets import Dataset
+
+        images = sorted(str(p) for p in (data / "flickr30k").glob("*.jpg"))
+        Dataset.from_dict({"image": images, "words": ["x"] * len(images)}).save_to_disk(str(tmp / "hf"))
+        return {"backbone": str(tiny), "sources": {"flickr30k": f"hf:{tmp / 'hf'}"}}
+
     return [
+        ("source-for-a-dataset-not-in-the-run", source_not_in_run, "not a dataset of this run"),
+        ("source-not-hf", source_not_hf, "write hf:PATH_OR_NAME[:SPLIT]"),
+        ("hf-source-without-caption-column", hf_without_captions, "no caption column (tried caption, captions"),
         ("model-config-syntax-error", bad_json_config, "is not valid JSON"),
         ("model-config-without-towers", config_without_towers, "needs the keys embed_dim, vision_cfg and text_cfg"),
         ("checkpoint-missing", missing_checkpoint, "does not exist (or is not a file)"),
