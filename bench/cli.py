@@ -87,7 +87,7 @@ def _compare(argv: list[str]) -> int:
                                 warn=lambda m: print(m, file=sys.stderr))
     except (KeyError, ValueError) as exc:
         raise UsageError(f"compare --suite {args.suite}: {exc.args[0]}.") from None
-    directions = {m: d == "higher" for m, d in chosen[args.suite][0]["suite"]["metric_directions"]}
+    directions = chosen[args.suite][0].directions
     print(f"{args.suite}: {heads[0]} against {', '.join(heads[1:])}; differences A - B with paired 95% bootstrap "
           f"intervals over test queries, sign-flip p-values ({args.resamples:,} draws each), Holm-adjusted "
           "across all the rows below.\n")
@@ -573,7 +573,7 @@ def _check(args, summary, baseline) -> int:
         raise UsageError(str(exc)) from None
     if unjudged:
         print(f"\nnot in {args.check} (no baseline to judge them by): {', '.join(unjudged)}")
-    judged = sorted({r["head"]["name"] for r in summary.records} - set(unjudged))
+    judged = sorted({r.head.name for r in summary.records} - set(unjudged))
     if found:
         print(f"\nREGRESSION ({args.check_rule} rule): {len(found)} metric(s) worse than {args.check} by more than "
               "their tolerance:\n")

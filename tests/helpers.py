@@ -35,7 +35,7 @@ def rebuild(suite_name: str, cfg_path: Path, backbone: Path, data_root: Path, ou
     suite_cls = suites.get_suite(suite_name)
     params = config.merge_checked(suite_cls.default_params(), cfg["suites"][suite_name], suite_name)
     data = suite_cls(params).build(cfg["seed"])
-    head = heads.get_head(head_name)(data.image_dim, data.text_dim, **record["head"]["options"])
+    head = heads.get_head(head_name)(data.image_dim, data.text_dim, **record.head.options)
     weights = results.weights_path(out, suite_name, head_name)
     if weights.exists():
         head.load_state_dict(load_file(str(weights)))
@@ -53,13 +53,13 @@ def assert_outcomes_reproduce_metrics(out: Path, expect_specs: bool = True) -> i
 
     checked = 0
     for r in results.load_all(out):
-        if r["status"] != "ok":
+        if r.status != "ok":
             continue
         arrays = results.read_outcomes(out, r)
-        assert arrays is not None or not expect_specs, f"{r['head']['name']} has no outcomes"
+        assert arrays is not None or not expect_specs, f"{r.head.name} has no outcomes"
         if arrays is None:
             continue
-        for metric, est in uncertainty.estimators(arrays, r["outcomes"]["spec"]).items():
-            assert est.point() == pytest.approx(r["metrics"][metric], abs=1e-9), (r["head"]["name"], metric)
+        for metric, est in uncertainty.estimators(arrays, r.outcomes.spec).items():
+            assert est.point() == pytest.approx(r.metrics[metric], abs=1e-9), (r.head.name, metric)
             checked += 1
     return checked

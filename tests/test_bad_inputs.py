@@ -222,7 +222,7 @@ def test_result_file_holding_null_is_named_and_recomputed(earlier, tmp_path, cap
     assert main(["--config", str(_cfg(tmp_path)), "--out", str(out), "--heads", "cosine,clip_frozen", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "holds NoneType, not a result" in text and "recomputed now" in text
-    assert results.read(out / "runs" / "synthetic" / "cosine.json")["status"] == "ok"
+    assert results.read(out / "runs" / "synthetic" / "cosine.json").status == "ok"
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,9 +317,9 @@ def test_a_broken_user_head_fails_alone(head, phrase, tmp_path, capsys, forget_b
                  "--heads", f"{head},clip_frozen", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1 and "1 head(s) failed: " + head in captured.err
-    recs = {r["head"]["name"]: r for r in results.load_all(out)}
-    assert recs[head]["status"] == "failed" and phrase in recs[head]["error"], recs[head]["error"]
-    assert recs["clip_frozen"]["status"] == "ok" and recs["oracle"]["status"] == "ok"  # the others still ran
+    recs = {r.head.name: r for r in results.load_all(out)}
+    assert recs[head].status == "failed" and phrase in recs[head].error, recs[head].error
+    assert recs["clip_frozen"].status == "ok" and recs["oracle"].status == "ok"  # the others still ran
     assert phrase in (out / "leaderboard.md").read_text()
 
 
@@ -565,8 +565,8 @@ def test_cache_manifest_holding_null_is_rebuilt(realdata, tmp_path, capsys):
     for m in manifests:
         m.write_text("null")
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
-    a = results.read(results.run_path(tmp_path / "a", "retrieval", "clip_frozen"))["metrics"]
-    b = results.read(results.run_path(tmp_path / "b", "retrieval", "clip_frozen"))["metrics"]
+    a = results.read(results.run_path(tmp_path / "a", "retrieval", "clip_frozen")).metrics
+    b = results.read(results.run_path(tmp_path / "b", "retrieval", "clip_frozen")).metrics
     assert a == b and all(json.loads(m.read_text()) for m in manifests)  # rebuilt, same features
 
 

@@ -64,7 +64,7 @@ def test_clip_frozen_equals_clip_benchmark_zero_shot(data, tmp_path):
     args = ["--suite", "classification", "--backbone", str(cfg), "--data-root", str(root), "--config", str(small),
             "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
     assert main([*args, "--heads", "clip_frozen,kme_rbf"]) == 0
-    ours = results.read(results.run_path(tmp_path, "classification", "clip_frozen"))["metrics"]
+    ours = results.read(results.run_path(tmp_path, "classification", "clip_frozen")).metrics
     # kme_rbf's numbers from its own score() and combine_prompts, counted here without bench.eval.metrics.
     record, cdata, head = rebuild("classification", small, cfg, root, tmp_path, "kme_rbf")
     t = cdata.test["imagenet_sketch"]
@@ -73,7 +73,7 @@ def test_clip_frozen_equals_clip_benchmark_zero_shot(data, tmp_path):
         logits = head.score(head.encode_image(t.images), classes)
     top5 = logits.topk(5, dim=1).indices
     pred = top5[:, 0]
-    kme = record["metrics"]
+    kme = record.metrics
     assert kme["imagenet_sketch/acc1"] == pytest.approx((pred == t.labels).double().mean().item(), abs=1e-12)
     assert kme["imagenet_sketch/acc5"] == pytest.approx((top5 == t.labels[:, None]).any(1).double().mean().item(), abs=1e-12)
     from sklearn.metrics import balanced_accuracy_score
@@ -135,14 +135,14 @@ def test_skip_corrupt_drops_the_sample_and_keeps_labels_aligned(data, tmp_path, 
     assert run(clean_root, tmp_path / "c") == 0
     skipped = results.read(results.run_path(tmp_path / "b", "classification", "clip_frozen"))
     clean = results.read(results.run_path(tmp_path / "c", "classification", "clip_frozen"))
-    assert skipped["metrics"] == clean["metrics"]
+    assert skipped.metrics == clean.metrics
     assert assert_outcomes_reproduce_metrics(tmp_path / "b") == 3  # acc1, acc5, mean per-class recall
     assert run(clean_root, tmp_path / "c", "--heads", "cosine") == 0  # a second head beside clip_frozen
     assert main(["compare", "--suite", "classification", "--heads", "cosine,clip_frozen", "--out", str(tmp_path / "c"),
                  "--resamples", "500"]) == 0
     assert "imagenet_sketch/mean_per_class_recall" in capsys.readouterr().out
-    assert skipped["suite"]["test_set"]["datasets"]["imagenet_sketch"]["images"] == 1009
-    assert list(skipped["suite"]["test_set"]["corrupt_images_skipped"]["imagenet_sketch/test"]["files"]) == [str(bad_root / victim)]
+    assert skipped.suite.test_set["datasets"]["imagenet_sketch"]["images"] == 1009
+    assert list(skipped.suite.test_set["corrupt_images_skipped"]["imagenet_sketch/test"]["files"]) == [str(bad_root / victim)]
 
 
 def small_export(root):
@@ -172,11 +172,11 @@ def test_every_new_head_classifies_zero_shot_end_to_end(data, tmp_path, loss):
     heads = "cosine,kme_rbf,kme_rff,wpse,filip,meru"
     assert main(["--suite", "classification", "--backbone", str(cfg), "--data-root", str(tmp_path), "--config",
                  str(config), "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu", "--heads", heads]) == 0
-    recs = {r["head"]["name"]: r for r in results.load_all(tmp_path / "o")}
+    recs = {r.head.name: r for r in results.load_all(tmp_path / "o")}
     assert set(recs) == set(heads.split(","))
     for name, r in recs.items():
-        assert r["status"] == "ok", (name, r["error"])
-        assert 0 <= r["metrics"]["imagenet-r/acc1"] <= 1
+        assert r.status == "ok", (name, r.error)
+        assert 0 <= r.metrics["imagenet-r/acc1"] <= 1
 
 
 def test_a_classification_set_from_hugging_face_keeps_clip_benchmarks_names(data, tmp_path):

@@ -70,10 +70,10 @@ def test_corrupt_test_image_fails_by_default_then_skip_corrupt_leaves_it_out(dat
     assert main_skip(root, cfg, small, out) == 0
     assert {p: p.stat().st_mtime_ns for p in shards} == stamps  # the failed run's pass was reused
     rec = results.read(results.run_path(out, "retrieval", "clip_frozen"))
-    skipped = rec["suite"]["test_set"]["corrupt_images_skipped"]
+    skipped = rec.suite.test_set["corrupt_images_skipped"]
     assert list(skipped) == ["flickr30k/test"] and skipped["flickr30k/test"]["count"] == 1
     assert list(skipped["flickr30k/test"]["files"]) == [str(bad)]
-    assert rec["suite"]["test_set"]["datasets"]["flickr30k"] == {**rec["suite"]["test_set"]["datasets"]["flickr30k"],
+    assert rec.suite.test_set["datasets"]["flickr30k"] == {**rec.suite.test_set["datasets"]["flickr30k"],
                                                                  "images": 7, "captions": 35}
 
     # Left out means exactly as if the image and its captions were never in the dataset.
@@ -86,9 +86,9 @@ def test_corrupt_test_image_fails_by_default_then_skip_corrupt_leaves_it_out(dat
     small_clean.write_text(small.read_text().replace(str(root / "cache"), str(clean / "cache")))
     assert run_retrieval(clean, cfg, small_clean, tmp_path / "c", heads="clip_frozen") == 0
     ref = results.read(results.run_path(tmp_path / "c", "retrieval", "clip_frozen"))
-    flickr = {k: v for k, v in rec["metrics"].items() if k.startswith("flickr30k/")}
-    assert flickr == {k: v for k, v in ref["metrics"].items() if k.startswith("flickr30k/")}
-    assert rec["config"]["hash"] != ref["config"]["hash"]  # skip_corrupt is part of the protocol
+    flickr = {k: v for k, v in rec.metrics.items() if k.startswith("flickr30k/")}
+    assert flickr == {k: v for k, v in ref.metrics.items() if k.startswith("flickr30k/")}
+    assert rec.config.hash != ref.config.hash  # skip_corrupt is part of the protocol
 
 
 def test_corrupt_training_image_drops_its_pairs(data, tmp_path):
@@ -102,7 +102,7 @@ def test_corrupt_training_image_drops_its_pairs(data, tmp_path):
     corrupt(root / "mscoco_captions" / "train2014" / "COCO_train2014_000000000002.jpg", "truncated")
     assert main_skip(root, cfg, small, tmp_path / "out", heads="cosine") == 0
     rec = results.read(results.run_path(tmp_path / "out", "retrieval", "cosine"))
-    ident = rec["suite"]["test_set"]
+    ident = rec.suite.test_set
     assert ident["train"]["pairs"] == 27 and ident["corrupt_images_skipped"]["mscoco_captions/train"]["count"] == 1
 
 

@@ -23,7 +23,7 @@ def one_and_two_processes(tmp_path, cfg, heads: str):
            "--heads", heads, "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    by_head = lambda out: {r["head"]["name"]: r for r in results.load_all(out)}  # noqa: E731
+    by_head = lambda out: {r.head.name: r for r in results.load_all(out)}  # noqa: E731
     return by_head(tmp_path / "one"), by_head(tmp_path / "two"), proc
 
 
@@ -34,9 +34,9 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert proc.stdout.count("# simbench leaderboard") == 1  # rank 0 alone reports
     assert set(one) == set(two)
     for head in heads.split(","):
-        assert two[head]["config"]["hash"] == one[head]["config"]["hash"]
-        for metric, value in one[head]["metrics"].items():
-            assert two[head]["metrics"][metric] == pytest.approx(value, abs=1e-5), (head, metric)
+        assert two[head].config.hash == one[head].config.hash
+        for metric, value in one[head].metrics.items():
+            assert two[head].metrics[metric] == pytest.approx(value, abs=1e-5), (head, metric)
     assert not list((tmp_path / "two").rglob("*.tmp"))
 
 
@@ -51,13 +51,13 @@ def test_torchrun_field_heads_and_siglip_match_one_process(tmp_path):
     heads = "wpse,filip,meru"
     one, two, _ = one_and_two_processes(tmp_path, cfg, heads)
     for head in heads.split(","):
-        assert one[head]["config"]["resolved"]["train"]["loss"] == "siglip"
+        assert one[head].config.resolved["train"]["loss"] == "siglip"
         for name, value in one[head]["trained_loss"]["parameters"].items():
             assert two[head]["trained_loss"]["parameters"][name] == pytest.approx(value, abs=1e-4), (head, name)
-        for metric, value in one[head]["metrics"].items():
+        for metric, value in one[head].metrics.items():
             # float order differs across ranks: a rank may flip one near-tie of 150 items, so counts get 1/150
             tol = 1 / 150 if ("recall" in metric or "zeroshot" in metric) else 1e-3
-            assert two[head]["metrics"][metric] == pytest.approx(value, abs=tol), (head, metric)
+            assert two[head].metrics[metric] == pytest.approx(value, abs=tol), (head, metric)
 
 
 def test_batch_must_divide_across_processes(monkeypatch):
@@ -201,5 +201,5 @@ def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
         assert one[key].shape == two[key].shape and torch.allclose(one[key], two[key], atol=tol), key
     assert not list((tmp_path / "two" / "cache").glob(".*"))
     rec = results.read(results.run_path(tmp_path / "two" / "out", "retrieval", "cosine"))
-    assert rec["status"] == "ok" and rec["suite"]["test_set"]["datasets"]["flickr30k"]["images"] == 5
-    assert results.read(results.run_path(tmp_path / "two" / "out", "retrieval", "filip"))["status"] == "ok"
+    assert rec.status == "ok" and rec.suite.test_set["datasets"]["flickr30k"]["images"] == 5
+    assert results.read(results.run_path(tmp_path / "two" / "out", "retrieval", "filip")).status == "ok"

@@ -227,7 +227,7 @@ def test_new_heads_train_in_the_synthetic_suite_under_both_losses(name, tmp_path
                               "suites": {"synthetic": {"train_pairs": 256, "test_pairs": 40}}})
         summary = run_suite("synthetic", [name], cfg, tmp_path / loss, torch.device("cpu"), progress=False,
                             log=lambda *a: None)
-        record = next(r for r in summary.records if r["head"]["name"] == name)
-        assert record["status"] == "ok", record["error"]
-        assert record["head"]["options"]["out_dim"] == 4  # the suite's head_defaults reach the new heads
-        assert record["metrics"]["infonce_excess"] is not None
+        record = next(r for r in summary.records if r.head.name == name)
+        assert record.status == "ok", record.error
+        assert record.head.options["out_dim"] == 4  # the suite's head_defaults reach the new heads
+        assert record.metrics["infonce_excess"] is not None

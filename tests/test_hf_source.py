@@ -52,7 +52,7 @@ def run(root, cfg, out, tmp_path, suite_params: str):
     code = main(["--suite", "retrieval", "--backbone", str(cfg), "--data-root", str(root), "--config", str(config),
                  "--heads", "clip_frozen,cosine,kme_rbf,wpse", "--out", str(out), "--no-progress", "--device", "cpu"])
     assert code == 0
-    return {r["head"]["name"]: r for r in results.load_all(out)}
+    return {r.head.name: r for r in results.load_all(out)}
 
 
 def test_hf_sources_give_exactly_the_folder_metrics(data, tmp_path):
@@ -63,11 +63,11 @@ def test_hf_sources_give_exactly_the_folder_metrics(data, tmp_path):
     parquet = run(root, cfg, tmp_path / "parquet", tmp_path,
                   f", sources: {{mscoco_captions: 'hf:{hf / 'coco_test.parquet'}:test'}}")
     for head, rec in folder.items():
-        assert disk[head]["metrics"] == rec["metrics"], head
-        assert parquet[head]["metrics"] == rec["metrics"], head
+        assert disk[head].metrics == rec.metrics, head
+        assert parquet[head].metrics == rec.metrics, head
     # the data are identified by the dataset's own fingerprint, not the folder's: different keys
-    assert disk["cosine"]["config"]["key"] != folder["cosine"]["config"]["key"]
-    assert disk["cosine"]["suite"]["test_set"]["train"]["dataset"].startswith("hf:")
+    assert disk["cosine"].config.key != folder["cosine"].config.key
+    assert disk["cosine"].suite.test_set["train"]["dataset"].startswith("hf:")
 
 
 def test_spec_parsing_and_offline():

@@ -50,7 +50,7 @@ def test_killed_during_training_resumes_and_reuses_finished_cells(tmp_path, sig)
     rerun = subprocess.run(command(cfg, out), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "cosine: reused" in rerun.stdout and "kme_rbf: reused" not in rerun.stdout
-    assert all(results.read(results.run_path(out, "synthetic", h))["status"] == "ok" for h in ("cosine", "kme_rbf", "kme_rff"))
+    assert all(results.read(results.run_path(out, "synthetic", h)).status == "ok" for h in ("cosine", "kme_rbf", "kme_rff"))
     assert not list(out.rglob("*.tmp"))
 
 

@@ -114,13 +114,13 @@ def test_every_head_runs_and_filip_is_skipped_with_a_note(probe_data_root, tmp_p
     code = main(["--suite", "linear_probe", "--backbone", str(cfg), "--data-root", str(root), "--config",
                  str(probe_config(tmp_path, root)), "--heads", heads, "--out", str(tmp_path / "o"), "--no-progress"])
     assert code == 0  # a skipped head is not a failure
-    recs = {r["head"]["name"]: r for r in results.load_all(tmp_path / "o")}
-    assert recs["filip"]["status"] == "skipped" and "embed_image" in recs["filip"]["error"]
+    recs = {r.head.name: r for r in results.load_all(tmp_path / "o")}
+    assert recs["filip"].status == "skipped" and "embed_image" in recs["filip"].error
     for name, r in recs.items():
         if name != "filip":
-            assert r["status"] == "ok", (name, r["error"])
-            assert 0 <= r["metrics"]["cifar10/lp_acc1"] <= r["metrics"]["cifar10/lp_acc5"] <= 1
-            details = r["evaluation_details"]
+            assert r.status == "ok", (name, r.error)
+            assert 0 <= r.metrics["cifar10/lp_acc1"] <= r.metrics["cifar10/lp_acc5"] <= 1
+            details = r.evaluation_details
             assert details["cifar10/weight_decay"] in [wd for wd, _ in details["cifar10/sweep"]]
             assert details["cifar10/train_images"] == 90 and details["cifar10/validation_images"] == 10
     board = leaderboard.build(tmp_path / "o")
@@ -151,8 +151,8 @@ def test_clip_frozen_probe_equals_clip_benchmark_on_its_features(probe_data_root
     rows, val_rows = linear_probe.validation_split(len(y), 0.1, 3)
     theirs = clip_benchmark_probe(monkeypatch, tmp_path, (x[rows], y[rows]), (x[val_rows], y[val_rows]), test,
                                   -1, 3, 3, batch_size=32)
-    m = ours["metrics"]
-    assert ours["evaluation_details"]["cifar10/weight_decay"] == theirs["weight_decay"]
+    m = ours.metrics
+    assert ours.evaluation_details["cifar10/weight_decay"] == theirs["weight_decay"]
     assert m["cifar10/lp_acc1"] == pytest.approx(theirs["lp_acc1"], abs=1e-6)
     assert m["cifar10/lp_acc5"] == pytest.approx(theirs["lp_acc5"], abs=1e-6)
     assert m["cifar10/lp_mean_per_class_recall"] == pytest.approx(theirs["lp_mean_per_class_recall"], abs=1e-6)
@@ -177,10 +177,10 @@ def test_hf_source_gives_the_folder_probe_exactly(probe_data_root, tmp_path):
         assert main(["--suite", "linear_probe", "--backbone", str(cfg), "--data-root", str(root), "--config",
                      str(probe_config(tmp_path, root, extra)), "--heads", "clip_frozen,cosine", "--out", str(out),
                      "--no-progress"]) == 0
-        runs[name] = {r["head"]["name"]: r for r in results.load_all(out)}
+        runs[name] = {r.head.name: r for r in results.load_all(out)}
     for head in ("clip_frozen", "cosine"):
-        assert runs["hf"][head]["metrics"] == runs["folder"][head]["metrics"]
-        assert runs["hf"][head]["config"]["key"] != runs["folder"][head]["config"]["key"]
+        assert runs["hf"][head].metrics == runs["folder"][head].metrics
+        assert runs["hf"][head].config.key != runs["folder"][head].config.key
 
 
 def test_check_data_lists_the_probe_datasets(probe_data_root, capsys):

@@ -85,14 +85,14 @@ def test_siglip_run_trains_the_loss_and_saves_it(tmp_path):
     cfg = config.resolve({"train": {"steps": 30, "batch_size": 64, "loss": "siglip"},
                           "suites": {"synthetic": {"train_pairs": 512, "test_pairs": 64}}})
     summary = run_suite("synthetic", ["cosine"], cfg, tmp_path, torch.device("cpu"), progress=False, log=lambda *a: None)
-    record = next(r for r in summary.records if r["head"]["name"] == "cosine")
-    assert record["status"] == "ok"
-    trained = record["trained_loss"]
+    record = next(r for r in summary.records if r.head.name == "cosine")
+    assert record.status == "ok"
+    trained = record.trained_loss
     assert trained["name"] == "siglip"
     assert trained["parameters"]["bias"] != -10.0  # the bias moved: it was trained
     state = load_file(str(results.weights_path(tmp_path, "synthetic", "cosine")))
     assert float(state["loss.bias"]) == pytest.approx(trained["parameters"]["bias"])
-    assert record["config"]["resolved"]["train"]["loss"] == "siglip"
+    assert record.config.resolved["train"]["loss"] == "siglip"
 
 
 def test_bad_loss_name_exits_2(tmp_path):

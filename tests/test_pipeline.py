@@ -1,4 +1,5 @@
 """The whole loop on the synthetic suite: run, result files, leaderboard, regression check, CLI."""
+import dataclasses
 import json
 import math
 import shutil
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import heads
-from bench import SCHEMA_VERSION
+from bench.core.records import SCHEMA_VERSION
 from bench.report import leaderboard, regression, results
 from bench.cli import main
 from bench.run.config import ConfigError, resolve
@@ -23,7 +24,7 @@ def run(*args) -> int:
 
 
 def metrics_of(out: Path) -> dict:
-    return {r["head"]["name"]: r["metrics"] for r in results.load_all(out)}
+    return {r.head.name: r.metrics for r in results.load_all(out)}
 
 
 @pytest.fixture(scope="module")
@@ -54,31 +55,31 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
     tmp, _ = small_run
     path = results.run_path(tmp / "a", "synthetic", "kme_rbf")
     record = results.read(path)
-    assert record["schema_version"] == SCHEMA_VERSION and record["status"] == "ok"
+    assert record.schema_version == SCHEMA_VERSION and record.status == "ok"
     for key in ("package_version", "git_commit", "git_dirty", "created_utc", "config", "seed", "metrics",
                 "timing", "memory", "device", "libraries"):
-        assert key in record, key
-    assert record["head"] == {"name": "kme_rbf", "version": 2, "kind": "head", "trainable": True,
+        assert key in json.loads(path.read_text()), key
+    assert dataclasses.asdict(record.head) == {"name": "kme_rbf", "version": 2, "kind": "head", "trainable": True,
                               "description": heads.get_head("kme_rbf").description,
                               "options": {"sigma": 0.07 ** 0.5, "max_inverse_sigma2": 100.0, "learn_sigma": True,
                                           "points_used": None, "memory_budget_mb": 256.0, "kernel": "auto",
                                           "out_dim": 4}}  # the synthetic suite's head_defaults
-    assert record["config"]["resolved"]["head_options"] == record["head"]["options"]  # defaults included
-    identity = record["identity"]
+    assert record.config.resolved["head_options"] == record.head.options  # defaults included
+    identity = record.identity
     assert {"heads/kme_rbf.py", "heads/pointsets.py", "suites/synthetic.py", "bench/run/train.py"} <= set(identity["code"]["files"])
     assert "heads/cosine.py" not in identity["code"]["files"]  # another head's code is not this cell's
     assert identity["libraries"]["torch"] == torch.__version__ and identity["device_type"] == "cpu"
-    assert record["suite"]["name"] == "synthetic" and record["suite"]["test_set"]["test_pairs"] == 150
-    assert record["config"]["resolved"]["train"]["steps"] == 20 and len(record["config"]["hash"]) == 16
-    assert record["timing"]["train_seconds"] > 0 and record["memory"]["peak_rss_mb"] > 0
-    assert {"torch", "open_clip_torch", "numpy"} <= set(record["libraries"])
-    assert all(math.isfinite(v) for v in record["metrics"].values())
+    assert record.suite.name == "synthetic" and record.suite.test_set["test_pairs"] == 150
+    assert record.config.resolved["train"]["steps"] == 20 and len(record.config.hash) == 16
+    assert record.timing["train_seconds"] > 0 and record.memory["peak_rss_mb"] > 0
+    assert {"torch", "open_clip_torch", "numpy"} <= set(record.libraries)
+    assert all(math.isfinite(v) for v in record.metrics.values())
     results.write(tmp / "copy", record)
     assert results.read(results.run_path(tmp / "copy", "synthetic", "kme_rbf")) == record
     # trained weights are saved, loadable and give the same head
     from safetensors.torch import load_file
     state = load_file(str(results.weights_path(tmp / "a", "synthetic", "kme_rbf")))
-    head = heads.get_head("kme_rbf")(8, 8, **record["head"]["options"])  # posterior points: one per topic
+    head = heads.get_head("kme_rbf")(8, 8, **record.head.options)  # posterior points: one per topic
     initial = head.image_encoder.map.weight.clone()
     head.load_state_dict(state)
     assert not torch.equal(head.image_encoder.map.weight, initial)  # it was trained
@@ -92,9 +93,10 @@ def test_outcomes_reproduce_every_metric_and_give_intervals_and_ties(small_run, 
     assert "± " in board and "Δ main vs cosine" in board and "not significantly" in board
     header = (tmp / "a" / "leaderboard.csv").read_text().splitlines()[0]
     assert "ci95_low:infonce_excess" in header and "ci95_low:pmi_pearson" not in header
-    rff = results.read(results.run_path(tmp / "a", "synthetic", "kme_rff"))["diagnostics"]
+    rff = results.read(results.run_path(tmp / "a", "synthetic", "kme_rff")).diagnostics
     assert rff["log_error_median"] > 0 and rff["inverse_sigma2"] > 0
-    assert "diagnostics" not in results.read(results.run_path(tmp / "a", "synthetic", "cosine"))
+    assert results.read(results.run_path(tmp / "a", "synthetic", "cosine")).diagnostics is None
+    assert "diagnostics" not in json.loads(results.run_path(tmp / "a", "synthetic", "cosine").read_text())
 
 
 def test_compare_prints_paired_differences_with_holm_and_refuses_bad_input(small_run, capsys):
@@ -128,10 +130,10 @@ def test_rerun_reuses_finished_cells_and_force_recomputes(small_run, capsys):
     tmp, cfg = small_run
     out = tmp / "reuse"
     shutil.copytree(tmp / "a", out)
-    before = results.read(results.run_path(out, "synthetic", "cosine"))["created_utc"]
+    before = results.read(results.run_path(out, "synthetic", "cosine")).created_utc
     assert run("--config", cfg, "--out", out, "--heads", "cosine") == 0
     assert "cosine: reused" in capsys.readouterr().out
-    assert results.read(results.run_path(out, "synthetic", "cosine"))["created_utc"] == before
+    assert results.read(results.run_path(out, "synthetic", "cosine")).created_utc == before
     assert run("--config", cfg, "--out", out, "--heads", "cosine", "--force") == 0
     assert "reused" not in capsys.readouterr().out
 
@@ -313,8 +315,8 @@ def test_a_head_returning_nan_fails_alone(small_run, tmp_path, capsys):
 
     try:
         assert run("--config", cfg, "--out", tmp_path, "--heads", "nan_head,cosine") == 1
-        assert results.read(results.run_path(tmp_path, "synthetic", "nan_head"))["status"] == "failed"
-        assert results.read(results.run_path(tmp_path, "synthetic", "cosine"))["status"] == "ok"
+        assert results.read(results.run_path(tmp_path, "synthetic", "nan_head")).status == "failed"
+        assert results.read(results.run_path(tmp_path, "synthetic", "cosine")).status == "ok"
         assert "failed" in (tmp_path / "leaderboard.md").read_text()
         assert "NaN" in capsys.readouterr().out
     finally:
@@ -386,7 +388,7 @@ def test_the_readme_example_head_runs_through_head_module(small_run, tmp_path):
     try:
         assert run("--config", cfg, "--out", tmp_path, "--head-module", REPO / "examples" / "my_head.py",
                    "--heads", "my_bilinear") == 0
-        assert results.read(results.run_path(tmp_path, "synthetic", "my_bilinear"))["status"] == "ok"
+        assert results.read(results.run_path(tmp_path, "synthetic", "my_bilinear")).status == "ok"
     finally:
         heads.HEADS.unregister("my_bilinear")
 
@@ -401,7 +403,7 @@ def test_suite_all_runs_what_has_data_and_skips_the_rest(small_run, tmp_path, ca
     for line in err.splitlines():  # whole sentences: no message is cut before its end
         if "skipped" in line:
             assert line.rstrip().endswith("."), line
-    assert results.read(results.run_path(tmp_path / "o", "synthetic", "cosine"))["status"] == "ok"
+    assert results.read(results.run_path(tmp_path / "o", "synthetic", "cosine")).status == "ok"
     assert list(empty.iterdir()) == []
     assert run("--suite", "all", "--check", "x.json", "--out", tmp_path / "o") == 2
 
@@ -447,15 +449,15 @@ def test_repeats_vary_seed_world_and_features_and_are_cells_of_their_own(small_r
     assert run("--config", cfg, "--out", out, "--repeats", 2, "--heads", "cosine,kme_rff") == 0
     first = {h: results.read(results.run_path(out, "synthetic", h)) for h in ("cosine", "kme_rff", "oracle")}
     second = {h: results.read(results.run_path(out, "synthetic", h, 1)) for h in ("cosine", "kme_rff", "oracle")}
-    assert first["cosine"]["metrics"] == metrics_of(tmp / "a")["cosine"]  # repeat 0 is the run without repeats
-    assert (first["cosine"]["seed"], second["cosine"]["seed"]) == (0, 1) and second["cosine"]["repeat"] == 1
-    assert second["kme_rff"]["head"]["options"]["seed"] == first["kme_rff"]["head"]["options"]["seed"] + 1
-    assert first["oracle"]["metrics"] != second["oracle"]["metrics"]  # a new world, so a new ceiling
-    assert first["cosine"]["config"]["protocol_hash"] == second["cosine"]["config"]["protocol_hash"]
+    assert first["cosine"].metrics == metrics_of(tmp / "a")["cosine"]  # repeat 0 is the run without repeats
+    assert (first["cosine"].seed, second["cosine"].seed) == (0, 1) and second["cosine"].repeat == 1
+    assert second["kme_rff"].head.options["seed"] == first["kme_rff"].head.options["seed"] + 1
+    assert first["oracle"].metrics != second["oracle"].metrics  # a new world, so a new ceiling
+    assert first["cosine"].config.protocol_hash == second["cosine"].config.protocol_hash
     board = (out / "leaderboard.md").read_text()
     assert "| n " in board and "sd over repeats" in board
     cosine_row = next(line for line in board.splitlines() if line.startswith("| cosine"))
-    mean = (first["cosine"]["metrics"]["infonce_excess"] + second["cosine"]["metrics"]["infonce_excess"]) / 2
+    mean = (first["cosine"].metrics["infonce_excess"] + second["cosine"].metrics["infonce_excess"]) / 2
     assert f"{mean:.4f}" in cosine_row and "| 2 " in cosine_row
     capsys.readouterr()
     assert run("--config", cfg, "--out", out, "--repeats", 2, "--heads", "cosine,kme_rff") == 0

@@ -56,14 +56,14 @@ def run_retrieval(root, cfg, small, out, heads="clip_frozen,cosine,kme_rbf,kme_r
 def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
     root, cfg, small = data
     assert run_retrieval(root, cfg, small, tmp_path / "a") == 0
-    recs = {r["head"]["name"]: r for r in results.load_all(tmp_path / "a")}
+    recs = {r.head.name: r for r in results.load_all(tmp_path / "a")}
     assert set(recs) == {"clip_frozen", "cosine", "kme_rbf", "kme_rff"}
     for head in ("kme_rbf", "kme_rff", "cosine"):  # each number against an independent computation
         assert_recalls_match_clip_benchmark(root, cfg, small, tmp_path / "a", head)
     assert assert_outcomes_reproduce_metrics(tmp_path / "a") == 4 * 2 * 7  # heads x datasets x (6 recalls + RSUM)
     assert main(["compare", "--suite", "retrieval", "--heads", "kme_rbf,cosine", "--out", str(tmp_path / "a"),
                  "--resamples", "500"]) == 0
-    ident = recs["cosine"]["suite"]["test_set"]
+    ident = recs["cosine"].suite.test_set
     assert ident["backbone"]["weights"] == "random:seed0" and ident["train"]["pairs"] == 30
     assert ident["datasets"]["flickr30k"]["captions"] == 40
     shards = list((root / "cache").rglob("shard-*.safetensors"))
@@ -72,7 +72,7 @@ def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
     assert run_retrieval(root, cfg, small, tmp_path / "b", heads="clip_frozen") == 0
     assert {p: p.stat().st_mtime_ns for p in shards} == stamps  # features came from the cache
     b = results.read(results.run_path(tmp_path / "b", "retrieval", "clip_frozen"))
-    assert b["metrics"] == recs["clip_frozen"]["metrics"]
+    assert b.metrics == recs["clip_frozen"].metrics
 
 
 def assert_recalls_match_clip_benchmark(root, cfg, small, out, head_name):
@@ -90,10 +90,10 @@ def assert_recalls_match_clip_benchmark(root, cfg, small, out, head_name):
                 # clip_benchmark's topk needs k <= candidates; beyond that every query is a hit, as in ours
                 text_to_image = (cb_recall_at_k(scores.T, positives.T, min(k, len(t.images))) > 0).double().mean().item()
                 image_to_text = (cb_recall_at_k(scores, positives, min(k, len(t.texts))) > 0).double().mean().item()
-                assert record["metrics"][f"{name}/image_retrieval_recall@{k}"] == pytest.approx(text_to_image, abs=1e-9)
-                assert record["metrics"][f"{name}/text_retrieval_recall@{k}"] == pytest.approx(image_to_text, abs=1e-9)
+                assert record.metrics[f"{name}/image_retrieval_recall@{k}"] == pytest.approx(text_to_image, abs=1e-9)
+                assert record.metrics[f"{name}/text_retrieval_recall@{k}"] == pytest.approx(image_to_text, abs=1e-9)
                 total += text_to_image + image_to_text
-            assert record["metrics"][f"{name}/recall_sum"] == pytest.approx(total, abs=1e-9)
+            assert record.metrics[f"{name}/recall_sum"] == pytest.approx(total, abs=1e-9)
 
 
 def test_clip_frozen_equals_clip_benchmark_retrieval(data, tmp_path):
@@ -105,7 +105,7 @@ def test_clip_frozen_equals_clip_benchmark_retrieval(data, tmp_path):
 
     root, cfg, small = data
     assert run_retrieval(root, cfg, small, tmp_path, heads="clip_frozen") == 0
-    ours = results.read(results.run_path(tmp_path, "retrieval", "clip_frozen"))["metrics"]
+    ours = results.read(results.run_path(tmp_path, "retrieval", "clip_frozen")).metrics
     bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=0)  # same seed: same random weights
     ds = Flickr(str(root / "flickr30k"), str(root / "flickr30k" / "flickr30k_test_karpathy.txt"), transform=bb.preprocess)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=get_dataset_collate_fn("flickr30k"))
@@ -140,7 +140,7 @@ def test_heads_train_on_webdataset_shards(data, tmp_path):
                     f"train_dataset: 'wds:{tmp_path}/train-{{000..001}}.tar', cache_dir: '{tmp_path / 'cache'}'}}}}\n")
     assert run_retrieval(root, cfg, conf, tmp_path / "o", heads="cosine") == 0
     record = results.read(results.run_path(tmp_path / "o", "retrieval", "cosine"))
-    assert record["suite"]["test_set"]["train"]["pairs"] == 20 and record["timing"]["train_steps"] == 3
+    assert record.suite.test_set["train"]["pairs"] == 20 and record.timing["train_steps"] == 3
 
 
 @pytest.mark.parametrize("loss", ["infonce", "siglip"])
@@ -154,9 +154,9 @@ def test_token_and_field_heads_run_end_to_end_under_either_loss(data, tmp_path, 
     config.write_text(small.read_text().replace("train: {", f"train: {{loss: {loss}, "))
     heads = "cosine,kme_rbf,kme_rff,wpse,filip,meru"
     assert run_retrieval(root, cfg, config, tmp_path / "a", heads) == 0
-    recs = {r["head"]["name"]: r for r in results.load_all(tmp_path / "a")}
-    assert set(recs) == set(heads.split(",")) and all(r["status"] == "ok" for r in recs.values())
-    assert all(r["config"]["resolved"]["train"]["loss"] == loss for r in recs.values())
+    recs = {r.head.name: r for r in results.load_all(tmp_path / "a")}
+    assert set(recs) == set(heads.split(",")) and all(r.status == "ok" for r in recs.values())
+    assert all(r.config.resolved["train"]["loss"] == loss for r in recs.values())
     manifests = [json.loads(m.read_text()) for m in (root / "cache").glob("*/manifest.json")]
     tokens = [m for m in manifests if m["fields"].get("readout") == "tokens"]
     assert tokens and all(m["dtype"] == "float16" for m in tokens)

@@ -107,10 +107,10 @@ def test_the_table_holds_exactly_the_sweeps_runs(swept):
         folder = out / "points" / p["folder"]
         for head in ("cosine", "kme_proto"):
             recs = [results.read(results.run_path(folder, "synthetic", head, r)) for r in (0, 1)]
-            assert recs[0]["head"]["options"]["out_dim"] == p["values"]["heads.*.out_dim"]
-            assert recs[0]["config"]["resolved"]["suite_params"]["topics"] == p["values"]["suites.synthetic.topics"]
+            assert recs[0].head.options["out_dim"] == p["values"]["heads.*.out_dim"]
+            assert recs[0].config.resolved["suite_params"]["topics"] == p["values"]["suites.synthetic.topics"]
             row = main_rows[(main_rows.folder == p["folder"]) & (main_rows["head"] == head)].iloc[0]
-            values = [r["metrics"]["infonce_excess"] for r in recs]
+            values = [r.metrics["infonce_excess"] for r in recs]
             assert row.n == 2 and math.isclose(row["mean"], sum(values) / 2, rel_tol=1e-12)
             assert row.interval == "bootstrap" and row.low <= row.high
     pearson = df[(df.metric == "pmi_pearson") & (df["head"] == "cosine")]

@@ -79,8 +79,8 @@ def test_changing_a_heads_code_or_default_recomputes_its_cell_only(user_head, tm
     args = ["--config", cfg, "--out", out, "--head-module", user_head, "--heads", "user_scaled,clip_frozen"]
     assert run(*args) == 0
     first = results.read(results.run_path(out, "synthetic", "user_scaled"))
-    assert first["head"]["options"] == {"scale": 10.0}  # the default, recorded
-    assert str(user_head) in first["identity"]["code"]["files"]
+    assert first.head.options == {"scale": 10.0}  # the default, recorded
+    assert str(user_head) in first.identity["code"]["files"]
     capsys.readouterr()
 
     heads.HEADS.unregister("user_scaled")
@@ -97,9 +97,9 @@ def test_changing_a_heads_code_or_default_recomputes_its_cell_only(user_head, tm
     assert run(*args) == 0
     assert reused(capsys.readouterr().out) == ["clip_frozen"]
     second = results.read(results.run_path(out, "synthetic", "user_scaled"))
-    assert second["head"]["options"] == {"scale": 20.0}
-    assert second["config"]["hash"] != first["config"]["hash"]
-    assert second["metrics"]["infonce_excess"] != first["metrics"]["infonce_excess"]
+    assert second.head.options == {"scale": 20.0}
+    assert second.config.hash != first.config.hash
+    assert second.metrics["infonce_excess"] != first.metrics["infonce_excess"]
 
 
 def test_setting_an_option_to_its_default_is_the_same_cell(tmp_path, capsys):
@@ -175,8 +175,8 @@ def test_changing_one_test_image_recomputes(real, tmp_path, capsys):
     assert _retrieval(data, tiny, cfg, out) == 0
     assert reused(capsys.readouterr().out) == []
     after = results.read(results.run_path(out, "retrieval", "clip_frozen"))
-    assert after["identity"]["data"]["test"]["flickr30k"] != before["identity"]["data"]["test"]["flickr30k"]
-    assert after["config"]["protocol_hash"] != before["config"]["protocol_hash"]  # never one table with the old rows
+    assert after.identity["data"]["test"]["flickr30k"] != before.identity["data"]["test"]["flickr30k"]
+    assert after.config.protocol_hash != before.config.protocol_hash  # never one table with the old rows
 
 
 def test_replacing_the_checkpoint_bytes_recomputes(real, tmp_path, capsys):
@@ -199,9 +199,9 @@ def test_replacing_the_checkpoint_bytes_recomputes(real, tmp_path, capsys):
     assert _retrieval(data, backbone, cfg, out, "clip_frozen") == 0
     assert reused(capsys.readouterr().out) == []
     second = results.read(results.run_path(out, "retrieval", "clip_frozen"))
-    w1, w2 = (r["identity"]["data"]["backbone"]["weights"] for r in (first, second))
+    w1, w2 = (r.identity["data"]["backbone"]["weights"] for r in (first, second))
     assert w1.startswith("checkpoint:") and w1 != w2
-    assert first["metrics"] != second["metrics"]
+    assert first.metrics != second.metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,20 +266,20 @@ def test_published_results_come_from_this_code():
     from bench.report.provenance import resolve_device
 
     records = results.load_all(REPO / "results")
-    assert records and all(r["status"] == "ok" for r in records)
-    for suite in sorted({r["suite"]["name"] for r in records}):
-        rs = [r for r in records if r["suite"]["name"] == suite]
-        resolved = rs[0]["config"]["resolved"]
+    assert records and all(r.status == "ok" for r in records)
+    for suite in sorted({r.suite.name for r in records}):
+        rs = [r for r in records if r.suite.name == suite]
+        resolved = rs[0].config.resolved
         cfg = config.resolve({"seed": resolved["seed"], "train": resolved["train"],
                               "suites": {suite: resolved["suite_params"]},
-                              "heads": {r["head"]["name"]: r["head"]["options"] for r in rs if r["head"]["kind"] == "head"}})
-        names = [r["head"]["name"] for r in rs if r["head"]["kind"] == "head"]
+                              "heads": {r.head.name: r.head.options for r in rs if r.head.kind == "head"}})
+        names = [r.head.name for r in rs if r.head.kind == "head"]
         suite_cls, params, protocol, cells = runner.plan(suite, names, cfg)
         suite_obj = suite_cls(params)
-        device = resolve_device(rs[0]["identity"]["device_type"])
+        device = resolve_device(rs[0].identity["device_type"])
         protocol_hash, refs = runner._identify(suite_obj, suite_cls, protocol, cells, cfg, device)
         expected = {c.head: c.key for c in cells} | {n: c.key for n, c in refs.items()}
-        stale = [r["head"]["name"] for r in rs if r["config"]["key"] != expected[r["head"]["name"]]]
+        stale = [r.head.name for r in rs if r.config.key != expected[r.head.name]]
         assert not stale, (f"results/runs/{suite}: {stale} were made by other code, data or libraries; regenerate with "
                            "`python run_bench.py --out results --force`.")
 
@@ -399,7 +399,7 @@ def test_a_crash_mid_run_keeps_references_and_leaderboard_consistent(four_heads,
         heads.HEADS.unregister("crasher")
     assert code == 130
     assert (out / "runs/synthetic/oracle.json").read_bytes() == oracle  # the reference row of the old protocol stays
-    assert results.read(out / "runs/synthetic/cosine.json")["seed"] == 7  # the finished cell is kept for the resume
+    assert results.read(out / "runs/synthetic/cosine.json").seed == 7  # the finished cell is kept for the resume
     # The leaderboard is rebuilt from what runs/ now holds: it shows the newest protocol and names what it left out.
     board = (out / "leaderboard.md").read_text()
     chosen, notes = leaderboard.select(results.load_all(out))

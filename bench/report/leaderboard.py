@@ -6,87 +6,86 @@ newest run; anything else is named in a note under the table rather than silentl
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from pathlib import Path
 
 import pandas as pd
 
-from bench.core import atomic
+from bench.core import atomic, records
 from bench.eval import uncertainty
+from bench.core.records import ResultRecord
 from bench.report import results
 from bench.report import verdicts as verdicts_mod
 
 
 def _directions(record) -> list[tuple[str, bool]]:
-    return [(m, d == "higher") for m, d in record["suite"]["metric_directions"]]
+    return list(record.directions.items())
 
 
-def select(records: list[dict]) -> tuple[dict[str, list[dict]], list[str]]:
+def select(records: list[ResultRecord]) -> tuple[dict[str, list[ResultRecord]], list[str]]:
     """Per suite, the comparable records; plus notes on what was left out and why."""
-    by_suite: dict[str, list[dict]] = {}
+    by_suite: dict[str, list[ResultRecord]] = {}
     for r in records:
-        by_suite.setdefault(r["suite"]["name"], []).append(r)
+        by_suite.setdefault(r.suite.name, []).append(r)
     chosen, notes = {}, []
     for suite, rs in sorted(by_suite.items()):
-        newest = max(rs, key=lambda r: (r["suite"]["version"], r["created_utc"]))
-        keep = [r for r in rs if r["suite"]["version"] == newest["suite"]["version"]
-                and r["config"]["protocol_hash"] == newest["config"]["protocol_hash"]]
+        newest = max(rs, key=lambda r: (r.suite.version, r.created_utc))
+        keep = [r for r in rs if r.suite.version == newest.suite.version
+                and r.config.protocol_hash == newest.config.protocol_hash]
         left = [r for r in rs if r not in keep]
         if left:
-            notes.append(f"{suite}: left out {', '.join(sorted(r['head']['name'] for r in left))} "
+            notes.append(f"{suite}: left out {', '.join(sorted(r.head.name for r in left))} "
                          f"(older suite version or a different protocol than the newest run; rerun them to include)")
         chosen[suite] = keep
     return chosen, notes
 
 
-def collapse_repeats(rs: list[dict]) -> list[dict]:
+def collapse_repeats(rs: list[ResultRecord]) -> list[ResultRecord]:
     """One row per head: with several repeats, the mean of each metric over the repeats that ran, with
     their standard deviation and count under ``repeats`` (and the records, for intervals)."""
-    by_head: dict[str, list[dict]] = {}
-    for r in sorted(rs, key=lambda r: r.get("repeat", 0)):
-        by_head.setdefault(r["head"]["name"], []).append(r)
+    by_head: dict[str, list[ResultRecord]] = {}
+    for r in sorted(rs, key=lambda r: r.repeat):
+        by_head.setdefault(r.head.name, []).append(r)
     out = []
     for group in by_head.values():
         if len(group) == 1:
             out.append(group[0])
             continue
-        row = dict(group[0])
-        ok = [g for g in group if g["status"] == "ok"]
-        failed = [g for g in group if g["status"] != "ok"]
-        if failed:
-            row.update(status="failed", error=f"repeat {failed[0].get('repeat', 0)}: {failed[0]['error']}")
+        ok = [g for g in group if g.status == "ok"]
+        failed = [g for g in group if g.status != "ok"]
+        row = group[0] if not failed else dataclasses.replace(
+            group[0], status="failed", error=f"repeat {failed[0].repeat}: {failed[0].error}")
         means, sds = {}, {}
-        for m in {m for g in ok for m in g["metrics"]}:
-            values = [g["metrics"][m] for g in ok if g["metrics"].get(m) is not None]
+        for m in {m for g in ok for m in g.metrics}:
+            values = [g.metrics[m] for g in ok if g.metrics.get(m) is not None]
             if values:
                 means[m] = statistics.fmean(values)
                 sds[m] = statistics.stdev(values) if len(values) > 1 else 0.0
-        row["metrics"] = means
-        row["repeats"] = {"n": len(ok), "sd": sds, "records": group}
-        out.append(row)
+        out.append(dataclasses.replace(row, metrics=means, repeats=records.RepeatGroup(len(ok), sds, group)))
     return out
 
 
-def _order(rs: list[dict]) -> list[dict]:
-    main = rs[0]["suite"]["main_metric"]
+def _order(rs: list[ResultRecord]) -> list[ResultRecord]:
+    main = rs[0].suite.main_metric
     up = dict(_directions(rs[0])).get(main, True)
 
     def key(r):
-        kind = 0 if r["head"].get("kind") == "reference" else 1
-        value = r["metrics"].get(main)
-        return (kind, r["status"] != "ok", (-value if up else value) if value is not None else 0, r["head"]["name"])
+        kind = 0 if r.head.kind == "reference" else 1
+        value = r.metrics.get(main)
+        return (kind, r.status != "ok", (-value if up else value) if value is not None else 0, r.head.name)
 
     return sorted(rs, key=key)
 
 
-def _commit(r: dict) -> str:
-    return (r.get("git_commit") or "unknown")[:10] + (" (dirty)" if r.get("git_dirty") else "")
+def _commit(r: ResultRecord) -> str:
+    return (r.git_commit or "unknown")[:10] + (" (dirty)" if r.git_dirty else "")
 
 
-def provenance_line(rs: list[dict]) -> str:
+def provenance_line(rs: list[ResultRecord]) -> str:
     """Which commits and dates the rows come from, stated for the rows, not for the newest one."""
     commits = sorted({_commit(r) for r in rs})
-    dates = sorted(r["created_utc"][:10] for r in rs)
+    dates = sorted(r.created_utc[:10] for r in rs)
     span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     if len(commits) == 1:
         return f"Every row from commit `{commits[0]}`, computed {span}."
@@ -94,19 +93,19 @@ def provenance_line(rs: list[dict]) -> str:
             "see the commit and date columns.")
 
 
-def protocol_line(r: dict) -> str:
+def protocol_line(r: ResultRecord) -> str:
     """The protocol's resolved settings beside its hash, so nobody has to decode a hash."""
-    resolved = r["config"]["resolved"]
+    resolved = r.config.resolved
     train = ", ".join(f"{k} {v}" for k, v in resolved.get("train", {}).items())
     suite = ", ".join(f"{k} {v}" for k, v in resolved.get("suite_params", {}).items())
-    return f"Protocol `{r['config']['protocol_hash']}`: seed {resolved.get('seed')}; train: {train}; suite: {suite}."
+    return f"Protocol `{r.config.protocol_hash}`: seed {resolved.get('seed')}; train: {train}; suite: {suite}."
 
 
-def _layout(r: dict) -> dict:
+def _layout(r: ResultRecord) -> dict:
     """The suite's table layout as recorded in the result; one table of every metric if none was."""
-    report = r["suite"].get("report") or {}
+    report = r.suite.report or {}
     tables = report.get("tables") or [{"title": "", "columns": [[m, m] for m, _ in _directions(r)], "legend": ""}]
-    return {"summary": report.get("summary") or [r["suite"]["main_metric"]], "tables": tables}
+    return {"summary": report.get("summary") or [r.suite.main_metric], "tables": tables}
 
 
 def _cell_text(value, status: str, bold: bool, interval=None) -> str:
@@ -118,35 +117,35 @@ def _cell_text(value, status: str, bold: bool, interval=None) -> str:
     return f"**{text}**" if bold else text
 
 
-def markdown_table(rs: list[dict], columns: list[tuple[str, str]], provenance: bool = True,
+def markdown_table(rs: list[ResultRecord], columns: list[tuple[str, str]], provenance: bool = True,
                    verdicts: "verdicts_mod.SuiteVerdicts | None" = None) -> str:
     """Heads as rows, ``(label, metric)`` columns with ↑/↓. With verdicts, each value carries ± the
     half-width of its 95% interval, and bold marks every head tied for best; without, the best value.
     Columns no row has a value for are dropped; returns "" when none is left."""
     ordered = _order(rs)
     directions = dict(_directions(rs[0]))
-    columns = [(label, m) for label, m in columns if any(r["metrics"].get(m) is not None for r in ordered)]
+    columns = [(label, m) for label, m in columns if any(r.metrics.get(m) is not None for r in ordered)]
     if not columns:
         return ""
-    contestant = [r["head"].get("kind") != "reference" and r["status"] == "ok" for r in ordered]
-    shown = pd.DataFrame({"head": [r["head"]["name"] for r in ordered], "v": [str(r["head"]["version"]) for r in ordered]})
-    if any("repeats" in r for r in ordered):
-        shown["n"] = [str(r.get("repeats", {}).get("n", 1)) for r in ordered]
+    contestant = [r.head.kind != "reference" and r.status == "ok" for r in ordered]
+    shown = pd.DataFrame({"head": [r.head.name for r in ordered], "v": [str(r.head.version) for r in ordered]})
+    if any(r.repeats for r in ordered):
+        shown["n"] = [str(r.repeats.n if r.repeats else 1) for r in ordered]
     for label, m in columns:
         up = directions.get(m, True)
-        values = [r["metrics"].get(m) for r in ordered]
+        values = [r.metrics.get(m) for r in ordered]
         candidates = [v for v, c in zip(values, contestant) if c and v is not None and not pd.isna(v)]
         best = (max(candidates) if up else min(candidates)) if candidates else None
         tied = verdicts.best.get(m) if verdicts else None
         intervals = verdicts.intervals if verdicts else {}
         shown[f"{label} {'↑' if up else '↓'}"] = [
-            _cell_text(v, r["status"],
-                       c and (r["head"]["name"] in tied if tied is not None else best is not None and v == best),
-                       intervals.get(r["head"]["name"], {}).get(m))
+            _cell_text(v, r.status,
+                       c and (r.head.name in tied if tied is not None else best is not None and v == best),
+                       intervals.get(r.head.name, {}).get(m))
             for v, c, r in zip(values, contestant, ordered)]
     if provenance and len({_commit(r) for r in rs}) > 1:
         shown["commit"] = [_commit(r) for r in ordered]
-        shown["date"] = [r["created_utc"][:10] for r in ordered]
+        shown["date"] = [r.created_utc[:10] for r in ordered]
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
@@ -157,20 +156,20 @@ def _versus(v: "verdicts_mod.SuiteVerdicts | None", head: str) -> str:
     return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] p={d['p_value']:.3g}"
 
 
-def _summary(chosen: dict[str, list[dict]], verdicts: dict) -> list[str]:
+def _summary(chosen: dict[str, list[ResultRecord]], verdicts: dict) -> list[str]:
     parts = ["## Summary: each suite's main metric", ""]
     for suite, rs in chosen.items():
         summary = _layout(rs[0])["summary"]
         v = verdicts.get(suite)
         table = markdown_table(rs, [(m.split("/")[0] if "/" in m else m, m) for m in summary], provenance=False, verdicts=v)
         ordered = _order(rs)
-        if any("repeats" in r for r in ordered):
-            main = rs[0]["suite"]["main_metric"]
+        if any(r.repeats for r in ordered):
+            main = rs[0].suite.main_metric
             table = _append_column(table, "sd over repeats", [
-                f"{r['repeats']['sd'][main]:.4f}" if main in r.get("repeats", {}).get("sd", {}) else "" for r in ordered])
+                f"{r.repeats.sd[main]:.4f}" if r.repeats and main in r.repeats.sd else "" for r in ordered])
         if v and v.reference:
             table = _append_column(table, f"Δ main vs {v.reference} [95% CI], p",
-                                   [_versus(v, r["head"]["name"]) for r in ordered])
+                                   [_versus(v, r.head.name) for r in ordered])
         metric = summary[0].split("/")[-1]
         per = " per dataset" if "/" in summary[0] else ""
         parts += [f"**{suite}**: `{metric}`{per}.", "", table, ""]
@@ -198,7 +197,7 @@ def _legend(verdicts: dict) -> str:
             "pairs) or no outcome file; there bold marks the best value only.")
 
 
-def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str = "results",
+def build_markdown(chosen: dict[str, list[ResultRecord]], notes: list[str], source: str = "results",
                    verdicts: dict | None = None) -> str:
     verdicts = verdicts or {}
     parts = ["# simbench leaderboard", "",
@@ -208,17 +207,17 @@ def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str 
     parts += _summary(chosen, verdicts)
     for suite, rs in chosen.items():
         first = rs[0]
-        parts += [f"## {suite} (suite v{first['suite']['version']}, schema v{first['schema_version']})", "",
-                  f"Main metric: `{first['suite']['main_metric']}`. {provenance_line(rs)}", "",
+        parts += [f"## {suite} (suite v{first.suite.version}, schema v{first.schema_version})", "",
+                  f"Main metric: `{first.suite.main_metric}`. {provenance_line(rs)}", "",
                   protocol_line(first), ""]
         for t in _layout(first)["tables"]:
             table = markdown_table(rs, [tuple(c) for c in t["columns"]], verdicts=verdicts.get(suite))
             if table:
                 parts += ([f"### {t['title']}", ""] if t["title"] else []) + [table, ""]
                 parts += [t["legend"], ""] if t.get("legend") else []
-        failed = [r for r in rs if r["status"] != "ok"]
+        failed = [r for r in rs if r.status != "ok"]
         for r in failed:
-            parts.append(f"- `{r['head']['name']}` {'skipped' if r['status'] == 'skipped' else 'failed'}: {r['error']}")
+            parts.append(f"- `{r.head.name}` {'skipped' if r.status == 'skipped' else 'failed'}: {r.error}")
         if failed:
             parts.append("")
     if notes:
@@ -226,26 +225,26 @@ def build_markdown(chosen: dict[str, list[dict]], notes: list[str], source: str 
     return "\n".join(parts)
 
 
-def build_csv(chosen: dict[str, list[dict]], verdicts: dict | None = None) -> str:
+def build_csv(chosen: dict[str, list[ResultRecord]], verdicts: dict | None = None) -> str:
     rows = []
     for suite, rs in chosen.items():
         for r in _order(rs):
             declared = [m for m, _ in _directions(r)]  # the suite's natural order: @1, @5, @10
-            extra = sorted(set(r["metrics"]) - set(declared))
-            rows.append({"suite": suite, "suite_version": r["suite"]["version"], "schema_version": r["schema_version"],
-                         "head": r["head"]["name"], "head_version": r["head"]["version"], "kind": r["head"].get("kind"),
-                         "repeat": r.get("repeat", 0),
-                         "status": r["status"],
-                         **{f"metric:{m}": r["metrics"].get(m) for m in declared + extra if m in r["metrics"]},
+            extra = sorted(set(r.metrics) - set(declared))
+            rows.append({"suite": suite, "suite_version": r.suite.version, "schema_version": r.schema_version,
+                         "head": r.head.name, "head_version": r.head.version, "kind": r.head.kind,
+                         "repeat": r.repeat,
+                         "status": r.status,
+                         **{f"metric:{m}": r.metrics.get(m) for m in declared + extra if m in r.metrics},
                          **_interval_columns(verdicts or {}, suite, r, declared),
-                         "config_hash": r["config"]["hash"], "protocol_hash": r["config"]["protocol_hash"],
-                         "seed": r["seed"], "git_commit": r.get("git_commit"), "created_utc": r["created_utc"]})
+                         "config_hash": r.config.hash, "protocol_hash": r.config.protocol_hash,
+                         "seed": r.seed, "git_commit": r.git_commit, "created_utc": r.created_utc})
     return pd.DataFrame(rows).to_csv(index=False)
 
 
 def _interval_columns(verdicts: dict, suite: str, r: dict, metrics: list[str]) -> dict:
     v = verdicts.get(suite)
-    found = v.intervals.get(r["head"]["name"], {}) if v else {}
+    found = v.intervals.get(r.head.name, {}) if v else {}
     out = {}
     for m in metrics:
         if m in found:
@@ -257,38 +256,38 @@ def plot_path(out_dir: Path, suite: str) -> Path:
     return Path(out_dir) / f"leaderboard-{suite}.png"
 
 
-def build_plot(rs: list[dict], path: Path) -> None:
+def build_plot(rs: list[ResultRecord], path: Path) -> None:
     """One figure per suite: the main metric first, then the headline metrics, axes labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rs = [r for r in _order(rs) if r["status"] == "ok"]
+    rs = [r for r in _order(rs) if r.status == "ok"]
     if not rs:
         return
-    suite = rs[0]["suite"]
+    suite = rs[0].suite
     directions = dict(_directions(rs[0]))
-    main = suite["main_metric"]
-    headline = [m for m in suite.get("headline_metrics", []) if m != main]
-    names = [r["head"]["name"] for r in rs]
+    main = suite.main_metric
+    headline = [m for m in suite.headline_metrics if m != main]
+    names = [r.head.name for r in rs]
     panels = 2 if headline else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 1.2 + 0.45 * len(rs)), squeeze=False)
     ax = axes[0, 0]
-    bars = ax.barh(range(len(rs)), [r["metrics"].get(main) if r["metrics"].get(main) is not None else float("nan")
+    bars = ax.barh(range(len(rs)), [r.metrics.get(main) if r.metrics.get(main) is not None else float("nan")
                                     for r in rs], color="tab:blue")
     ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2)
     ax.set_yticks(range(len(rs)), names)
     ax.invert_yaxis()
     ax.set_xlabel(f"{main} ({'higher' if directions.get(main, True) else 'lower'} is better)")
     ax.set_ylabel("head")
-    ax.set_title(f"{suite['name']}: main metric")
+    ax.set_title(f"{suite.name}: main metric")
     ax.grid(axis="x", alpha=0.3)
     if headline:
         ax = axes[0, 1]
         height = 0.8 / len(headline)
         for i, m in enumerate(headline):
-            values = [r["metrics"].get(m) if r["metrics"].get(m) is not None else float("nan") for r in rs]
+            values = [r.metrics.get(m) if r.metrics.get(m) is not None else float("nan") for r in rs]
             ax.barh([y + i * height for y in range(len(rs))], values, height=height,
                     label=f"{m} ({'↑' if directions.get(m, True) else '↓'})")
         ax.set_yticks([y + height * (len(headline) - 1) / 2 for y in range(len(rs))], names)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import SCHEMA_VERSION
+from bench.core.records import SCHEMA_VERSION
 from bench.core import atomic
 from bench.eval import uncertainty
+from bench.core.records import ResultRecord
 from bench.report import results
 
 DEFAULT_TOLERANCE = 0.02
@@ -78,22 +79,22 @@ def load(path: Path, for_update: bool = False) -> dict:
     return base
 
 
-def make(records: list[dict], previous: dict | None = None) -> tuple[dict, list[str]]:
+def make(records: list[ResultRecord], previous: dict | None = None) -> tuple[dict, list[str]]:
     """A baseline from this run's records, merged into ``previous``: a head not in this run keeps its
     entry (returned as ``kept``), but only when both were made under the same protocol."""
-    records = [r for r in records if r["status"] != "skipped"]  # a head the suite cannot measure has no baseline
-    ok = [r for r in records if r["status"] == "ok"]
+    records = [r for r in records if r.status != "skipped"]  # a head the suite cannot measure has no baseline
+    ok = [r for r in records if r.status == "ok"]
     if not ok or len(ok) != len(records):
-        failed = [r["head"]["name"] for r in records if r["status"] != "ok"]
+        failed = [r.head.name for r in records if r.status != "ok"]
         raise BaselineError(f"refusing to write a baseline from a run with failed heads: {', '.join(failed) or 'no results'}.")
     first = ok[0]
-    scores = {r["head"]["name"]: r["metrics"] for r in ok}
+    scores = {r.head.name: r.metrics for r in ok}
     kept = sorted(set(previous["scores"]) - set(scores)) if previous else []
-    if kept and (previous["protocol_hash"] != first["config"]["protocol_hash"]
-                 or previous["suite_version"] != first["suite"]["version"] or previous["suite"] != first["suite"]["name"]):
+    if kept and (previous["protocol_hash"] != first.config.protocol_hash
+                 or previous["suite_version"] != first.suite.version or previous["suite"] != first.suite.name):
         raise BaselineError(
             f"the baseline holds {', '.join(kept)}, which this run did not compute, under another protocol "
-            f"({previous['protocol_hash']} vs this run's {first['config']['protocol_hash']}); keeping them would mix "
+            f"({previous['protocol_hash']} vs this run's {first.config.protocol_hash}); keeping them would mix "
             f"protocols and dropping them would lose them. Rerun with every head it holds "
             f"(--heads {','.join(sorted(set(previous['scores']) | set(scores)))}), or write to a new baseline file.")
     for head in kept:
@@ -101,15 +102,15 @@ def make(records: list[dict], previous: dict | None = None) -> tuple[dict, list[
     tolerances = dict(previous.get("tolerances", {})) if previous else dict(METRIC_TOLERANCES)
     baseline = {
         "schema_version": SCHEMA_VERSION,
-        "suite": first["suite"]["name"],
-        "suite_version": first["suite"]["version"],
-        "protocol_hash": first["config"]["protocol_hash"],
-        "protocol": {k: v for k, v in first["config"]["resolved"].items() if k != "head_options"},
-        "generated_by": {"git_commit": first.get("git_commit"), "created_utc": first["created_utc"],
+        "suite": first.suite.name,
+        "suite_version": first.suite.version,
+        "protocol_hash": first.config.protocol_hash,
+        "protocol": {k: v for k, v in first.config.resolved.items() if k != "head_options"},
+        "generated_by": {"git_commit": first.git_commit, "created_utc": first.created_utc,
                          "kept_from_previous": kept},
         "default_tolerance": previous.get("default_tolerance", DEFAULT_TOLERANCE) if previous else DEFAULT_TOLERANCE,
         "tolerances": tolerances,
-        "metric_directions": dict(first["suite"]["metric_directions"]),
+        "metric_directions": dict(first.suite.metric_directions),
         "scores": {head: scores[head] for head in sorted(scores)},
     }
     return baseline, kept
@@ -121,21 +122,21 @@ def outcomes_folder(path: Path) -> Path:
     return path.with_name(f"{path.stem}.outcomes")
 
 
-def attach_outcomes(baseline: dict, path: Path, out_dir: Path, records: list[dict], previous: dict | None) -> None:
+def attach_outcomes(baseline: dict, path: Path, out_dir: Path, records: list[ResultRecord], previous: dict | None) -> None:
     """Copy each run head's outcome file beside the baseline and name it there with its sha256; heads kept
     from the previous baseline keep theirs."""
     folder = outcomes_folder(path)
     entries = {h: e for h, e in ((previous or {}).get("outcomes") or {}).items() if h in baseline["generated_by"]["kept_from_previous"]}
     for r in records:
-        head = r["head"]["name"]
+        head = r.head.name
         entries.pop(head, None)
-        if not r.get("outcomes"):
+        if not r.outcomes:
             continue
-        source = results.outcomes_path(out_dir, r["suite"]["name"], head, r.get("repeat", 0))
+        source = results.outcomes_path(out_dir, r.suite.name, head, r.repeat)
         with atomic.atomic_path(folder / f"{head}.npz") as tmp:
             shutil.copyfile(source, tmp)
-        entries[head] = {"file": f"{folder.name}/{head}.npz", "sha256": r["outcomes"]["sha256"],
-                         "spec": r["outcomes"]["spec"]}
+        entries[head] = {"file": f"{folder.name}/{head}.npz", "sha256": r.outcomes.sha256,
+                         "spec": r.outcomes.spec}
     baseline["outcomes"] = {h: entries[h] for h in sorted(entries)}
 
 
@@ -155,17 +156,17 @@ def write(path: Path, baseline: dict) -> None:
     atomic.write_json(path, baseline)
 
 
-def compare(records: list[dict], baseline: dict, rule: str = "exact", out_dir: Path | None = None,
+def compare(records: list[ResultRecord], baseline: dict, rule: str = "exact", out_dir: Path | None = None,
             baseline_path: Path | None = None, resamples: int = 10_000) -> tuple[list[Regression], list[str]]:
     """Regressions of the heads this run computed (a head left out of the run is not judged), and the
     heads of the run that the baseline does not hold. ``rule``: "exact" or "interval" (see above)."""
-    current = {r["head"]["name"]: r for r in records}
-    if records and records[0]["suite"]["name"] != baseline["suite"]:
-        raise BaselineError(f"baseline is for suite {baseline['suite']!r}, the run is {records[0]['suite']['name']!r}.")
+    current = {r.head.name: r for r in records}
+    if records and records[0].suite.name != baseline["suite"]:
+        raise BaselineError(f"baseline is for suite {baseline['suite']!r}, the run is {records[0].suite.name!r}.")
     for r in records:
-        if r["config"]["protocol_hash"] != baseline["protocol_hash"] or r["suite"]["version"] != baseline["suite_version"]:
+        if r.config.protocol_hash != baseline["protocol_hash"] or r.suite.version != baseline["suite_version"]:
             raise BaselineError(
-                f"the run's protocol ({r['config']['protocol_hash']}, suite v{r['suite']['version']}) differs from the "
+                f"the run's protocol ({r.config.protocol_hash}, suite v{r.suite.version}) differs from the "
                 f"baseline's ({baseline['protocol_hash']}, suite v{baseline['suite_version']}): scores are not comparable. "
                 f"Run with the baseline's config, or rewrite it on purpose with --update-baseline."
             )
@@ -175,18 +176,18 @@ def compare(records: list[dict], baseline: dict, rule: str = "exact", out_dir: P
         if rec is None:
             continue
         intervals = {}
-        if rule == "interval" and rec["status"] == "ok" and out_dir is not None:
+        if rule == "interval" and rec.status == "ok" and out_dir is not None:
             base_ests = _baseline_estimators(baseline, baseline_path, head)
             arrays = results.read_outcomes(out_dir, rec) if base_ests else None
             if arrays is not None:
-                intervals = uncertainty.paired(uncertainty.estimators(arrays, rec["outcomes"]["spec"]), base_ests,
+                intervals = uncertainty.paired(uncertainty.estimators(arrays, rec.outcomes.spec), base_ests,
                                                resamples)
         for metric, base_value in base_metrics.items():
             if base_value is None:
                 continue
             tol = baseline["tolerances"].get(metric, baseline["default_tolerance"])
             direction = baseline["metric_directions"].get(metric, "higher")
-            value = None if rec["status"] != "ok" else rec["metrics"].get(metric)
+            value = None if rec.status != "ok" else rec.metrics.get(metric)
             if value is None:
                 found.append(Regression(head, metric, base_value, None, tol, direction))
                 continue

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core import atomic
+from bench.core.records import ResultRecord
 from bench.report import leaderboard, verdicts
 
 
@@ -22,7 +23,7 @@ from bench.report import leaderboard, verdicts
 class Point:
     values: dict          # config key -> value at this point
     folder: Path          # where its runs are
-    records: list[dict]   # every record of the point (all repeats), references included
+    records: list[ResultRecord]   # every record of the point (all repeats), references included
 
 
 def _t_interval(values: list[float]) -> tuple[float, float] | None:
@@ -41,26 +42,26 @@ def table(points: list[Point], keys: list[str], resamples: int, warn=print) -> p
     for point in points:
         # the same order however the runs were made (reused cells and recomputed references come back in turn)
         collapsed = sorted(leaderboard.collapse_repeats(point.records),
-                           key=lambda r: (r["head"].get("kind") == "reference", r["head"]["name"]))
+                           key=lambda r: (r.head.kind == "reference", r.head.name))
         ests = verdicts.row_estimators(point.folder, collapsed, warn) if resamples > 0 else {}
         boot = verdicts.intervals(ests, resamples) if ests else {}
         for r in collapsed:
-            head, rep = r["head"]["name"], r.get("repeats", {})
-            per_repeat = rep.get("records", [r])
-            for metric, direction in r["suite"]["metric_directions"]:
-                value = r["metrics"].get(metric) if r["status"] == "ok" else None
-                values = [x["metrics"][metric] for x in per_repeat
-                          if x["status"] == "ok" and x["metrics"].get(metric) is not None]
+            head = r.head.name
+            per_repeat = r.repeats.records if r.repeats else [r]
+            for metric, direction in r.suite.metric_directions:
+                value = r.metrics.get(metric) if r.status == "ok" else None
+                values = [x.metrics[metric] for x in per_repeat
+                          if x.status == "ok" and x.metrics.get(metric) is not None]
                 interval, kind = boot.get(head, {}).get(metric), "bootstrap"
                 if interval is None:
                     interval, kind = _t_interval(values), "t over repeats"
-                rows.append({**{k: point.values[k] for k in keys}, "head": head, "kind": r["head"].get("kind", "head"),
+                rows.append({**{k: point.values[k] for k in keys}, "head": head, "kind": r.head.kind,
                              "metric": metric, "higher_is_better": direction == "higher",
                              "mean": value, "sd": statistics.stdev(values) if len(values) > 1 else None,
                              "n": len(values), "low": interval[0] if interval else None,
                              "high": interval[1] if interval else None, "interval": kind if interval else "",
-                             "status": r["status"], "code_hash": r["identity"]["code"]["hash"],
-                             "protocol_hash": r["config"]["protocol_hash"], "folder": point.folder.name})
+                             "status": r.status, "code_hash": r.identity["code"]["hash"],
+                             "protocol_hash": r.config.protocol_hash, "folder": point.folder.name})
     return pd.DataFrame(rows)
 
 

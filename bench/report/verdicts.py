@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.eval import uncertainty
+from bench.core.records import ResultRecord
 from bench.report import results
 
 LEVEL = 0.95
@@ -23,7 +24,7 @@ class SuiteVerdicts:
     resamples: int = uncertainty.DEFAULT_RESAMPLES
 
 
-def load_estimators(out_dir: Path, record: dict, warn=print) -> dict | None:
+def load_estimators(out_dir: Path, record: ResultRecord, warn=print) -> dict | None:
     try:
         arrays = results.read_outcomes(out_dir, record)
     except results.ResultFileError as exc:
@@ -31,17 +32,17 @@ def load_estimators(out_dir: Path, record: dict, warn=print) -> dict | None:
         return None
     if arrays is None:
         return None
-    return uncertainty.estimators(arrays, record["outcomes"]["spec"])
+    return uncertainty.estimators(arrays, record.outcomes.spec)
 
 
-def row_estimators(out_dir: Path, rs: list[dict], warn=print) -> dict[str, list[dict]]:
+def row_estimators(out_dir: Path, rs: list[ResultRecord], warn=print) -> dict[str, list[dict]]:
     """Head -> one estimator dict per repeat, for the rows (repeats collapsed) whose outcomes all load."""
     ests = {}
     for r in rs:
-        if r["status"] == "ok":
-            per_repeat = [load_estimators(out_dir, x, warn) for x in r.get("repeats", {}).get("records", [r])]
+        if r.status == "ok":
+            per_repeat = [load_estimators(out_dir, x, warn) for x in (r.repeats.records if r.repeats else [r])]
             if per_repeat and all(per_repeat):
-                ests[r["head"]["name"]] = per_repeat
+                ests[r.head.name] = per_repeat
     return ests
 
 
@@ -51,15 +52,15 @@ def intervals(ests: dict[str, list[dict]], resamples: int) -> dict[str, dict[str
             for head, e in ests.items()}
 
 
-def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
+def for_suite(out_dir: Path, rs: list[ResultRecord], reference: str | None = "cosine",
               resamples: int = uncertainty.DEFAULT_RESAMPLES, warn=print) -> SuiteVerdicts:
     """Bootstrap every row with outcomes; mark as best, per metric, the top head and every head whose
     paired interval of the difference to it contains 0 (not significantly worse)."""
     v = SuiteVerdicts(resamples=resamples)
     ests = row_estimators(out_dir, rs, warn)
     v.intervals = intervals(ests, resamples)
-    contestants = [r for r in rs if r["status"] == "ok" and r["head"].get("kind") != "reference"]
-    directions = {m: d == "higher" for m, d in rs[0]["suite"]["metric_directions"]}
+    contestants = [r for r in rs if r.status == "ok" and r.head.kind != "reference"]
+    directions = rs[0].directions
     pairs: dict[tuple[str, str], dict] = {}
 
     def pair(a: str, b: str) -> dict:
@@ -68,7 +69,7 @@ def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
         return pairs[(a, b)]
 
     for metric, up in directions.items():
-        valued = [(r["head"]["name"], r["metrics"].get(metric)) for r in contestants if r["metrics"].get(metric) is not None]
+        valued = [(r.head.name, r.metrics.get(metric)) for r in contestants if r.metrics.get(metric) is not None]
         if not valued:
             continue
         top = (max if up else min)(valued, key=lambda hv: hv[1])[0]
@@ -81,7 +82,7 @@ def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
                 if d["low"] <= 0 <= d["high"]:
                     tied.add(head)
         v.best[metric] = tied
-    main = rs[0]["suite"]["main_metric"]
+    main = rs[0].suite.main_metric
     if reference in ests:
         v.reference = reference
         for head in ests:
@@ -90,24 +91,24 @@ def for_suite(out_dir: Path, rs: list[dict], reference: str | None = "cosine",
     return v
 
 
-def compare(out_dir: Path, rs: list[dict], heads: list[str], resamples: int = uncertainty.DEFAULT_RESAMPLES,
+def compare(out_dir: Path, rs: list[ResultRecord], heads: list[str], resamples: int = uncertainty.DEFAULT_RESAMPLES,
             warn=print) -> list[dict]:
     """The first head against each other one: per metric, the difference, its paired 95% interval, the
     sign-flip p-value, and the p-value after Holm's correction across every metric and pair compared.
     ``rs`` are leaderboard rows (repeats collapsed): with repeats, repeat r of one head is paired with
     repeat r of the other."""
-    by_name = {r["head"]["name"]: r for r in rs}
+    by_name = {r.head.name: r for r in rs}
     missing = [h for h in heads if h not in by_name]
     if missing:
         raise KeyError(f"no result for {', '.join(missing)} in this suite's comparable rows")
     ests = {}
     for h in heads:
-        e = [load_estimators(out_dir, x, warn) for x in by_name[h].get("repeats", {}).get("records", [by_name[h]])]
+        e = [load_estimators(out_dir, x, warn) for x in (by_name[h].repeats.records if by_name[h].repeats else [by_name[h]])]
         if not all(e):
             raise ValueError(f"{h}'s result has no per-query outcomes (written by an older version, or it failed); "
                              "rerun it with --force to compare it.")
         ests[h] = e
-    order = [m for m, _ in rs[0]["suite"]["metric_directions"]]
+    order = [m for m, _ in rs[0].suite.metric_directions]
     rows = []
     for other in heads[1:]:
         found = uncertainty.paired(ests[heads[0]], ests[other], resamples, level=LEVEL)

@@ -16,8 +16,8 @@ import torch
 
 import heads as head_registry
 import suites as suite_registry
-from bench import SCHEMA_VERSION
 from bench.core import atomic, distributed
+from bench.core.records import SCHEMA_VERSION, CellConfig, HeadInfo, ResultRecord, SuiteInfo
 from bench.run import config
 from bench.report import provenance, results
 from bench.run.code_identity import code_identity
@@ -103,31 +103,31 @@ def cell_key(config_hash: str, identity: dict) -> str:
 
 
 def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta: dict, metrics: dict, status: str,
-            error: str | None, timings: dict, device, cfg: dict) -> dict:
+            error: str | None, timings: dict, device, cfg: dict) -> ResultRecord:
     metrics, undefined = _finite_metrics(metrics)
-    return {
-        "schema_version": SCHEMA_VERSION,
+    return ResultRecord(
+        schema_version=SCHEMA_VERSION,
         **provenance.code_version(),
-        "created_utc": provenance.utc_now(),
-        "status": status,
-        "error": error,
-        "suite": {"name": suite_cls.name, "version": suite_cls.version, "main_metric": suite_cls.main_metric,
-                  "metric_directions": [[m, "higher" if up else "lower"] for m, up in suite_cls.metrics.items()],
-                  "headline_metrics": list(suite_cls.headline_metrics), "test_set": data.identity,
-                  "report": report_layout(suite_cls)},
-        "head": head_meta,
-        "config": {"resolved": {**protocol, "head_options": head_meta.get("options", {})},
-                   "hash": cell.hash, "protocol_hash": protocol_hash, "key": cell.key},
-        "identity": cell.identity,
-        "seed": repeat_seed(cfg, cell.repeat),
-        "repeat": cell.repeat,
-        "metrics": metrics,
-        "undefined_metrics": undefined,
-        "timing": timings,
-        "memory": provenance.peak_memory_mb(device),
-        "device": provenance.device_description(device),
-        "libraries": provenance.library_versions(),
-    }
+        created_utc=provenance.utc_now(),
+        status=status,
+        error=error,
+        suite=SuiteInfo(name=suite_cls.name, version=suite_cls.version, main_metric=suite_cls.main_metric,
+                        metric_directions=[[m, "higher" if up else "lower"] for m, up in suite_cls.metrics.items()],
+                        headline_metrics=list(suite_cls.headline_metrics), test_set=data.identity,
+                        report=report_layout(suite_cls)),
+        head=HeadInfo(**head_meta),
+        config=CellConfig(resolved={**protocol, "head_options": head_meta.get("options", {})},
+                          hash=cell.hash, protocol_hash=protocol_hash, key=cell.key),
+        identity=cell.identity,
+        seed=repeat_seed(cfg, cell.repeat),
+        repeat=cell.repeat,
+        metrics=metrics,
+        undefined_metrics=undefined,
+        timing=timings,
+        memory=provenance.peak_memory_mb(device),
+        device=provenance.device_description(device),
+        libraries=provenance.library_versions(),
+    )
 
 
 def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -> dict | None:
@@ -140,8 +140,7 @@ def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -
     except results.ResultFileError as exc:
         log(f"[{suite}] {cell.head}: {exc} It is recomputed now.")
         return None
-    ok = record.get("status") == "ok" and record.get("config", {}).get("key") == cell.key
-    if not ok or record["schema_version"] != SCHEMA_VERSION:
+    if not record.ok or record.config.key != cell.key:
         return None
     try:  # a reused result must bring its own per-query outcomes, or intervals would come from elsewhere
         results.read_outcomes(out_dir, record)
@@ -175,12 +174,12 @@ def _identify(suite, suite_cls, protocol: dict, cells: list[Cell], cfg: dict, de
     return config.config_hash({**protocol, "data": data_identity}), references
 
 
-def _reusable_references(out_dir: Path, suite: str, references: dict[str, Cell]) -> list[dict] | None:
+def _reusable_references(out_dir: Path, suite: str, references: dict[str, Cell]) -> list[ResultRecord] | None:
     """The reference rows of an earlier run with these exact keys, or None if any must be made again."""
     found = []
     for name, ref in references.items():
         record = _reusable(out_dir, suite, ref)
-        if record is None or record.get("head", {}).get("kind") != "reference":
+        if record is None or not record.head.is_reference:
             return None
         found.append(record)
     return found
@@ -250,7 +249,7 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
         if record is None:  # not rank 0
             continue
         summary.records.append(record)
-        if record["status"] == "failed":
+        if record.status == "failed":
             summary.failed.append(cell.head)
     if is_main:
         for record, evaluation in reference_records:
@@ -352,19 +351,19 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
     record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, evaluation.metrics,
                      "failed" if error else "ok", error, timings, device, cfg)
     if diagnostics:
-        record["diagnostics"] = {k: float(v) for k, v in diagnostics.items()}
+        record.diagnostics = {k: float(v) for k, v in diagnostics.items()}
     if not error and trained_loss:
-        record["trained_loss"] = {"name": cfg["train"]["loss"], "parameters": trained_loss}
+        record.trained_loss = {"name": cfg["train"]["loss"], "parameters": trained_loss}
     if evaluation.details:
-        record["evaluation_details"] = evaluation.details
+        record.evaluation_details = evaluation.details
     path = results.write(out_dir, record, evaluation.outcomes, evaluation.spec) if is_main else None
     distributed.barrier()
     if not error:
-        value = record["metrics"].get(suite_cls.main_metric)
+        value = record.metric(suite_cls.main_metric)
         shown = "n/a (not measured in this run)" if value is None else f"{value:.4f}"
         log(f"[{suite_name}] {cell.head}: {suite_cls.main_metric}={shown} "
             f"(train {timings['train_seconds']:.1f}s, eval {timings['eval_seconds']:.1f}s) -> {path}")
-        if record["undefined_metrics"]:
+        if record.undefined_metrics:
             log(f"[{suite_name}] {cell.head}: undefined (NaN/inf) metrics recorded as empty: "
-                f"{', '.join(record['undefined_metrics'])}")
+                f"{', '.join(record.undefined_metrics)}")
     return record

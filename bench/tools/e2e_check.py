@@ -73,8 +73,8 @@ def main(argv=None) -> int:
                              "--out", str(out), "--no-progress", "--device", str(device)])
         rows = [{"what": f"feature extraction ({args.backbone}, {device.type})", "per_second": images_per_s, "unit": "images/s"}]
         for r in load_all(out):
-            if r["head"]["kind"] == "head" and r["timing"].get("train_pairs_per_second"):
-                rows.append({"what": f"train {r['head']['name']}", "per_second": r["timing"]["train_pairs_per_second"],
+            if r.head.kind == "head" and r.timing.get("train_pairs_per_second"):
+                rows.append({"what": f"train {r.head.name}", "per_second": r.timing["train_pairs_per_second"],
                              "unit": "pairs/s"})
         print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))
         if args.json:
