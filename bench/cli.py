@@ -11,7 +11,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from bench.core.errors import UserError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+BUG_REPORT = ("This is a bug in simbench, not a problem with your input: please open an issue with the traceback "
+              "above, the command you ran and the output of `pip freeze`.")
 DEFAULT_OUT = "outputs"  # a user's runs; results/ is the committed reference, rewritten only on purpose
 
 
@@ -85,7 +89,7 @@ def _compare(argv: list[str]) -> int:
     try:
         rows = verdicts.compare(Path(args.out), leaderboard.collapse_repeats(chosen[args.suite]), heads, args.resamples,
                                 warn=lambda m: print(m, file=sys.stderr))
-    except (KeyError, ValueError) as exc:
+    except UserError as exc:
         raise UsageError(f"compare --suite {args.suite}: {exc.args[0]}.") from None
     directions = chosen[args.suite][0].directions
     print(f"{args.suite}: {heads[0]} against {', '.join(heads[1:])}; differences A - B with paired 95% bootstrap "
@@ -139,7 +143,6 @@ def _sweep(argv: list[str]) -> int:
     import time
 
     from bench.core import atomic, distributed
-    from bench.core.errors import UserError
     from bench.report import provenance
     from bench.report import sweep as sweep_report
     from bench.run import config, runner, sweep
@@ -186,7 +189,7 @@ def _sweep(argv: list[str]) -> int:
 
                 raise UsageError(f"--metrics: suite {args.suite!r} has no metric {m!r}.{suggest(m, list(suite_cls.metrics))}")
         check_out_dir(out)
-    except (UserError, KeyError, ValueError) as exc:
+    except UserError as exc:
         raise UsageError(exc.args[0] if exc.args else str(exc)) from None
     version = provenance.code_version()  # read now: edits or commits made while the sweep runs change nothing
     for h in head_names:
@@ -228,8 +231,8 @@ def _sweep(argv: list[str]) -> int:
     return EXIT_OK
 
 
-class UsageError(Exception):
-    pass
+class UsageError(UserError):
+    """Bad input found by the command line itself; printed as one line, exit 2."""
 
 
 def _user_config(args) -> dict:
@@ -355,10 +358,19 @@ def _terminate_as_interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: atomic writes clean up, finished cells stay
 
 
+def _report_bug(exc_type, exc, tb) -> None:
+    """Uncaught exceptions are simbench's bugs (bad input never gets this far): the traceback, then one
+    line saying so; the interpreter exits 1."""
+    sys.__excepthook__(exc_type, exc, tb)
+    if not issubclass(exc_type, KeyboardInterrupt):
+        print(BUG_REPORT, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    sys.excepthook = _report_bug
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if argv[:1] in (["compare"], ["sweep"]):
         from bench.core import snapshot
@@ -366,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with snapshot.frozen():  # a sweep runs for hours: its cells are keyed by the code it started with
                 return (_compare if argv[0] == "compare" else _sweep)(argv[1:])
-        except UsageError as exc:
+        except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
@@ -377,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         return _main(args)
-    except UsageError as exc:
+    except UserError as exc:
         from bench.core import distributed
 
         if not distributed.is_main():
@@ -460,7 +472,7 @@ def _plan_run(args):
             runner.plan(name, head_names, cfg, device)  # every name and option checked before any work
         baseline = regression.load(args.check) if args.check else None
         check_out_dir(Path(args.out))
-    except (KeyError, ValueError) as exc:
+    except UserError as exc:
         raise UsageError(exc.args[0] if exc.args else str(exc)) from None
     return everything, suite_names, cfg, head_names, device, baseline
 

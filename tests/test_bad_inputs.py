@@ -581,3 +581,25 @@ def test_sixteen_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
     assert np.abs(rgb[..., 0] - ramp / 257).max() <= 0.5 + 1e-9  # the full range onto 0..255
     naive = np.asarray(Image.open(tmp_path / "g16.png").convert("RGB"))
     assert (naive == 255).mean() > 0.9  # what PIL alone gives: almost all white
+
+
+# --------------------------------------------------------------------------------------------
+# A bug in simbench is not bad input: its traceback is shown, with one line saying so, exit 1.
+
+@pytest.mark.parametrize("error", ["KeyError('bend')", "ValueError('internal')"])
+def test_an_internal_error_is_a_bug_with_its_traceback_not_exit_2(tmp_path, error):
+    """With `bend` missing inside the suite, the old command line printed `error: bend` and exited 2."""
+    import subprocess
+    import sys
+
+    broken = tmp_path / "breaks_planning.py"
+    broken.write_text("from bench.run import runner\n\n"
+                      f"def plan(*a, **k):\n    raise {error}\n\nrunner.plan = plan\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "run_bench.py"), "--head-module", str(broken), "--heads", "cosine",
+                           "--out", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr and error.split("(")[0] in proc.stderr
+    assert "This is a bug in simbench" in proc.stderr and "error: " not in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,8 @@ from dataclasses import fields, is_dataclass
 import torch
 import torch.distributed as dist
 
+from bench.core.errors import ConfigError
+
 
 def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -112,7 +114,7 @@ def local_slice(indices: torch.Tensor) -> torch.Tensor:
     if w == 1:
         return indices
     if indices.shape[0] % w:
-        raise ValueError(f"train.batch_size={indices.shape[0]} must be divisible by the number of processes ({w}).")
+        raise ConfigError(f"train.batch_size={indices.shape[0]} must be divisible by the number of processes ({w}).")
     return indices.view(w, -1)[rank()]
 
 

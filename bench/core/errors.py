@@ -18,5 +18,12 @@ class DataError(UserError):
     """Missing or malformed data; the message names the files and how to fix them."""
 
 
+class UnknownNameError(UserError, KeyError):
+    """A head, suite or loss name that is not registered (a KeyError too, for lookups that expect one)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class BackboneError(UserError):
     """A model name, pretrained tag or checkpoint that cannot be used."""

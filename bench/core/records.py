@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from bench.core import hashing
+from bench.core.errors import UserError
 
 SCHEMA_VERSION = 2  # 2: cell keys (config, code, data, libraries, device type), resolved head options
 STATUSES = ("ok", "failed", "skipped")
 
 
-class ResultFileError(ValueError):
+class ResultFileError(UserError):
     """A result or outcome file that cannot be trusted; the message names it and how to fix it."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, TypeVar
 
+from bench.core.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -44,7 +46,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             known = ", ".join(sorted(self._items)) or "none"
-            raise KeyError(
+            raise UnknownNameError(
                 f"Unknown {self.kind} {name!r}.{suggest(name, self._items)} "
                 f"Registered {self.kind}s: {known}."
             ) from None

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.core.errors import UserError
+
 WEIGHT_DECAYS = np.logspace(-6, 2, num=97).tolist()
 COARSE = [i for i, wd in enumerate(WEIGHT_DECAYS) if wd in np.logspace(-6, 2, num=7).tolist()]  # 0, 16, ..., 96
 SPANS = (8, 4, 2, 1)
 
 
-class ProbeError(ValueError):
+class ProbeError(UserError):
     """The probe cannot be fitted as asked (too few samples of a class for fewshot_k)."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import bench
+from bench.core.errors import ConfigError
 from bench.core import snapshot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,12 +90,12 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"--device {name!r} is not a device torch knows ({exc}); use auto, cpu, cuda or cuda:N.") from None
+        raise ConfigError(f"--device {name!r} is not a device torch knows ({exc}); use auto, cpu, cuda or cuda:N.") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r}: simbench trains and scores on cpu or cuda only; use auto, cpu, cuda or cuda:N.")
+        raise ConfigError(f"--device {name!r}: simbench trains and scores on cpu or cuda only; use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r} asked for CUDA, but torch sees no GPU here; use --device cpu.")
+        raise ConfigError(f"--device {name!r} asked for CUDA, but torch sees no GPU here; use --device cpu.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name!r}: torch sees {torch.cuda.device_count()} GPU(s) here (cuda:0.."
+        raise ConfigError(f"--device {name!r}: torch sees {torch.cuda.device_count()} GPU(s) here (cuda:0.."
                          f"cuda:{torch.cuda.device_count() - 1}).")
     return device

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bench.core.records import SCHEMA_VERSION
 from bench.core import atomic
+from bench.core.errors import UserError
 from bench.eval import uncertainty
 from bench.core.records import ResultRecord
 from bench.report import results
@@ -30,7 +31,7 @@ DEFAULT_TOLERANCE = 0.02
 METRIC_TOLERANCES = {"pmi_rmse": 0.05, "pmi_row_kl": 0.03, "infonce_excess": 0.03}
 
 
-class BaselineError(ValueError):
+class BaselineError(UserError):
     pass
 
 

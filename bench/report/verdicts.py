@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.eval import uncertainty
+from bench.core.errors import UserError
 from bench.core.records import ResultRecord
 from bench.report import results
 
@@ -100,12 +101,12 @@ def compare(out_dir: Path, rs: list[ResultRecord], heads: list[str], resamples: 
     by_name = {r.head.name: r for r in rs}
     missing = [h for h in heads if h not in by_name]
     if missing:
-        raise KeyError(f"no result for {', '.join(missing)} in this suite's comparable rows")
+        raise UserError(f"no result for {', '.join(missing)} in this suite's comparable rows")
     ests = {}
     for h in heads:
         e = [load_estimators(out_dir, x, warn) for x in (by_name[h].repeats.records if by_name[h].repeats else [by_name[h]])]
         if not all(e):
-            raise ValueError(f"{h}'s result has no per-query outcomes (written by an older version, or it failed); "
+            raise UserError(f"{h}'s result has no per-query outcomes (written by an older version, or it failed); "
                              "rerun it with --force to compare it.")
         ests[h] = e
     order = [m for m, _ in rs[0].suite.metric_directions]

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.core import distributed
+from bench.core.errors import ConfigError
 from bench.eval.scoring import check_rep
 from bench.run import losses
 from suites.base import PointSets
@@ -40,7 +41,7 @@ class TrainStats:
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
     """``[steps, batch]`` indices: epochs of seeded permutations, identical for every head."""
     if n < batch_size:
-        raise ValueError(f"training set has {n} pairs, fewer than batch_size={batch_size}; lower train.batch_size.")
+        raise ConfigError(f"training set has {n} pairs, fewer than batch_size={batch_size}; lower train.batch_size.")
     g = torch.Generator().manual_seed(int(seed))
     per_epoch = n // batch_size
     epochs = math.ceil(steps / per_epoch) if steps else 0
