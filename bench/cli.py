@@ -291,8 +291,7 @@ def _listing(kind: str) -> str:
                 shown = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items())
             except ConfigError as exc:
                 shown = str(exc)
-            scores = "direction-specific scores" if c.score_directions is not heads.SimilarityHead.score_directions \
-                else "one score for both directions"
+            scores = "direction-specific scores" if c.directional_scores() else "one score for both directions"
             lines += ["", f"{n} (v{c.version}, {'trainable' if c.trainable else 'trains nothing'}, readout: {c.readout}, "
                           f"{scores})"]
             lines += textwrap.wrap(c.description, 100, initial_indent="  ", subsequent_indent="  ")

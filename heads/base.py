@@ -114,6 +114,12 @@ class SimilarityHead(nn.Module):
         scores = self.score(image_rep, text_rep)
         return scores, scores
 
+    @classmethod
+    def directional_scores(cls) -> bool:
+        """True when the head overrides ``score_directions``: its two directions may differ, and errors in
+        them are its own ``score_directions()``'s, not ``score()``'s."""
+        return cls.score_directions is not SimilarityHead.score_directions
+
     def embed_image(self, points: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """One vector per image, ``[n, d]``, for the linear-probe suite (which L2-normalises it, as
         CLIP_benchmark's featurizer does). Optional: a head without it is skipped there, with a note.

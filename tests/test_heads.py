@@ -483,3 +483,14 @@ def test_kme_rff_output_scale_multiplies_the_score_and_leaves_diagnostics_alone(
         assert scaled.diagnostics(x, y) == plain.diagnostics(x, y)
         scaled.log_output_scale.fill_(10.0)
         assert torch.allclose(scaled.score(scaled.encode_image(x), scaled.encode_text(y)), 100.0 * a, rtol=1e-4)
+
+
+def test_directional_scores_is_declared_by_overriding_score_directions():
+    """The contract scoring and --list-heads read (it replaced a __qualname__ string comparison)."""
+    assert heads.get_head("filip").directional_scores()
+    assert not heads.get_head("cosine").directional_scores() and not heads.get_head("kme_rbf").directional_scores()
+
+    class Renamed(heads.get_head("cosine")):  # a subclass that does not override inherits the answer
+        pass
+
+    assert not Renamed.directional_scores()

@@ -113,3 +113,52 @@ def test_every_cited_doc_exists():
             cited.setdefault(ref, str(p.relative_to(REPO)))
     missing = {ref: where for ref, where in cited.items() if not (REPO / ref).is_file()}
     assert cited and not missing, f"cited but absent: {missing}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports, at the top or inside a function alike."""
+    paths = dict(project_modules())
+    graph = {}
+    for module, path in paths.items():
+        targets = set()
+        for _, target in imported(path, module):
+            parts = target.split(".")
+            for n in range(len(parts), 0, -1):  # ``bench.data.types.RetrievalSet`` imports bench.data.types
+                if ".".join(parts[:n]) in paths:
+                    targets.add(".".join(parts[:n]))
+                    break
+        graph[module] = targets - {module}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_circle_anywhere_inside_a_room_or_across():
+    """Packages (``__init__``) may import their own modules; nothing else may close a circle."""
+    graph = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in _module_graph().items()}
+    found = _cycle(graph)
+    assert found is None, "import circle: " + " -> ".join(found)
+
+
+def test_the_circle_check_finds_a_circle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None

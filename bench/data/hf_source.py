@@ -19,6 +19,7 @@ from PIL import Image
 from bench.core import hashing
 from bench.core.errors import DataError
 from bench.data import image_source
+from bench.data.types import RetrievalSet
 
 PREFIX = "hf:"
 # Column names tried in order when the option is "auto" (COCO and Flickr30k are usually published
@@ -211,8 +212,6 @@ def _captions(value, spec: str, row: int) -> list[str]:
 
 def retrieval_set(spec: str, name: str, split: str, image_column: str = "auto", caption_column: str = "auto"):
     """Image-caption pairs: one row per image, its caption a string or a list of strings."""
-    from bench.data.retrieval_data import RetrievalSet
-
     ds = open_dataset(spec, split)
     image_col, caption_col = column(ds, spec, "image", image_column), column(ds, spec, "caption", caption_column)
     refs = image_refs(ds, spec, split, image_col)

@@ -16,40 +16,8 @@ from typing import Callable
 
 from bench.core.errors import DataError
 from bench.data import image_source
+from bench.data.types import RetrievalSet  # noqa: F401 (defined there, read from here by the suites)
 from bench.data.webdataset import clip_benchmark_shards, wds_samples
-
-
-@dataclass
-class RetrievalSet:
-    name: str
-    split: str
-    image_paths: list[Path]
-    captions: list[str]
-    caption_image: list[int]   # for each caption, the index of its image
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(f"{self.name}|{self.split}".encode())
-        for p in self.image_paths:
-            h.update(f"{image_source.identity(p)}\n".encode())
-        h.update("\n".join(self.captions).encode())
-        h.update(",".join(map(str, self.caption_image)).encode())
-        return h.hexdigest()[:16]
-
-    def validate(self) -> "RetrievalSet":
-        """A set that every metric is defined on: images, each with at least one caption."""
-        label = f"{self.name} ({self.split} split)"
-        if not self.image_paths or not self.captions:
-            raise DataError(f"{label} is empty: {len(self.image_paths)} images, {len(self.captions)} captions. "
-                            "Point the data root at a complete copy of the dataset.")
-        counts = [0] * len(self.image_paths)
-        for i in self.caption_image:
-            counts[i] += 1
-        bare = [str(self.image_paths[i]) for i, c in enumerate(counts) if c == 0]
-        if bare:
-            raise DataError(f"{label}: {len(bare)} of {len(self.image_paths)} images have no caption (e.g. "
-                            f"{', '.join(bare[:3])}); an image without a caption can never be retrieved. Add their "
-                            "captions or remove them from the annotation file.")
-        return self
 
 
 def _check_images(paths: list[Path], dataset: str, limit: int = 5) -> None:

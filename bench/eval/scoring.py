@@ -109,8 +109,7 @@ def score_matrices(head, image_rep, text_rep, n_images: int, n_texts: int) -> tu
     pair = _score_with_retries(head.score_directions, head, image_rep, text_rep)
     if not (isinstance(pair, tuple) and len(pair) == 2):
         raise ScoreError(f"head {head.name!r}: score_directions() must return a pair (i2t, t2i), got {type(pair).__name__}.")
-    own = getattr(type(head).score_directions, "__qualname__", "") != "SimilarityHead.score_directions"
-    what = "score_directions()" if own else "score()"  # name what the head's author wrote
+    what = "score_directions()" if head.directional_scores() else "score()"  # name what the head's author wrote
     i2t = _checked(head, pair[0], n_images, n_texts, what)
     t2i = i2t if pair[1] is pair[0] else _checked(head, pair[1], n_images, n_texts, what)
     return i2t, t2i
