@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """simbench: compare similarity heads for CLIP-style contrastive learning. See README.md."""
+
 import sys
 
 from bench.cli import main

@@ -4,6 +4,7 @@
 
 It scores with a learnable bilinear form between the pooled points: s(x, y) = t * e_x^T W e_y.
 """
+
 import math
 
 import torch

@@ -1,5 +1,6 @@
 """Similarity heads. Add a head: write one module with a ``@register_head`` class, then list
 it in ``BUILTIN_MODULES`` below (or load your own file with ``run_bench.py --head-module``)."""
+
 from __future__ import annotations
 
 import importlib

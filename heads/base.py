@@ -5,6 +5,7 @@ A head turns cached backbone point sets into a representation per input (``encod
 gives the logits for the InfoNCE loss and the rankings for evaluation, so what is trained is
 exactly what is measured.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,7 +17,7 @@ from torch import nn
 
 from bench.core.registry import Registry
 
-HEADS: Registry[type["SimilarityHead"]] = Registry("head")
+HEADS: Registry[type[SimilarityHead]] = Registry("head")
 
 
 def register_head(name: str):
@@ -27,13 +28,15 @@ def register_head(name: str):
         if not (isinstance(cls, type) and issubclass(cls, SimilarityHead)):
             raise TypeError(f"@register_head({name!r}) must decorate a SimilarityHead subclass, got {cls!r}.")
         if cls.readout not in READOUTS:
-            raise ValueError(f"@register_head({name!r}): readout = {cls.readout!r}; it must be one of {', '.join(READOUTS)}.")
+            raise ValueError(
+                f"@register_head({name!r}): readout = {cls.readout!r}; it must be one of {', '.join(READOUTS)}."
+            )
         return inner(cls)
 
     return decorator
 
 
-def get_head(name: str) -> type["SimilarityHead"]:
+def get_head(name: str) -> type[SimilarityHead]:
     return HEADS.get(name)
 
 
@@ -80,17 +83,22 @@ class SimilarityHead(nn.Module):
             if type(self).__init__ is recording_init:  # the most derived constructor records
                 bound = signature.bind(self, *args, **kw)
                 bound.apply_defaults()
-                self.options = {k: v for k, v in bound.arguments.items()
-                                if k not in ("self", "image_dim", "text_dim")
-                                and signature.parameters[k].kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                                                         inspect.Parameter.VAR_KEYWORD)}
+                self.options = {
+                    k: v
+                    for k, v in bound.arguments.items()
+                    if k not in ("self", "image_dim", "text_dim")
+                    and signature.parameters[k].kind
+                    not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+                }
 
         cls.__init__ = recording_init
 
     def __init__(self, image_dim: int, text_dim: int):
         super().__init__()
         if int(image_dim) <= 0 or int(text_dim) <= 0:
-            raise ValueError(f"{type(self).__name__}: image_dim and text_dim must be positive, got {image_dim}, {text_dim}.")
+            raise ValueError(
+                f"{type(self).__name__}: image_dim and text_dim must be positive, got {image_dim}, {text_dim}."
+            )
         self.image_dim = int(image_dim)
         self.text_dim = int(text_dim)
         self.options: dict[str, Any] = {}
@@ -145,8 +153,10 @@ class SimilarityHead(nn.Module):
             return text_rep.mean_over_groups(n_classes, n_prompts)
         if isinstance(text_rep, torch.Tensor):
             return text_rep.reshape(n_classes, n_prompts, *text_rep.shape[1:]).mean(dim=1)
-        raise TypeError(f"{type(self).__name__}: cannot combine prompts of a {type(text_rep).__name__}; "
-                        f"give it a mean_over_groups method or override combine_prompts.")
+        raise TypeError(
+            f"{type(self).__name__}: cannot combine prompts of a {type(text_rep).__name__}; "
+            f"give it a mean_over_groups method or override combine_prompts."
+        )
 
     def diagnostics(self, image_points: torch.Tensor, text_points: torch.Tensor) -> dict[str, float]:
         """Numbers about the head itself on a sample of test point sets (e.g. how far an approximation is

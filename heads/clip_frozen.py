@@ -1,4 +1,5 @@
 """The untouched backbone similarity: the reference row every trained head is compared with."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """CLIP's similarity: one embedding per input, cosine times a learnable logit scale."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ class VectorRep:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
-    def mean_over_groups(self, n_groups: int, group_size: int) -> "VectorRep":
+    def mean_over_groups(self, n_groups: int, group_size: int) -> VectorRep:
         # CLIP's zero-shot recipe: average the unit prompt embeddings, then renormalise.
         mean = self.vectors.reshape(n_groups, group_size, -1).mean(dim=1)
         return VectorRep(nn.functional.normalize(mean, dim=-1))
@@ -32,11 +33,19 @@ class CosineHead(SimilarityHead):
     description = "CLIP: linear map of the pooled point, unit-normalised, times a learnable logit scale."
     trainable = True
 
-    def __init__(self, image_dim: int, text_dim: int, init_logit_scale: float = 1 / 0.07,
-                 max_logit_scale: float = 100.0, out_dim: int | None = None):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        init_logit_scale: float = 1 / 0.07,
+        max_logit_scale: float = 100.0,
+        out_dim: int | None = None,
+    ):
         super().__init__(image_dim, text_dim)
         if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(f"cosine: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}.")
+            raise ValueError(
+                f"cosine: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}."
+            )
         if out_dim is not None and int(out_dim) < 1:
             raise ValueError(f"cosine: out_dim must be a positive integer or None, got {out_dim!r}.")
         out_dim = max(image_dim, text_dim) if out_dim is None else int(out_dim)

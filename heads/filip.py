@@ -6,6 +6,7 @@ second over the caption's real tokens. The image's class token (its pooled point
 dropped as in FILIP; text padding is masked. Scored in blocks under ``memory_budget_mb`` so the
 ``[images, texts, image tokens, text tokens]`` products never exist whole at COCO size.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,13 +33,14 @@ class TokenRep:
         return self.points.shape[0] // self.group
 
     @classmethod
-    def concat(cls, reps: list["TokenRep"]) -> "TokenRep":
+    def concat(cls, reps: list[TokenRep]) -> TokenRep:
         width = max(r.points.shape[1] for r in reps)
-        pad = lambda t, v: nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=v)  # noqa: E731
-        return cls(torch.cat([pad(r.points, 0.0) for r in reps]), torch.cat([pad(r.mask, False) for r in reps]),
-                   reps[0].group)
+        pad = lambda t, v: nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=v)  # noqa: E731 (a one-line helper, used just below)
+        return cls(
+            torch.cat([pad(r.points, 0.0) for r in reps]), torch.cat([pad(r.mask, False) for r in reps]), reps[0].group
+        )
 
-    def mean_over_groups(self, n_groups: int, group_size: int) -> "TokenRep":
+    def mean_over_groups(self, n_groups: int, group_size: int) -> TokenRep:
         if self.points.shape[0] != n_groups * group_size or self.group != 1:
             raise ValueError(f"expected {n_groups} x {group_size} ungrouped sets, got {self.points.shape[0]}.")
         return TokenRep(self.points, self.mask, group_size)
@@ -51,11 +53,20 @@ class FilipHead(SimilarityHead):
     readout = "tokens"
     memory_budget_mb = 512.0
 
-    def __init__(self, image_dim: int, text_dim: int, init_logit_scale: float = math.exp(3.8665),
-                 max_logit_scale: float = 100.0, out_dim: int | None = None, memory_budget_mb: float = 512.0):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        init_logit_scale: float = math.exp(3.8665),
+        max_logit_scale: float = 100.0,
+        out_dim: int | None = None,
+        memory_budget_mb: float = 512.0,
+    ):
         super().__init__(image_dim, text_dim)
         if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(f"filip: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}.")
+            raise ValueError(
+                f"filip: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}."
+            )
         if out_dim is not None and int(out_dim) < 1:
             raise ValueError(f"filip: out_dim must be a positive integer or None, got {out_dim!r}.")
         if not memory_budget_mb > 0:
@@ -92,7 +103,7 @@ class FilipHead(SimilarityHead):
         v, vm = txt.points[cols], txt.mask[cols]
         sims = torch.einsum("atd,bsd->abts", u, v)  # [a, b, image tokens, text tokens]
         neg = torch.finfo(sims.dtype).min
-        best_text = sims.masked_fill(~vm[None, :, None, :], neg).amax(dim=3)   # [a, b, t]
+        best_text = sims.masked_fill(~vm[None, :, None, :], neg).amax(dim=3)  # [a, b, t]
         s_i = (best_text * um[:, None, :]).sum(-1) / um.sum(-1, keepdim=True)
         if not both:
             return s_i, s_i

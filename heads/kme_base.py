@@ -1,6 +1,7 @@
 """What the kernel-mean-embedding heads share, so ``kme_rbf`` and ``kme_rff`` differ only in how
 they evaluate the RKHS inner product: the point-set encoders, the Gaussian bandwidth, the
 scoring budget and their checks (docs/heads.md)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,18 @@ from heads.pointsets import Bandwidth, PointSetEncoder, PointSetRep
 class KernelMeanHead(SimilarityHead):
     """Base of heads that embed a weighted point set as a Gaussian-kernel mean embedding."""
 
-    def __init__(self, image_dim: int, text_dim: int, *, sigma: float, max_inverse_sigma2: float,
-                 learn_sigma: bool, points_used: int | None, memory_budget_mb: float, out_dim: int | None = None):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        *,
+        sigma: float,
+        max_inverse_sigma2: float,
+        learn_sigma: bool,
+        points_used: int | None,
+        memory_budget_mb: float,
+        out_dim: int | None = None,
+    ):
         if not sigma > 0 or 1 / sigma**2 > max_inverse_sigma2:
             raise ValueError(f"{self.name}: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
         if not memory_budget_mb > 0:

@@ -13,6 +13,7 @@ exp PMI = sum_z p(z|x) p(z|y) / p(z) once P covers the topics. ``proto_cosine`` 
 read out as one vector (the weighted mean of the prototypes, unit-normalised) under a cosine: a gap
 between the two is the similarity function's, not the encoder's.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,11 +38,11 @@ class ProtoRep:
         return self.log_weights.shape[0]
 
     @classmethod
-    def concat(cls, reps: list["ProtoRep"]) -> "ProtoRep":
+    def concat(cls, reps: list[ProtoRep]) -> ProtoRep:
         """Batches of one encoder share its prototypes: only the weights are stacked."""
         return cls(torch.cat([r.log_weights for r in reps]), reps[0].prototypes)
 
-    def mean_over_groups(self, n_groups: int, group_size: int) -> "ProtoRep":
+    def mean_over_groups(self, n_groups: int, group_size: int) -> ProtoRep:
         """The mean KME of each group: its weights averaged (a KME is linear in its weights)."""
         lw = self.log_weights.reshape(n_groups, group_size, -1)
         return ProtoRep(torch.logsumexp(lw, dim=1) - math.log(group_size), self.prototypes)
@@ -104,11 +105,21 @@ class _PrototypeHead(SimilarityHead):
 @register_head("kme_proto")
 class KmeProtoHead(_PrototypeHead):
     version = 1
-    description = "Learned prototype points per side, input-dependent weights, exact log inner product of Gaussian KMEs."
+    description = (
+        "Learned prototype points per side, input-dependent weights, exact log inner product of Gaussian KMEs."
+    )
     trainable = True
 
-    def __init__(self, image_dim: int, text_dim: int, prototypes: int = 16, sigma: float = math.sqrt(0.07),
-                 max_inverse_sigma2: float = 100.0, learn_sigma: bool = True, out_dim: int | None = None):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        prototypes: int = 16,
+        sigma: float = math.sqrt(0.07),
+        max_inverse_sigma2: float = 100.0,
+        learn_sigma: bool = True,
+        out_dim: int | None = None,
+    ):
         if not sigma > 0 or 1 / sigma**2 > max_inverse_sigma2:
             raise ValueError(f"kme_proto: sigma must be > 0 with 1/sigma^2 <= {max_inverse_sigma2}, got {sigma}.")
         super().__init__(image_dim, text_dim, prototypes, out_dim)
@@ -127,14 +138,25 @@ class KmeProtoHead(_PrototypeHead):
 @register_head("proto_cosine")
 class ProtoCosineHead(_PrototypeHead):
     version = 1
-    description = "kme_proto's encoder read out as one vector (weighted mean of the prototypes) under a cosine: its control."
+    description = (
+        "kme_proto's encoder read out as one vector (weighted mean of the prototypes) under a cosine: its control."
+    )
     trainable = True
 
-    def __init__(self, image_dim: int, text_dim: int, prototypes: int = 16, init_logit_scale: float = 1 / 0.07,
-                 max_logit_scale: float = 100.0, out_dim: int | None = None):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        prototypes: int = 16,
+        init_logit_scale: float = 1 / 0.07,
+        max_logit_scale: float = 100.0,
+        out_dim: int | None = None,
+    ):
         if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(f"proto_cosine: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, "
-                             f"{max_logit_scale}.")
+            raise ValueError(
+                f"proto_cosine: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, "
+                f"{max_logit_scale}."
+            )
         super().__init__(image_dim, text_dim, prototypes, out_dim)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.max_log_scale = math.log(max_logit_scale)

@@ -8,6 +8,7 @@ output alone, whatever N and M are. Forward only: training needs gradients and u
 path, which is also the reference this kernel is tested against (on CPU, in Triton's interpreter,
 ``TRITON_INTERPRET=1``).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def available(device: torch.device) -> bool:
     if device.type != "cuda" and not interpreted():
         return False
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401 (imported only to learn whether it is installed)
     except ImportError:
         return False
     return True
@@ -51,7 +52,7 @@ def _pad(aug: torch.Tensor, points: int, tail: tuple[float, float]) -> torch.Ten
         return aug.contiguous()
     out = aug.new_zeros(n, points, k)
     out[:, :m] = aug
-    out[:, m:, k - 2:] = torch.tensor(tail, dtype=aug.dtype, device=aug.device)
+    out[:, m:, k - 2 :] = torch.tensor(tail, dtype=aug.dtype, device=aug.device)
     return out
 
 
@@ -63,8 +64,9 @@ def _build_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kme_lse(U, V, S, N, M, K, MP: tl.constexpr, NP: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr,
-                BK: tl.constexpr):
+    def kme_lse(
+        U, V, S, N, M, K, MP: tl.constexpr, NP: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr
+    ):
         pid_a, pid_b = tl.program_id(0), tl.program_id(1)
         rows = (pid_a * BA * MP + tl.arange(0, BA * MP)).to(tl.int64)  # (image set, point), flattened
         cols = (pid_b * BB * NP + tl.arange(0, BB * NP)).to(tl.int64)  # (text set, point), flattened
@@ -80,8 +82,9 @@ def _build_kernel():
         total = tl.sum(tl.sum(tl.exp(logits - top[:, None, :, None]), axis=3), axis=1)
         a = pid_a * BA + tl.arange(0, BA)
         b = pid_b * BB + tl.arange(0, BB)
-        tl.store(S + a[:, None].to(tl.int64) * M + b[None, :], tl.log(total) + top,
-                 mask=(a[:, None] < N) & (b[None, :] < M))
+        tl.store(
+            S + a[:, None].to(tl.int64) * M + b[None, :], tl.log(total) + top, mask=(a[:, None] < N) & (b[None, :] < M)
+        )
 
     return kme_lse
 
@@ -89,7 +92,6 @@ def _build_kernel():
 def log_inner(image_rep: PointSetRep, text_rep: PointSetRep, inv_sigma2: torch.Tensor) -> torch.Tensor:
     """Exact score matrix [N, M], equal to ``kme_rbf_reference.kme_log_inner`` up to float rounding."""
     import triton
-
 
     global _kernel
     if _kernel is None:

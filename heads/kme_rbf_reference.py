@@ -7,6 +7,7 @@ The log-sum-exp form never overflows, and its inner term is one matrix product o
 (``augment`` appends the log-weights as two extra coordinates), so it streams in blocks under a
 memory budget like attention does. This is the path every gradient takes (docs/heads.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,9 @@ def augment(points: torch.Tensor, log_weights: torch.Tensor, scale: torch.Tensor
     return torch.cat([pts, lw, ones] if first else [pts, ones, lw], dim=-1)
 
 
-def kme_log_inner(image_rep: PointSetRep, text_rep: PointSetRep, inv_sigma2: torch.Tensor,
-                  memory_budget_mb: float = 256.0) -> torch.Tensor:
+def kme_log_inner(
+    image_rep: PointSetRep, text_rep: PointSetRep, inv_sigma2: torch.Tensor, memory_budget_mb: float = 256.0
+) -> torch.Tensor:
     """Chunked exact score matrix ``[n_images, n_texts]``."""
     U = augment(image_rep.points, image_rep.log_weights, inv_sigma2, first=True)
     V = augment(text_rep.points, text_rep.log_weights, None, first=False)
@@ -51,6 +53,5 @@ def kme_log_inner(image_rep: PointSetRep, text_rep: PointSetRep, inv_sigma2: tor
         return logits.sum(dim=3).sum(dim=1).log_() + top.view(u.shape[0], v.shape[0])
 
     # The [rows*m, cols*n] logits plus log-sum-exp temporaries: about three float32 copies.
-    out = chunked_score(block, n_img, n_txt, bytes_per_pair=12.0 * m * n,
-                        budget_mb=memory_budget_mb, device=U.device)
+    out = chunked_score(block, n_img, n_txt, bytes_per_pair=12.0 * m * n, budget_mb=memory_budget_mb, device=U.device)
     return out - inv_sigma2

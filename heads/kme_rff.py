@@ -16,6 +16,7 @@ any maximum-inner-product index). Two maps are offered:
 
 Draws are seeded buffers: saved with the head, never redrawn, identical at evaluation.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,7 @@ class FeatureRep:
     def __len__(self) -> int:
         return self.features.shape[0]
 
-    def mean_over_groups(self, n_groups: int, group_size: int) -> "FeatureRep":
+    def mean_over_groups(self, n_groups: int, group_size: int) -> FeatureRep:
         f = self.features.reshape(n_groups, group_size, -1)
         c = self.log_scale.reshape(n_groups, group_size)
         top = c.max(dim=1, keepdim=True).values
@@ -64,23 +65,44 @@ def orthogonal_gaussian(rows: int, dim: int, generator: torch.Generator) -> torc
 @register_head("kme_rff")
 class KmeRffHead(KernelMeanHead):
     version = 2  # 2: 1/sigma^2 parametrised as cosine's logit scale; per-position weight bias; out_dim
-    description = "KME-CLIP with explicit random features (positive orthogonal by default): mean embeddings are D-vectors."
+    description = (
+        "KME-CLIP with explicit random features (positive orthogonal by default): mean embeddings are D-vectors."
+    )
     trainable = True
 
-    def __init__(self, image_dim: int, text_dim: int, num_features: int = 1024, features: str = "positive",
-                 orthogonal: bool = True, seed: int = 0, sigma: float = math.sqrt(0.07),
-                 max_inverse_sigma2: float = 100.0, learn_sigma: bool = True, points_used: int | None = None,
-                 fourier_floor: float = 1e-4, memory_budget_mb: float = 256.0, out_dim: int | None = None,
-                 output_scale: bool = False):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        num_features: int = 1024,
+        features: str = "positive",
+        orthogonal: bool = True,
+        seed: int = 0,
+        sigma: float = math.sqrt(0.07),
+        max_inverse_sigma2: float = 100.0,
+        learn_sigma: bool = True,
+        points_used: int | None = None,
+        fourier_floor: float = 1e-4,
+        memory_budget_mb: float = 256.0,
+        out_dim: int | None = None,
+        output_scale: bool = False,
+    ):
         if features not in ("positive", "fourier"):
             raise ValueError(f"kme_rff: features must be 'positive' or 'fourier', got {features!r}.")
         if int(num_features) < 1:
             raise ValueError(f"kme_rff: num_features must be a positive integer, got {num_features!r}.")
         if not fourier_floor > 0:
             raise ValueError(f"kme_rff: fourier_floor must be positive, got {fourier_floor}.")
-        super().__init__(image_dim, text_dim, sigma=sigma, max_inverse_sigma2=max_inverse_sigma2,
-                         learn_sigma=learn_sigma, points_used=points_used, memory_budget_mb=memory_budget_mb,
-                         out_dim=out_dim)
+        super().__init__(
+            image_dim,
+            text_dim,
+            sigma=sigma,
+            max_inverse_sigma2=max_inverse_sigma2,
+            learn_sigma=learn_sigma,
+            points_used=points_used,
+            memory_budget_mb=memory_budget_mb,
+            out_dim=out_dim,
+        )
         # A separate learnable scale on the score (log-parametrised like cosine's, starting at 1, at most
         # 100): with max_inverse_sigma2 kept low, the bandwidth stays where random features approximate
         # the kernel and the sharpness of the softmax is learned here instead (docs/heads.md).
@@ -116,11 +138,12 @@ class KmeRffHead(KernelMeanHead):
     def _embed(self, rep: PointSetRep) -> FeatureRep:
         n, m, _ = rep.points.shape
         # Encode in row blocks so [n, m, D] temporaries stay under the memory budget.
-        rows, _ = chunk_sizes(n, 1, bytes_per_pair=8.0 * m * self.num_features,
-                              budget_bytes=self.memory_budget_mb * 2**20)
+        rows, _ = chunk_sizes(
+            n, 1, bytes_per_pair=8.0 * m * self.num_features, budget_bytes=self.memory_budget_mb * 2**20
+        )
         feats, scales = [], []
         for r in range(0, n, rows):
-            pts, lw = rep.points[r:r + rows], rep.log_weights[r:r + rows]
+            pts, lw = rep.points[r : r + rows], rep.log_weights[r : r + rows]
             if self.kind == "positive":
                 log_mu = torch.logsumexp(self._log_features(pts) + lw.unsqueeze(-1), dim=1)
                 top = log_mu.max(dim=1).values
@@ -139,8 +162,11 @@ class KmeRffHead(KernelMeanHead):
         img, txt = self.point_sets("image", image_points, None), self.point_sets("text", text_points, None)
         exact = kme_log_inner(img, txt, self.inverse_sigma2, self.memory_budget_mb)
         error = (self._log_inner(self._embed(img), self._embed(txt)) - exact).abs().flatten().double()
-        return {"log_error_median": float(error.median()), "log_error_p90": float(error.quantile(0.9)),
-                "inverse_sigma2": float(self.inverse_sigma2)}
+        return {
+            "log_error_median": float(error.median()),
+            "log_error_p90": float(error.quantile(0.9)),
+            "inverse_sigma2": float(self.inverse_sigma2),
+        }
 
     def encode_image(self, points, mask=None) -> FeatureRep:
         return self._embed(self.point_sets("image", points, mask))

@@ -6,6 +6,7 @@ exponential map at the origin onto the hyperboloid of curvature -c, and two inpu
 the same contrastive loss, so this row is MERU's similarity, not MERU's full training objective.
 Zero-shot prompts are averaged in the tangent space (before lifting), where averaging is linear.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ class TangentRep:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
-    def mean_over_groups(self, n_groups: int, group_size: int) -> "TangentRep":
+    def mean_over_groups(self, n_groups: int, group_size: int) -> TangentRep:
         return TangentRep(self.vectors.reshape(n_groups, group_size, -1).mean(dim=1))
 
 
@@ -54,15 +55,28 @@ class MeruHead(SimilarityHead):
     version = 1
     description = "MERU: pooled points lifted onto a Lorentz hyperboloid; score = -scale * geodesic distance."
 
-    def __init__(self, image_dim: int, text_dim: int, init_curvature: float = 1.0, min_curvature: float = 0.1,
-                 max_curvature: float = 10.0, learn_curvature: bool = True, init_logit_scale: float = 1 / 0.07,
-                 max_logit_scale: float = 100.0, out_dim: int | None = None):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        init_curvature: float = 1.0,
+        min_curvature: float = 0.1,
+        max_curvature: float = 10.0,
+        learn_curvature: bool = True,
+        init_logit_scale: float = 1 / 0.07,
+        max_logit_scale: float = 100.0,
+        out_dim: int | None = None,
+    ):
         super().__init__(image_dim, text_dim)
         if not 0 < min_curvature <= init_curvature <= max_curvature:
-            raise ValueError(f"meru: need 0 < min_curvature <= init_curvature <= max_curvature, got "
-                             f"{min_curvature}, {init_curvature}, {max_curvature}.")
+            raise ValueError(
+                f"meru: need 0 < min_curvature <= init_curvature <= max_curvature, got "
+                f"{min_curvature}, {init_curvature}, {max_curvature}."
+            )
         if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(f"meru: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}.")
+            raise ValueError(
+                f"meru: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}."
+            )
         if out_dim is not None and int(out_dim) < 1:
             raise ValueError(f"meru: out_dim must be a positive integer or None, got {out_dim!r}.")
         out_dim = max(image_dim, text_dim) if out_dim is None else int(out_dim)

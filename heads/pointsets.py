@@ -3,6 +3,7 @@
 Kept in one place so cosine, kme_rbf and kme_rff differ only in their similarity function,
 which is what the benchmark compares; everything else is held equal by construction.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,7 @@ class PointSetRep:
     def __len__(self) -> int:
         return self.points.shape[0]
 
-    def mean_over_groups(self, n_groups: int, group_size: int) -> "PointSetRep":
+    def mean_over_groups(self, n_groups: int, group_size: int) -> PointSetRep:
         """The mean embedding of each group of consecutive sets, exactly.
 
         A KME is linear in its weights, so the mean of ``group_size`` embeddings is the union of
@@ -111,7 +112,7 @@ class PointSetEncoder(nn.Module):
     def forward(self, points: torch.Tensor, mask: torch.Tensor) -> PointSetRep:
         if self.points_used is not None and bool(mask.all()):
             # Unpadded sets: drop unused points instead of masking them, so they cost nothing.
-            points, mask = points[:, -self.points_used:], mask[:, -self.points_used:]
+            points, mask = points[:, -self.points_used :], mask[:, -self.points_used :]
         mask = keep_last(mask, self.points_used)
         safe = points.masked_fill(~mask.unsqueeze(-1), 0.0)  # garbage in padding never reaches a gradient
         unit = nn.functional.normalize(self.map(safe), dim=-1, eps=1e-12)
@@ -159,8 +160,9 @@ def chunk_sizes(n_rows: int, n_cols: int, bytes_per_pair: float, budget_bytes: f
     return rows, cols
 
 
-def chunked_score(pair_fn, n_rows: int, n_cols: int, bytes_per_pair: float, budget_mb: float,
-                  device, dtype=torch.float32) -> torch.Tensor:
+def chunked_score(
+    pair_fn, n_rows: int, n_cols: int, bytes_per_pair: float, budget_mb: float, device, dtype=torch.float32
+) -> torch.Tensor:
     """Fill an ``[n_rows, n_cols]`` matrix block by block with ``pair_fn(row_slice, col_slice)``."""
     rows, cols = chunk_sizes(n_rows, n_cols, bytes_per_pair, budget_mb * 2**20)
     if rows >= n_rows and cols >= n_cols:

@@ -11,6 +11,7 @@ Choices of ours where the definition is silent: the weight map starts at weight 
 token starts at weight tanh(1/alpha) alpha ~ 1 (a plain mean of the tokens, as the other heads start
 uniform); ``out_dim`` (default none, as WPSE) adds a linear point map before normalisation.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,13 +34,17 @@ class WeightedMeans:
     def __len__(self) -> int:
         return self.linear.shape[0]
 
-    def mean_over_groups(self, n_groups: int, group_size: int) -> "WeightedMeans":
+    def mean_over_groups(self, n_groups: int, group_size: int) -> WeightedMeans:
         """Both parts are linear in the weights, so the mean of the prompts' embeddings is exact."""
-        return WeightedMeans(self.linear.reshape(n_groups, group_size, -1).mean(1),
-                             self.features.reshape(n_groups, group_size, -1).mean(1))
+        return WeightedMeans(
+            self.linear.reshape(n_groups, group_size, -1).mean(1),
+            self.features.reshape(n_groups, group_size, -1).mean(1),
+        )
 
 
-def fourier_draw(dim: int, num_features: int, sigma: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def fourier_draw(
+    dim: int, num_features: int, sigma: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.randn(num_features, dim, generator=generator) / sigma
     b = torch.rand(num_features, generator=generator) * (2 * math.pi)
     return w, b
@@ -51,18 +56,31 @@ class WpseHead(SimilarityHead):
     description = "WPSE: real-weighted mean embeddings of tokens, 2/3 linear + 1/3 random-feature Gaussian kernel."
     readout = "tokens"
 
-    def __init__(self, image_dim: int, text_dim: int, alpha: float = 100.0, sigma: float = 0.5,
-                 num_features: int = 1024, linear_weight: float = 2 / 3, kernel_weight: float = 1 / 3,
-                 init_logit_scale: float = 1 / 0.07, min_logit_scale: float = 1.0, max_logit_scale: float = 100.0,
-                 out_dim: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        alpha: float = 100.0,
+        sigma: float = 0.5,
+        num_features: int = 1024,
+        linear_weight: float = 2 / 3,
+        kernel_weight: float = 1 / 3,
+        init_logit_scale: float = 1 / 0.07,
+        min_logit_scale: float = 1.0,
+        max_logit_scale: float = 100.0,
+        out_dim: int | None = None,
+        seed: int = 0,
+    ):
         super().__init__(image_dim, text_dim)
         if not alpha > 0 or not sigma > 0:
             raise ValueError(f"wpse: alpha and sigma must be > 0, got {alpha}, {sigma}.")
         if int(num_features) < 1:
             raise ValueError(f"wpse: num_features must be a positive integer, got {num_features!r}.")
         if not 0 < min_logit_scale <= init_logit_scale <= max_logit_scale:
-            raise ValueError(f"wpse: need 0 < min_logit_scale <= init_logit_scale <= max_logit_scale, got "
-                             f"{min_logit_scale}, {init_logit_scale}, {max_logit_scale}.")
+            raise ValueError(
+                f"wpse: need 0 < min_logit_scale <= init_logit_scale <= max_logit_scale, got "
+                f"{min_logit_scale}, {init_logit_scale}, {max_logit_scale}."
+            )
         if out_dim is not None and int(out_dim) < 1:
             raise ValueError(f"wpse: out_dim must be a positive integer or None, got {out_dim!r}.")
         if image_dim != text_dim and out_dim is None:
@@ -115,8 +133,9 @@ class WpseHead(SimilarityHead):
         count = mask.sum(dim=1, keepdim=True).float()
         w, b = (t.to(unit.dtype) for t in self.fourier())
         phi = math.sqrt(2.0 / self.num_features) * torch.cos(unit @ w.T + b)
-        return WeightedMeans((weights.unsqueeze(-1) * unit).sum(1) / count,
-                             (weights.unsqueeze(-1) * phi).sum(1) / count)
+        return WeightedMeans(
+            (weights.unsqueeze(-1) * unit).sum(1) / count, (weights.unsqueeze(-1) * phi).sum(1) / count
+        )
 
     def encode_image(self, points, mask=None) -> WeightedMeans:
         return self._encode(points, mask, self.image_dim, "image", self.image_map, self.image_weight)
@@ -130,6 +149,8 @@ class WpseHead(SimilarityHead):
         return self._encode(points, mask, self.text_dim, "text", self.text_map, self.text_weight)
 
     def score(self, image_rep: WeightedMeans, text_rep: WeightedMeans) -> torch.Tensor:
-        similarity = (self.linear_weight * image_rep.linear @ text_rep.linear.T
-                      + self.kernel_weight * image_rep.features @ text_rep.features.T)
+        similarity = (
+            self.linear_weight * image_rep.linear @ text_rep.linear.T
+            + self.kernel_weight * image_rep.features @ text_rep.features.T
+        )
         return self.logit_scale * similarity

@@ -1,4 +1,5 @@
 """Benchmark suites. Add one: a module with a ``@register_suite`` class, listed below."""
+
 from __future__ import annotations
 
 import importlib

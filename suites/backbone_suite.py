@@ -4,6 +4,7 @@ Every head of every real suite trains on the same point sets of the same image-c
 (default: the COCO Karpathy train split, every caption with its image), so that retrieval and
 classification differ only in how they test.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,13 +14,13 @@ from pathlib import Path
 import torch
 
 from bench.core import atomic, distributed
-from bench.features import extract
-from bench.data import default_root, image_source, retrieval_data
-from bench.features.backbone import Backbone, BackboneSpec, weights_identity
 from bench.core.errors import ConfigError, DataError
 from bench.core.registry import suggest
-from bench.features.cache import FeatureCache
+from bench.data import default_root, image_source, retrieval_data
 from bench.eval.scoring import encode
+from bench.features import extract
+from bench.features.backbone import Backbone, BackboneSpec, weights_identity
+from bench.features.cache import FeatureCache
 from suites.base import Evaluation, PointSets, Suite, SuiteData, as_evaluation
 
 
@@ -31,10 +32,13 @@ def corrupt_message(name: str, split: str, n_images: int, files: dict[str, str],
     lines = [f"  {f} ({why})" for f, why in list(files.items())[:limit]]
     if len(files) > limit:
         lines.append(f"  ... and {len(files) - limit} more")
-    return (f"{name}/{split}: {len(files)} of {n_images} images could not be decoded:\n" + "\n".join(lines) +
-            "\nReplace them with intact copies, or pass --skip-corrupt (suite option skip_corrupt: true) to leave "
-            "them out; the files left out are recorded in the result file. The other images' features are cached, "
-            "so that rerun does no forward pass.")
+    return (
+        f"{name}/{split}: {len(files)} of {n_images} images could not be decoded:\n"
+        + "\n".join(lines)
+        + "\nReplace them with intact copies, or pass --skip-corrupt (suite option skip_corrupt: true) to leave "
+        "them out; the files left out are recorded in the result file. The other images' features are cached, "
+        "so that rerun does no forward pass."
+    )
 
 
 class BackboneSuite(Suite):
@@ -47,27 +51,40 @@ class BackboneSuite(Suite):
         p, where = params, f"suites.{cls.name}"
         datasets = p["datasets"]
         if not datasets or not all(isinstance(d, str) for d in datasets):
-            raise ConfigError(f"{where}.datasets = {datasets!r}: name at least one test set, from "
-                              f"{', '.join(cls.known_datasets)}.")
+            raise ConfigError(
+                f"{where}.datasets = {datasets!r}: name at least one test set, from {', '.join(cls.known_datasets)}."
+            )
         for d in datasets:
             if d not in cls.known_datasets:
-                raise ConfigError(f"{where}.datasets: unknown dataset {d!r}.{suggest(d, cls.known_datasets)} "
-                                  f"Known: {', '.join(cls.known_datasets)}.")
+                raise ConfigError(
+                    f"{where}.datasets: unknown dataset {d!r}.{suggest(d, cls.known_datasets)} "
+                    f"Known: {', '.join(cls.known_datasets)}."
+                )
         if len(set(datasets)) != len(datasets):
             raise ConfigError(f"{where}.datasets = {datasets!r} names a dataset twice; list each once.")
         for d, spec in (p.get("sources") or {}).items():
             if d not in datasets:
-                raise ConfigError(f"{where}.sources.{d}: not a dataset of this run ({', '.join(datasets)}); a source "
-                                  "replaces where a listed dataset is read from.")
+                raise ConfigError(
+                    f"{where}.sources.{d}: not a dataset of this run ({', '.join(datasets)}); a source "
+                    "replaces where a listed dataset is read from."
+                )
             if not (isinstance(spec, str) and spec.startswith("hf:") and len(spec) > 3):
-                raise ConfigError(f"{where}.sources.{d} = {spec!r}: write hf:PATH_OR_NAME[:SPLIT] (a save_to_disk folder, "
-                                  "parquet file(s), or a dataset in the local Hugging Face cache).")
-        rules = [("layers", p["layers"] >= 1, "an integer >= 1 (points per input: the pooled token at the last L blocks)"),
-                 ("batch_size", p["batch_size"] >= 1, "an integer >= 1"),
-                 ("text_batch_size", p["text_batch_size"] >= 1, "an integer >= 1"),
-                 ("workers", p["workers"] >= 0, "an integer >= 0 (0 decodes images in the main process)"),
-                 ("backbone", bool(str(p["backbone"]).strip()), "NAME[:PRETRAINED], e.g. ViT-B-32:openai"),
-                 ("train_dataset", bool(str(p["train_dataset"]).strip()), "a dataset name, csv:PATH, wds:SHARDS or hf:PATH[:SPLIT]")]
+                raise ConfigError(
+                    f"{where}.sources.{d} = {spec!r}: write hf:PATH_OR_NAME[:SPLIT] (a save_to_disk folder, "
+                    "parquet file(s), or a dataset in the local Hugging Face cache)."
+                )
+        rules = [
+            ("layers", p["layers"] >= 1, "an integer >= 1 (points per input: the pooled token at the last L blocks)"),
+            ("batch_size", p["batch_size"] >= 1, "an integer >= 1"),
+            ("text_batch_size", p["text_batch_size"] >= 1, "an integer >= 1"),
+            ("workers", p["workers"] >= 0, "an integer >= 0 (0 decodes images in the main process)"),
+            ("backbone", bool(str(p["backbone"]).strip()), "NAME[:PRETRAINED], e.g. ViT-B-32:openai"),
+            (
+                "train_dataset",
+                bool(str(p["train_dataset"]).strip()),
+                "a dataset name, csv:PATH, wds:SHARDS or hf:PATH[:SPLIT]",
+            ),
+        ]
         for key, ok, allowed in rules:
             if not ok:
                 raise ConfigError(f"{where}.{key} = {p[key]!r} is out of range: it must be {allowed}.")
@@ -95,15 +112,21 @@ class BackboneSuite(Suite):
         captions, labels and prompts by content. Nothing is decoded, no model is built."""
         self.check_cache_dir()
         tests, train = self.loaded()
-        stamp = lambda ds: {"fingerprint": ds.fingerprint(), "files": extract.fingerprint_files(ds.image_paths)}  # noqa: E731
-        return {"backbone": weights_identity(BackboneSpec.parse(self.params["backbone"]), seed),
-                "test": {name: stamp(ds) for name, ds in tests.items()}, "train": stamp(train)}
+        stamp = lambda ds: {"fingerprint": ds.fingerprint(), "files": extract.fingerprint_files(ds.image_paths)}  # noqa: E731 (a one-line helper, used just below)
+        return {
+            "backbone": weights_identity(BackboneSpec.parse(self.params["backbone"]), seed),
+            "test": {name: stamp(ds) for name, ds in tests.items()},
+            "train": stamp(train),
+        }
 
     def check_cache_dir(self) -> None:
         """The feature cache must be a writable folder, checked before any forward pass is spent."""
         cache = self.roots()[1]
-        where = "suite option cache_dir" if self.params["cache_dir"] else (
-            "$SIMBENCH_CACHE" if os.environ.get("SIMBENCH_CACHE") else "the default cache folder")
+        where = (
+            "suite option cache_dir"
+            if self.params["cache_dir"]
+            else ("$SIMBENCH_CACHE" if os.environ.get("SIMBENCH_CACHE") else "the default cache folder")
+        )
         problem = atomic.folder_problem(cache, create=True)
         if problem:
             fix = "a folder (it is created if missing)" if "not a folder" in problem else "a folder you can write to"
@@ -135,8 +158,11 @@ class BackboneSuite(Suite):
             keep[list(got.corrupt)] = False
             self.corrupt[f"{name}/{split}"] = {"count": len(files), "of": len(paths), "files": files}
             if distributed.is_main():
-                print(f"[{self.name}] {name}/{split}: left out {len(files)} undecodable image(s) (skip_corrupt); "
-                      "they are listed in the result file.", file=sys.stderr)
+                print(
+                    f"[{self.name}] {name}/{split}: left out {len(files)} undecodable image(s) (skip_corrupt); "
+                    "they are listed in the result file.",
+                    file=sys.stderr,
+                )
         return got.points, keep
 
     def text_points(self, backbone, cache, name: str, split: str, texts, readout: str = "layers"):
@@ -151,8 +177,9 @@ class BackboneSuite(Suite):
 
     def train_set(self) -> retrieval_data.RetrievalSet:
         """Validated before any backbone work, like every test set."""
-        return retrieval_data.load(self.roots()[0], self.params["train_dataset"], self.params["train_split"],
-                                   columns=self.columns())
+        return retrieval_data.load(
+            self.roots()[0], self.params["train_dataset"], self.params["train_split"], columns=self.columns()
+        )
 
     def build(self, seed: int) -> SuiteData:
         """The data of every readout the run's heads need, each from its own cache entries."""
@@ -175,8 +202,12 @@ class BackboneSuite(Suite):
 
     def suite_data(self, backbone, train, pairs: PointSets, test: dict, datasets: dict) -> SuiteData:
         """The built suite: training pairs, test sets by dataset, and what identifies them."""
-        identity = {"backbone": backbone.identity, "datasets": datasets, "train": self.train_identity(train, pairs),
-                    "corrupt_images_skipped": self.corrupt}
+        identity = {
+            "backbone": backbone.identity,
+            "datasets": datasets,
+            "train": self.train_identity(train, pairs),
+            "corrupt_images_skipped": self.corrupt,
+        }
         return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
 
     def evaluate(self, head, data: SuiteData, device) -> Evaluation:
@@ -201,5 +232,4 @@ class BackboneSuite(Suite):
 
     @staticmethod
     def train_identity(train: retrieval_data.RetrievalSet, pairs: PointSets) -> dict:
-        return {"dataset": train.name, "split": train.split, "pairs": len(pairs),
-                "fingerprint": train.fingerprint()}
+        return {"dataset": train.name, "split": train.split, "pairs": len(pairs), "fingerprint": train.fingerprint()}

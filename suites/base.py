@@ -3,6 +3,7 @@
 Metadata is data: each suite declares its name, version, main metric and the direction of every
 metric, so leaderboards, plots and the regression check need no per-suite code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,14 +16,14 @@ import yaml
 from bench.core.registry import Registry
 from bench.eval.scoring import rows_of
 
-SUITES: Registry[type["Suite"]] = Registry("suite")
+SUITES: Registry[type[Suite]] = Registry("suite")
 
 
 def register_suite(name: str):
     return SUITES.register(name)
 
 
-def get_suite(name: str) -> type["Suite"]:
+def get_suite(name: str) -> type[Suite]:
     return SUITES.get(name)
 
 
@@ -51,23 +52,29 @@ class Evaluation:
     spec: dict[str, dict] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # JSON facts that are not metrics (a chosen weight decay)
 
-    def prefixed(self, prefix: str) -> "Evaluation":
+    def prefixed(self, prefix: str) -> Evaluation:
         """The same under ``prefix/`` (one dataset of several): metric, array and reference names."""
+
         def ref(s: dict) -> dict:
             out = dict(s)
             for key in ("query", "values", "labels"):
                 if key in out:
                     out[key] = f"{prefix}/{out[key]}"
             if "of" in out:
-                out["of"] = [f"{prefix}/{m}" for m in out["of"]] if isinstance(out["of"], list) else f"{prefix}/{out['of']}"
+                out["of"] = (
+                    [f"{prefix}/{m}" for m in out["of"]] if isinstance(out["of"], list) else f"{prefix}/{out['of']}"
+                )
             out["space"] = f"{prefix}/{out['space']}" if out.get("space") else prefix  # its own test units
             return out
-        return Evaluation({f"{prefix}/{k}": v for k, v in self.metrics.items()},
-                          {f"{prefix}/{k}": v for k, v in self.outcomes.items()},
-                          {f"{prefix}/{k}": ref(s) for k, s in self.spec.items()},
-                          {f"{prefix}/{k}": v for k, v in self.details.items()})
 
-    def merge(self, other: "Evaluation") -> None:
+        return Evaluation(
+            {f"{prefix}/{k}": v for k, v in self.metrics.items()},
+            {f"{prefix}/{k}": v for k, v in self.outcomes.items()},
+            {f"{prefix}/{k}": ref(s) for k, s in self.spec.items()},
+            {f"{prefix}/{k}": v for k, v in self.details.items()},
+        )
+
+    def merge(self, other: Evaluation) -> None:
         self.metrics.update(other.metrics)
         self.outcomes.update(other.outcomes)
         self.spec.update(other.spec)
@@ -115,12 +122,12 @@ class SuiteData:
     train: PointSets
     image_dim: int
     text_dim: int
-    test: Any                      # suite-specific test data
+    test: Any  # suite-specific test data
     identity: dict = field(default_factory=dict)  # what identifies the test set in result files
     # The same data as another readout gives it (heads/base.py READOUTS), when the run has heads of several.
-    views: dict[str, "SuiteData"] = field(default_factory=dict)
+    views: dict[str, SuiteData] = field(default_factory=dict)
 
-    def for_readout(self, readout: str) -> "SuiteData":
+    def for_readout(self, readout: str) -> SuiteData:
         """What a head of this readout trains and is tested on; generated data (the synthetic suite) has one
         form for every readout: its draws play the part of tokens and their mean that of the pooled token."""
         return self.views.get(readout, self)
@@ -131,12 +138,12 @@ class Suite:
     version: int = 1
     description: str = ""
     main_metric: str = ""
-    metrics: dict[str, bool] = {}       # metric -> higher is better
+    metrics: dict[str, bool] = {}  # metric -> higher is better
     headline_metrics: tuple[str, ...] = ()  # what the plot shows beside the main metric
-    summary_metrics: tuple[str, ...] = ()   # the main metric per dataset, for the summary table (default: main_metric)
+    summary_metrics: tuple[str, ...] = ()  # the main metric per dataset, for the summary table (default: main_metric)
     # How the leaderboard lays the metrics out (default: one table of every metric, by its full name).
     report_tables: tuple[ReportTable, ...] = ()
-    defaults_file: str | None = None    # YAML beside the module with the default parameters
+    defaults_file: str | None = None  # YAML beside the module with the default parameters
     # Parameters that change where or how fast, never what, is computed: left out of the protocol hash.
     non_protocol_params: tuple[str, ...] = ()
     # Integer parameters that repeat r of a run adds r to: the random choices of the suite itself that
@@ -178,7 +185,7 @@ class Suite:
         """Why this suite cannot measure heads of this class (recorded as skipped, not failed), or None."""
         return None
 
-    def evaluate(self, head, data: SuiteData, device: torch.device) -> "Evaluation | dict[str, float]":
+    def evaluate(self, head, data: SuiteData, device: torch.device) -> Evaluation | dict[str, float]:
         """The metrics of ``head`` on the test data: a dict, or an ``Evaluation`` with per-query outcomes."""
         raise NotImplementedError
 

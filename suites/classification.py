@@ -4,6 +4,7 @@ A class is represented by ``head.combine_prompts`` over its prompt representatio
 the exact mean embedding of the prompts; for cosine CLIP's mean of unit embeddings). Reported per
 dataset: acc@1, acc@5 and mean per-class recall.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from suites.base import Evaluation, ReportTable, SuiteData, register_suite
 DATASETS = ("imagenet1k", "imagenetv2", "imagenet-r", "imagenet-a", "imagenet_sketch", "objectnet")
 
 
-def class_evaluation(logits: torch.Tensor, labels: torch.Tensor, n_classes: int, prefix: str = "", query: str = "cls",
-                     top5: bool = True) -> Evaluation:
+def class_evaluation(
+    logits: torch.Tensor, labels: torch.Tensor, n_classes: int, prefix: str = "", query: str = "cls", top5: bool = True
+) -> Evaluation:
     """acc@1, acc@5 (when ``top5``) and mean per-class recall of ``[samples, classes]`` logits, with each
     sample's rank of its true class (ties exact) as the outcome: the resampling unit is the sample.
     Shared by zero-shot classification and the linear probe (``prefix`` "lp_", ``query`` "lp")."""
@@ -29,11 +31,16 @@ def class_evaluation(logits: torch.Tensor, labels: torch.Tensor, n_classes: int,
     truth[torch.arange(len(labels)), labels] = True
     outcomes = {f"{query}/{k}": v for k, v in uncertainty.rank_outcomes(logits, truth).items()}
     outcomes[f"{query}/label"] = labels.cpu().numpy().astype("int32")
-    values = {f"{prefix}acc1": acc[1], f"{prefix}acc5": acc[5] if top5 else float("nan"),
-              f"{prefix}mean_per_class_recall": metrics.mean_per_class_recall(logits, labels, n_classes)}
-    spec = {f"{prefix}acc1": {"kind": "hit", "query": query, "k": 1},
-            **({f"{prefix}acc5": {"kind": "hit", "query": query, "k": 5}} if top5 else {}),
-            f"{prefix}mean_per_class_recall": {"kind": "balanced_hit", "query": query, "k": 1, "labels": f"{query}/label"}}
+    values = {
+        f"{prefix}acc1": acc[1],
+        f"{prefix}acc5": acc[5] if top5 else float("nan"),
+        f"{prefix}mean_per_class_recall": metrics.mean_per_class_recall(logits, labels, n_classes),
+    }
+    spec = {
+        f"{prefix}acc1": {"kind": "hit", "query": query, "k": 1},
+        **({f"{prefix}acc5": {"kind": "hit", "query": query, "k": 5}} if top5 else {}),
+        f"{prefix}mean_per_class_recall": {"kind": "balanced_hit", "query": query, "k": 1, "labels": f"{query}/label"},
+    }
     return Evaluation(values, outcomes, spec)
 
 
@@ -59,8 +66,13 @@ class ClassificationSuite(BackboneSuite):
         for title, m, legend in [
             ("zero-shot top-1 accuracy", "acc1", "Columns are datasets."),
             ("zero-shot top-5 accuracy", "acc5", "Columns are datasets."),
-            ("mean per-class recall", "mean_per_class_recall", "Columns are datasets; balanced accuracy, as clip_benchmark."),
-        ])
+            (
+                "mean per-class recall",
+                "mean_per_class_recall",
+                "Columns are datasets; balanced accuracy, as clip_benchmark.",
+            ),
+        ]
+    )
     defaults_file = "classification.yaml"
     known_datasets = DATASETS
 
@@ -73,11 +85,21 @@ class ClassificationSuite(BackboneSuite):
         for name, ds in sets.items():
             images, keep = self.image_points(backbone, cache, name, "test", ds.image_paths, readout)
             test[name] = ClassificationTest(
-                images[keep], torch.tensor(ds.labels, dtype=torch.long)[keep],
+                images[keep],
+                torch.tensor(ds.labels, dtype=torch.long)[keep],
                 self.text_points(backbone, cache, name, "prompts", ds.prompts(), readout),
-                len(ds.classnames), len(ds.templates))
-        datasets = {n: {"images": len(test[n].images), "classes": len(ds.classnames), "templates": len(ds.templates),
-                        "fingerprint": ds.fingerprint()} for n, ds in sets.items()}
+                len(ds.classnames),
+                len(ds.templates),
+            )
+        datasets = {
+            n: {
+                "images": len(test[n].images),
+                "classes": len(ds.classnames),
+                "templates": len(ds.templates),
+                "fingerprint": ds.fingerprint(),
+            }
+            for n, ds in sets.items()
+        }
         return self.suite_data(backbone, train, pairs, test, datasets)
 
     def evaluate_dataset(self, head, image_rep, t: ClassificationTest, device) -> Evaluation:

@@ -7,6 +7,7 @@ weight-decay sweep on a validation split (carved from train with ``val_proportio
 run seed, or a named ``val_split``). A head without ``embed_image`` (FILIP: no single vector per
 image) is recorded as skipped, with the reason, not as failed.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,8 @@ from bench.data import probe_data
 from bench.eval import linear_probe
 from bench.eval.scoring import in_batches
 from suites.backbone_suite import BackboneSuite
-from suites.classification import class_evaluation
 from suites.base import Evaluation, ReportTable, SuiteData, register_suite
+from suites.classification import class_evaluation
 
 DATASETS = tuple(probe_data.LAYOUTS)
 
@@ -66,11 +67,24 @@ class LinearProbeSuite(BackboneSuite):
     report_tables = tuple(
         ReportTable(title, tuple((d, f"{d}/{m}") for d in DATASETS), legend)
         for title, m, legend in [
-            ("linear-probe top-1 accuracy", "lp_acc1", "Columns are datasets. The chosen weight decay of each cell "
-             "is in its result file (evaluation_details)."),
-            ("linear-probe top-5 accuracy", "lp_acc5", "Columns are datasets (empty below 5 classes, as CLIP_benchmark)."),
-            ("linear-probe mean per-class recall", "lp_mean_per_class_recall", "Columns are datasets; balanced accuracy."),
-        ])
+            (
+                "linear-probe top-1 accuracy",
+                "lp_acc1",
+                "Columns are datasets. The chosen weight decay of each cell "
+                "is in its result file (evaluation_details).",
+            ),
+            (
+                "linear-probe top-5 accuracy",
+                "lp_acc5",
+                "Columns are datasets (empty below 5 classes, as CLIP_benchmark).",
+            ),
+            (
+                "linear-probe mean per-class recall",
+                "lp_mean_per_class_recall",
+                "Columns are datasets; balanced accuracy.",
+            ),
+        ]
+    )
     defaults_file = "linear_probe.yaml"
     known_datasets = DATASETS
 
@@ -78,17 +92,22 @@ class LinearProbeSuite(BackboneSuite):
     def check_params(cls, params: dict, train: dict) -> None:
         super().check_params(params, train)
         p, where = params, "suites.linear_probe"
-        rules = [("val_proportion", 0 <= p["val_proportion"] < 1, "a number in [0, 1) (0: no sweep, weight decay 0)"),
-                 ("fewshot_k", p["fewshot_k"] == -1 or p["fewshot_k"] >= 1, "-1 (every sample) or an integer >= 1"),
-                 ("epochs", p["epochs"] >= 1, "an integer >= 1"), ("lr", p["lr"] > 0, "a number > 0"),
-                 ("probe_batch_size", p["probe_batch_size"] >= 1, "an integer >= 1"),
-                 ("train_per_class", p["train_per_class"] >= 0, "an integer >= 0 (0: every training image)")]
+        rules = [
+            ("val_proportion", 0 <= p["val_proportion"] < 1, "a number in [0, 1) (0: no sweep, weight decay 0)"),
+            ("fewshot_k", p["fewshot_k"] == -1 or p["fewshot_k"] >= 1, "-1 (every sample) or an integer >= 1"),
+            ("epochs", p["epochs"] >= 1, "an integer >= 1"),
+            ("lr", p["lr"] > 0, "a number > 0"),
+            ("probe_batch_size", p["probe_batch_size"] >= 1, "an integer >= 1"),
+            ("train_per_class", p["train_per_class"] >= 0, "an integer >= 0 (0: every training image)"),
+        ]
         for key, ok, allowed in rules:
             if not ok:
                 raise ConfigError(f"{where}.{key} = {p[key]!r} is out of range: it must be {allowed}.")
         if p["val_split"] and p["val_proportion"]:
-            raise ConfigError(f"{where}: val_split {p['val_split']!r} and val_proportion {p['val_proportion']} are both "
-                              "set; a validation split is named or carved from train, not both (set one to '' or 0).")
+            raise ConfigError(
+                f"{where}: val_split {p['val_split']!r} and val_proportion {p['val_proportion']} are both "
+                "set; a validation split is named or carved from train, not both (set one to '' or 0)."
+            )
 
     def load_test_set(self, root, name: str) -> ProbeSet:
         p, source = self.params, self.source(name)
@@ -101,8 +120,10 @@ class LinearProbeSuite(BackboneSuite):
 
     def skip_reason(self, head_cls) -> str | None:
         if not head_cls.has_image_embedding():
-            return (f"{head_cls.name} has no embed_image (one vector per image), so there is nothing to probe; "
-                    "see docs/heads.md")
+            return (
+                f"{head_cls.name} has no embed_image (one vector per image), so there is nothing to probe; "
+                "see docs/heads.md"
+            )
         return None
 
     def build_readout(self, backbone, cache, tests: dict, train, readout: str) -> SuiteData:
@@ -115,15 +136,23 @@ class LinearProbeSuite(BackboneSuite):
                 parts[s.split] = (points[keep], torch.tensor(s.labels, dtype=torch.long)[keep])
             val = parts.get(self.params["val_split"]) if ds.val is not None else None
             test[name] = ProbeTest(*parts["train"], *parts["test"], *(val or (None, None)))
-            datasets[name] = {s.split: {"images": len(parts[s.split][1]), "fingerprint": s.fingerprint(), **s.notes}
-                              for s in ds.splits()}
+            datasets[name] = {
+                s.split: {"images": len(parts[s.split][1]), "fingerprint": s.fingerprint(), **s.notes}
+                for s in ds.splits()
+            }
         return self.suite_data(backbone, train, pairs, test, datasets)
 
     @torch.no_grad()
     def vectors(self, head, points, device) -> torch.Tensor:
         """The head's image vectors, L2-normalised (CLIP_benchmark's featurizer), on the CPU."""
-        return torch.cat(in_batches(
-            lambda p, m: torch.nn.functional.normalize(head.embed_image(p, m).float(), dim=-1).cpu(), points, None, device))
+        return torch.cat(
+            in_batches(
+                lambda p, m: torch.nn.functional.normalize(head.embed_image(p, m).float(), dim=-1).cpu(),
+                points,
+                None,
+                device,
+            )
+        )
 
     def evaluate(self, head, data: SuiteData, device) -> Evaluation:
         head.eval()
@@ -142,18 +171,33 @@ class LinearProbeSuite(BackboneSuite):
             train_x, train_y, val_x, val_y = train_x[rows], train_y[rows], train_x[val_rows], train_y[val_rows]
         else:
             val_x = val_y = None
-        result = linear_probe.evaluate(train_x, train_y, self.vectors(head, t.test, device), val_x, val_y,
-                                       fewshot_k=p["fewshot_k"], batch_size=p["probe_batch_size"], lr=p["lr"],
-                                       epochs=p["epochs"], seed=self.seed, device=device)
+        result = linear_probe.evaluate(
+            train_x,
+            train_y,
+            self.vectors(head, t.test, device),
+            val_x,
+            val_y,
+            fewshot_k=p["fewshot_k"],
+            batch_size=p["probe_batch_size"],
+            lr=p["lr"],
+            epochs=p["epochs"],
+            seed=self.seed,
+            device=device,
+        )
         logits, labels = result.logits, t.test_labels
         n_classes = max(int(train_y.max()), int(labels.max())) + 1
         if logits.shape[1] < n_classes:  # a test class the training split never showed: never predicted
             logits = torch.cat([logits, torch.full((len(logits), n_classes - logits.shape[1]), -math.inf)], 1)
         top5 = int(labels.max()) >= 5  # CLIP_benchmark's condition for reporting acc5
         evaluation = class_evaluation(logits, labels, n_classes, prefix="lp_", query="lp", top5=top5)
-        evaluation.details = {"weight_decay": result.weight_decay, "fits": result.fits, "probe_seconds": round(result.seconds, 2),
-                   "train_images": len(train_y), "validation_images": 0 if val_y is None else len(val_y),
-                   "sweep": [[wd, acc1] for wd, acc1 in result.sweep]}
+        evaluation.details = {
+            "weight_decay": result.weight_decay,
+            "fits": result.fits,
+            "probe_seconds": round(result.seconds, 2),
+            "train_images": len(train_y),
+            "validation_images": 0 if val_y is None else len(val_y),
+            "sweep": [[wd, acc1] for wd, acc1 in result.sweep],
+        }
         return evaluation
 
     def diagnostic_points(self, data: SuiteData, n: int = 256):

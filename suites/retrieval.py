@@ -5,14 +5,15 @@ caption paired with its image) and are scored on each test set through their own
 Text->image has one positive per caption; image->text counts a hit when any of the image's
 captions is in the top k, as clip_benchmark does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from bench.eval import metrics, uncertainty
 from bench.data import retrieval_data
+from bench.eval import metrics, uncertainty
 from bench.eval.scoring import encode, score_matrices
 from suites.backbone_suite import BackboneSuite
 from suites.base import Evaluation, ReportTable, SuiteData, register_suite
@@ -31,8 +32,12 @@ def _report_table(ds: str) -> ReportTable:
     """The shape retrieval papers use: image-to-text R@1/5/10, text-to-image R@1/5/10, RSUM."""
     cols = [(f"I→T R@{k}", f"{ds}/text_retrieval_recall@{k}") for k in KS]
     cols += [(f"T→I R@{k}", f"{ds}/image_retrieval_recall@{k}") for k in KS] + [("RSUM", f"{ds}/recall_sum")]
-    return ReportTable(ds, tuple(cols), "I→T: an image queries the captions (a hit if any of its ~5 captions is in "
-                       "the top k); T→I: a caption queries the images; R@k: recall at k; RSUM: the sum of the six.")
+    return ReportTable(
+        ds,
+        tuple(cols),
+        "I→T: an image queries the captions (a hit if any of its ~5 captions is in "
+        "the top k); T→I: a caption queries the images; R@k: recall at k; RSUM: the sum of the six.",
+    )
 
 
 # i2t: an image queries the captions; t2i: a caption queries the images. The resampling unit is the
@@ -44,7 +49,9 @@ RETRIEVAL_SPEC = {
 }
 
 
-def retrieval_outcomes(i2t: torch.Tensor, t2i: torch.Tensor, positives: torch.Tensor, caption_image: torch.Tensor) -> dict:
+def retrieval_outcomes(
+    i2t: torch.Tensor, t2i: torch.Tensor, positives: torch.Tensor, caption_image: torch.Tensor
+) -> dict:
     """Both directions' first-positive ranks, each from its own matrix; a caption's unit is its image."""
     out = {f"i2t/{k}": v for k, v in uncertainty.rank_outcomes(i2t, positives).items()}
     out.update({f"t2i/{k}": v for k, v in uncertainty.rank_outcomes(t2i.T, positives.T).items()})
@@ -66,8 +73,11 @@ class RetrievalSuite(BackboneSuite):
     description = "MSCOCO 5k / Flickr30k 1k image-text retrieval on cached open_clip point sets."
     main_metric = "mscoco_captions/recall_sum"
     metrics = {name: up for ds in DATASETS for name, up in _metric_names(ds).items()}
-    headline_metrics = ("mscoco_captions/text_retrieval_recall@1", "mscoco_captions/image_retrieval_recall@1",
-                        "flickr30k/text_retrieval_recall@1")
+    headline_metrics = (
+        "mscoco_captions/text_retrieval_recall@1",
+        "mscoco_captions/image_retrieval_recall@1",
+        "flickr30k/text_retrieval_recall@1",
+    )
     summary_metrics = tuple(f"{ds}/recall_sum" for ds in DATASETS)
     report_tables = tuple(_report_table(ds) for ds in DATASETS)
     defaults_file = "retrieval.yaml"
@@ -86,8 +96,10 @@ class RetrievalSuite(BackboneSuite):
             kept_captions = keep[caption_image]  # a left-out image takes its captions with it
             new_index = torch.cumsum(keep, 0) - 1
             test[name] = RetrievalTest(images[keep], texts[kept_captions], new_index[caption_image[kept_captions]])
-        datasets = {n: {"split": ds.split, "images": len(t.images), "captions": len(t.texts),
-                        "fingerprint": ds.fingerprint()} for (n, ds), t in zip(tests.items(), test.values())}
+        datasets = {
+            n: {"split": ds.split, "images": len(t.images), "captions": len(t.texts), "fingerprint": ds.fingerprint()}
+            for (n, ds), t in zip(tests.items(), test.values())
+        }
         return self.suite_data(backbone, train, pairs, test, datasets)
 
     def evaluate_dataset(self, head, image_rep, t: RetrievalTest, device) -> Evaluation:
@@ -96,5 +108,8 @@ class RetrievalSuite(BackboneSuite):
         positives = torch.zeros_like(i2t, dtype=torch.bool)
         positives[t.caption_image, torch.arange(len(t.texts))] = True
         recalls = metrics.retrieval_recalls(i2t, positives, KS, t2i=t2i)
-        return Evaluation({**recalls, "recall_sum": sum(recalls.values())},
-                          retrieval_outcomes(i2t, t2i, positives, t.caption_image), RETRIEVAL_SPEC)
+        return Evaluation(
+            {**recalls, "recall_sum": sum(recalls.values())},
+            retrieval_outcomes(i2t, t2i, positives, t.caption_image),
+            RETRIEVAL_SPEC,
+        )

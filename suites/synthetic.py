@@ -18,14 +18,15 @@ kme_rbf should beat cosine; kme_rff should tie kme_rbf where its features approx
 Nothing here is tuned to make a head win; the measured gaps are reported as they come out
 (README, "The synthetic suite"), and ``run_bench.py sweep`` draws them against out_dim and topics.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from bench.eval import metrics, uncertainty
 from bench.core.errors import ConfigError
+from bench.eval import metrics, uncertainty
 from bench.eval.scoring import encode, score_matrices, score_matrix
 from suites.base import Evaluation, PointSets, ReportTable, Suite, SuiteData, register_suite
 from suites.synthetic_world import MODES, World
@@ -36,9 +37,9 @@ RETRIEVAL = {f"{d}_retrieval_recall@{k}": True for d in ("image", "text") for k 
 @dataclass
 class SyntheticTest:
     pairs: PointSets
-    pmi: torch.Tensor            # [n, n] true PMI, float64
-    topics: torch.Tensor         # [n] topic of each test image
-    prompts: torch.Tensor        # [K * prompts_per_class, p, d], class-major
+    pmi: torch.Tensor  # [n, n] true PMI, float64
+    topics: torch.Tensor  # [n] topic of each test image
+    prompts: torch.Tensor  # [K * prompts_per_class, p, d], class-major
     log_posterior: torch.Tensor  # [n, K] exact log p(z | x) of each test image
     bayes_accuracy: float
     n_classes: int
@@ -51,25 +52,45 @@ class SyntheticSuite(Suite):
     description = "Generated topic world with known PMI; seconds on a CPU; the suite CI regresses on."
     main_metric = "infonce_excess"
     metrics = {
-        "infonce_excess": False, "pmi_row_kl": False, "pmi_pearson": True, "pmi_spearman": True,
-        "pmi_rmse": False, **RETRIEVAL, "zeroshot_acc1": True, "zeroshot_vs_bayes": True,
+        "infonce_excess": False,
+        "pmi_row_kl": False,
+        "pmi_pearson": True,
+        "pmi_spearman": True,
+        "pmi_rmse": False,
+        **RETRIEVAL,
+        "zeroshot_acc1": True,
+        "zeroshot_vs_bayes": True,
     }
     headline_metrics = ("pmi_pearson", "pmi_spearman", "zeroshot_vs_bayes")
     report_tables = (
-        ReportTable("similarity against the true PMI", (
-            ("InfoNCE excess", "infonce_excess"), ("row KL", "pmi_row_kl"), ("Pearson", "pmi_pearson"),
-            ("Spearman", "pmi_spearman"), ("RMSE", "pmi_rmse")),
+        ReportTable(
+            "similarity against the true PMI",
+            (
+                ("InfoNCE excess", "infonce_excess"),
+                ("row KL", "pmi_row_kl"),
+                ("Pearson", "pmi_pearson"),
+                ("Spearman", "pmi_spearman"),
+                ("RMSE", "pmi_rmse"),
+            ),
             "InfoNCE excess: the head's symmetric InfoNCE on the test matrix minus the true PMI's (0 is optimal); "
             "row KL: KL from the PMI's row softmax to the head's; Pearson, Spearman, RMSE (after the best constant) "
             "against PMI over all test pairs. InfoNCE excess and row KL measure the distance from the InfoNCE optimum; "
-            "under train.loss: siglip heads are not trained towards it."),
-        ReportTable("retrieval (each item's own partner is the positive)", tuple(
-            [(f"I→T R@{k}", f"text_retrieval_recall@{k}") for k in (1, 5, 10)]
-            + [(f"T→I R@{k}", f"image_retrieval_recall@{k}") for k in (1, 5, 10)]),
+            "under train.loss: siglip heads are not trained towards it.",
+        ),
+        ReportTable(
+            "retrieval (each item's own partner is the positive)",
+            tuple(
+                [(f"I→T R@{k}", f"text_retrieval_recall@{k}") for k in (1, 5, 10)]
+                + [(f"T→I R@{k}", f"image_retrieval_recall@{k}") for k in (1, 5, 10)]
+            ),
             "I→T: an image queries the texts; T→I: a text queries the images. Many items share a topic, so even "
-            "the oracle's recall is low."),
-        ReportTable("zero-shot classification of topics", (("acc@1", "zeroshot_acc1"), ("vs Bayes", "zeroshot_vs_bayes")),
-                    "vs Bayes: accuracy divided by the Bayes classifier's."),
+            "the oracle's recall is low.",
+        ),
+        ReportTable(
+            "zero-shot classification of topics",
+            (("acc@1", "zeroshot_acc1"), ("vs Bayes", "zeroshot_vs_bayes")),
+            "vs Bayes: accuracy divided by the Bayes classifier's.",
+        ),
     )
     defaults_file = "synthetic.yaml"
     reference_names = ("oracle",)
@@ -93,18 +114,34 @@ class SyntheticSuite(Suite):
             ("test_pairs", p["test_pairs"] >= 10, "an integer >= 10 (recall@10 needs ten candidates)"),
             ("prompts_per_class", p["prompts_per_class"] >= 1, "an integer >= 1"),
             ("world_seed", 0 <= p["world_seed"] < 2**63 - 1, "an integer in [0, 2^63 - 1)"),
-            ("train_pairs", p["train_pairs"] >= train["batch_size"],
-             f"an integer >= train.batch_size ({train['batch_size']}): a batch is drawn from the training pairs"),
+            (
+                "train_pairs",
+                p["train_pairs"] >= train["batch_size"],
+                f"an integer >= train.batch_size ({train['batch_size']}): a batch is drawn from the training pairs",
+            ),
         ]
         for key, ok, allowed in rules:
             if not ok:
-                raise ConfigError(f"suites.synthetic.{key} = {p[key]!r} is out of range: it must be {allowed}. "
-                                  f"The default is in suites/synthetic.yaml.")
+                raise ConfigError(
+                    f"suites.synthetic.{key} = {p[key]!r} is out of range: it must be {allowed}. "
+                    f"The default is in suites/synthetic.yaml."
+                )
 
     def world(self) -> World:
         p = self.params
-        return World(p["topics"], p["concepts"], p["dim"], p["points"], p["noise"], p["centre_scale"],
-                     p["prior_concentration"], p["topic_concentration"], p["bend"], p["world_seed"], p["mode"])
+        return World(
+            p["topics"],
+            p["concepts"],
+            p["dim"],
+            p["points"],
+            p["noise"],
+            p["centre_scale"],
+            p["prior_concentration"],
+            p["topic_concentration"],
+            p["bend"],
+            p["world_seed"],
+            p["mode"],
+        )
 
     def build(self, seed: int) -> SuiteData:
         p, world = self.params, self.world()
@@ -120,16 +157,26 @@ class SyntheticSuite(Suite):
         classes = torch.arange(world.n_topics).repeat_interleave(p["prompts_per_class"])
         prompts = world.sample(classes, "text", g).points
         test = SyntheticTest(
-            pairs=PointSets(img.points, txt.points), pmi=world.pmi(post_img, post_txt), topics=zt,
-            prompts=prompts, log_posterior=post_img, bayes_accuracy=float((post_img.argmax(1) == zt).double().mean()),
-            n_classes=world.n_topics, prompts_per_class=p["prompts_per_class"],
+            pairs=PointSets(img.points, txt.points),
+            pmi=world.pmi(post_img, post_txt),
+            topics=zt,
+            prompts=prompts,
+            log_posterior=post_img,
+            bayes_accuracy=float((post_img.argmax(1) == zt).double().mean()),
+            n_classes=world.n_topics,
+            prompts_per_class=p["prompts_per_class"],
         )
-        identity = {"world_seed": p["world_seed"], "mode": p["mode"], "test_pairs": p["test_pairs"],
-                    "bayes_accuracy": test.bayes_accuracy}
+        identity = {
+            "world_seed": p["world_seed"],
+            "mode": p["mode"],
+            "test_pairs": p["test_pairs"],
+            "bayes_accuracy": test.bayes_accuracy,
+        }
         return SuiteData(train=train, image_dim=world.point_dim, text_dim=world.point_dim, test=test, identity=identity)
 
-    def _metrics(self, scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest,
-                 t2i: torch.Tensor | None = None) -> Evaluation:
+    def _metrics(
+        self, scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest, t2i: torch.Tensor | None = None
+    ) -> Evaluation:
         """``scores`` is the image-query (i2t) matrix; ``t2i`` the text-query one when a head scores the
         directions differently (FILIP). InfoNCE and retrieval take each direction from its own matrix, the
         row KL (image rows) from i2t, and Pearson, Spearman and RMSE compare the mean of the two with PMI."""
@@ -158,8 +205,10 @@ class SyntheticSuite(Suite):
         eye = torch.eye(n, dtype=torch.bool)
         truth = torch.zeros_like(class_scores, dtype=torch.bool)
         truth[torch.arange(n), test.topics.to(class_scores.device)] = True
-        out = {"item/infonce_excess": (metrics.infonce_terms(scores, t2i) - metrics.infonce_terms(test.pmi)).numpy(),
-               "item/row_kl": metrics.row_kl_terms(test.pmi, scores).numpy()}
+        out = {
+            "item/infonce_excess": (metrics.infonce_terms(scores, t2i) - metrics.infonce_terms(test.pmi)).numpy(),
+            "item/row_kl": metrics.row_kl_terms(test.pmi, scores).numpy(),
+        }
         out.update({f"i2t/{k}": v for k, v in uncertainty.rank_outcomes(scores, eye).items()})
         out.update({f"t2i/{k}": v for k, v in uncertainty.rank_outcomes(t2i.T, eye).items()})
         out.update({f"zs/{k}": v for k, v in uncertainty.rank_outcomes(class_scores.cpu(), truth.cpu()).items()})
@@ -167,12 +216,14 @@ class SyntheticSuite(Suite):
 
     @staticmethod
     def _spec(test: SyntheticTest) -> dict:
-        return {"infonce_excess": {"kind": "mean", "values": "item/infonce_excess"},
-                "pmi_row_kl": {"kind": "mean", "values": "item/row_kl"},
-                **{f"text_retrieval_recall@{k}": {"kind": "hit", "query": "i2t", "k": k} for k in (1, 5, 10)},
-                **{f"image_retrieval_recall@{k}": {"kind": "hit", "query": "t2i", "k": k} for k in (1, 5, 10)},
-                "zeroshot_acc1": {"kind": "hit", "query": "zs", "k": 1},
-                "zeroshot_vs_bayes": {"kind": "scaled", "of": "zeroshot_acc1", "by": 1 / test.bayes_accuracy}}
+        return {
+            "infonce_excess": {"kind": "mean", "values": "item/infonce_excess"},
+            "pmi_row_kl": {"kind": "mean", "values": "item/row_kl"},
+            **{f"text_retrieval_recall@{k}": {"kind": "hit", "query": "i2t", "k": k} for k in (1, 5, 10)},
+            **{f"image_retrieval_recall@{k}": {"kind": "hit", "query": "t2i", "k": k} for k in (1, 5, 10)},
+            "zeroshot_acc1": {"kind": "hit", "query": "zs", "k": 1},
+            "zeroshot_vs_bayes": {"kind": "scaled", "of": "zeroshot_acc1", "by": 1 / test.bayes_accuracy},
+        }
 
     def evaluate(self, head, data: SuiteData, device) -> dict[str, float]:
         test: SyntheticTest = data.test
@@ -180,8 +231,9 @@ class SyntheticSuite(Suite):
         img = encode(head, "image", test.pairs.images, None, device)
         txt = encode(head, "text", test.pairs.texts, None, device)
         i2t, t2i = (m.cpu() for m in score_matrices(head, img, txt, len(test.pairs), len(test.pairs)))
-        classes = head.combine_prompts(encode(head, "text", test.prompts, None, device),
-                                       test.n_classes, test.prompts_per_class)
+        classes = head.combine_prompts(
+            encode(head, "text", test.prompts, None, device), test.n_classes, test.prompts_per_class
+        )
         class_scores = score_matrix(head, img, classes, len(test.pairs), test.n_classes).cpu()
         return self._metrics(i2t, class_scores, test, t2i)
 

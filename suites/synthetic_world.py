@@ -17,6 +17,7 @@ Modes (docs/protocol.md, "synthetic"), which change what a head is shown, never 
   sum_i p(x_i | z) / q(x_i): a sum over points, the structure a kernel mean embedding has and a
   mean of the points (the pooled point) dilutes.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,22 +33,33 @@ LOG_FLOOR = -30.0  # posterior points: log-probabilities below e^-30 carry nothi
 
 @dataclass
 class Side:
-    centres: torch.Tensor      # [C, d]
+    centres: torch.Tensor  # [C, d]
     bend_matrix: torch.Tensor  # [d, d], orthogonal
     bend_offset: torch.Tensor  # [d]
 
 
 @dataclass
 class Sample:
-    points: torch.Tensor   # [n, points + 1, d]: bent draws, then their mean (the pooled point)
-    raw: torch.Tensor      # [n, points, d]: draws before the bend, for the exact posterior
-    topics: torch.Tensor   # [n]
+    points: torch.Tensor  # [n, points + 1, d]: bent draws, then their mean (the pooled point)
+    raw: torch.Tensor  # [n, points, d]: draws before the bend, for the exact posterior
+    topics: torch.Tensor  # [n]
 
 
 class World:
-    def __init__(self, topics: int, concepts: int, dim: int, points: int, noise: float, centre_scale: float,
-                 prior_concentration: float, topic_concentration: float, bend: float, seed: int,
-                 mode: str = "draws"):
+    def __init__(
+        self,
+        topics: int,
+        concepts: int,
+        dim: int,
+        points: int,
+        noise: float,
+        centre_scale: float,
+        prior_concentration: float,
+        topic_concentration: float,
+        bend: float,
+        seed: int,
+        mode: str = "draws",
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
         if not 0 <= bend < 1:
@@ -56,13 +68,18 @@ class World:
             raise ValueError("topics, concepts, dim and points must be positive and noise > 0.")
         g = torch.Generator().manual_seed(int(seed))
         rng = np.random.default_rng(int(seed))  # numpy's Dirichlet takes a seeded generator
-        dirichlet = lambda alpha, shape: torch.from_numpy(rng.dirichlet(np.full(shape[-1], float(alpha)), size=shape[:-1] or None))  # noqa: E731
+
+        def dirichlet(alpha, shape):
+            return torch.from_numpy(rng.dirichlet(np.full(shape[-1], float(alpha)), size=shape[:-1] or None))
+
         self.log_prior = dirichlet(prior_concentration, (topics,)).log()
         self.log_concepts = dirichlet(topic_concentration, (topics, concepts)).log()  # log p(c | z)
         image_centres = centre_scale * torch.randn(concepts, dim, generator=g, dtype=torch.float64)
         align = _orthogonal(dim, g)
         self.image = Side(image_centres, _orthogonal(dim, g), torch.randn(dim, generator=g, dtype=torch.float64))
-        self.text = Side(image_centres @ align.T, _orthogonal(dim, g), torch.randn(dim, generator=g, dtype=torch.float64))
+        self.text = Side(
+            image_centres @ align.T, _orthogonal(dim, g), torch.randn(dim, generator=g, dtype=torch.float64)
+        )
         self.noise, self.points, self.bend, self.dim = float(noise), int(points), float(bend), int(dim)
         self.n_topics, self.mode = int(topics), mode
 
@@ -84,7 +101,9 @@ class World:
             concepts = torch.cat([concepts[:, :1], distractors[:, 1:]], dim=1)
             order = torch.argsort(torch.rand(concepts.shape, generator=g), dim=1)
             concepts = concepts.gather(1, order)
-        raw = s.centres[concepts] + self.noise * torch.randn(*concepts.shape, self.dim, generator=g, dtype=torch.float64)
+        raw = s.centres[concepts] + self.noise * torch.randn(
+            *concepts.shape, self.dim, generator=g, dtype=torch.float64
+        )
         if self.mode == "posterior":
             per_draw = self.point_log_likelihood(raw, side) + self.log_prior
             pts = torch.cat([per_draw, self.log_likelihood(raw, side).unsqueeze(1) + self.log_prior], dim=1)
@@ -101,7 +120,8 @@ class World:
 
     # -- exact inference ---------------------------------------------------------------------
     def _log_gauss(self, raw: torch.Tensor, side: str) -> torch.Tensor:
-        """log N(x_i; centre_c, noise^2 I) ``[n*m, C]`` for the unbent draws (the bend's Jacobian does not depend on z)."""
+        """log N(x_i; centre_c, noise^2 I) ``[n*m, C]`` for the unbent draws (the bend's Jacobian does not
+        depend on z)."""
         sq = torch.cdist(raw.reshape(-1, self.dim), getattr(self, side).centres).pow(2)
         return -sq / (2 * self.noise**2) - 0.5 * self.dim * (LOG_2PI + 2 * math.log(self.noise))
 
@@ -119,7 +139,8 @@ class World:
         # One relevant draw at a uniformly random position, the others from q (concepts uniform):
         # p(x | z) = prod_j q(x_j) * (1/m) sum_i p(x_i | z) / q(x_i).
         log_q = torch.logsumexp(self._log_gauss(raw, side), dim=1).view(raw.shape[0], raw.shape[1]) - math.log(
-            len(getattr(self, side).centres))
+            len(getattr(self, side).centres)
+        )
         return torch.logsumexp(per_point - log_q.unsqueeze(-1), dim=1)
 
     def log_posterior(self, raw: torch.Tensor, side: str) -> torch.Tensor:

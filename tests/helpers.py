@@ -1,4 +1,5 @@
 """Shared helpers for the pipeline tests."""
+
 from pathlib import Path
 
 import yaml
@@ -25,8 +26,8 @@ def rebuild(suite_name: str, cfg_path: Path, backbone: Path, data_root: Path, ou
 
     import heads
     import suites
-    from bench.run import config
     from bench.report import results
+    from bench.run import config
 
     record = results.read(results.run_path(out, suite_name, head_name))
     user = yaml.safe_load(Path(cfg_path).read_text())

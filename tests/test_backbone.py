@@ -1,4 +1,5 @@
 """Point sets from a tiny random-weight open_clip model: the last point is the model's own embedding."""
+
 import json
 
 import pytest
@@ -109,6 +110,7 @@ def test_dataset_features_go_through_the_cache_and_match_the_model(tiny_backbone
     assert torch.equal(img, img2) and torch.equal(txt, txt2)
     with torch.no_grad():
         from PIL import Image as I
+
         pre = torch.stack([tiny_backbone.preprocess(I.open(p).convert("RGB")) for p in paths])
         assert torch.allclose(img[:, -1], tiny_backbone.model.encode_image(pre), atol=1e-5)
     # touching an image changes the fingerprint: the entry is rebuilt, not reused
@@ -127,8 +129,15 @@ def test_token_readout_is_the_last_block_through_norm_and_projection(tiny_backbo
     ip, im = bb.image_tokens(images)
     tp, tm = bb.text_tokens(texts)
     with torch.no_grad():
-        out = m.forward_intermediates(image=images, text=texts, image_indices=1, text_indices=1, normalize=False,
-                                      image_output_fmt="NLC", image_output_extra_tokens=True)
+        out = m.forward_intermediates(
+            image=images,
+            text=texts,
+            image_indices=1,
+            text_indices=1,
+            normalize=False,
+            image_output_fmt="NLC",
+            image_output_extra_tokens=True,
+        )
         patches = m.visual.ln_post(out["image_intermediates"][-1]) @ m.visual.proj
         text_all = m.ln_final(out["text_intermediates"][-1]) @ m.text_projection
         enc_i, enc_t = m.encode_image(images).float(), m.encode_text(texts).float()
@@ -140,5 +149,5 @@ def test_token_readout_is_the_last_block_through_norm_and_projection(tiny_backbo
     assert lengths[2] == 2  # an empty caption: start and end
     for i in range(3):
         n = int(lengths[i])
-        assert torch.allclose(tp[i, :n - 1], text_all[i, :n - 1], atol=1e-5)
+        assert torch.allclose(tp[i, : n - 1], text_all[i, : n - 1], atol=1e-5)
         assert torch.equal(tp[i, n - 1], enc_t[i])

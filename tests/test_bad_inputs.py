@@ -4,6 +4,7 @@ must contain, and which files must be left exactly as they were.
 Exit 2: refused before any work, nothing in --out or the data root changed. Exit 1: a user's head
 broke; it is recorded as failed with its error and the other heads still ran.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import SMALL
 from PIL import Image
+from test_backbone import TINY
 
 import heads
-from bench.report import results
 from bench.cli import main
-from helpers import SMALL
-from test_backbone import TINY
+from bench.report import results
 from bench.tools.fixtures import make_coco, make_flickr
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -31,8 +32,11 @@ ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 def snapshot(folder: Path) -> dict[str, str]:
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,11 +53,23 @@ SYNTH_CASES = [
     ("points-used-fraction", {"heads": {"kme_rbf": {"points_used": 2.5}}}, [], 2, "points_used must be an int"),
     ("points-used-zero", {"heads": {"kme_rbf": {"points_used": 0}}}, [], 2, "points_used must be a positive integer"),
     ("rff-budget-zero", {"heads": {"kme_rff": {"memory_budget_mb": 0}}}, [], 2, "memory_budget_mb must be positive"),
-    ("rbf-budget-negative", {"heads": {"kme_rbf": {"memory_budget_mb": -5}}}, [], 2, "memory_budget_mb must be positive"),
+    (
+        "rbf-budget-negative",
+        {"heads": {"kme_rbf": {"memory_budget_mb": -5}}},
+        [],
+        2,
+        "memory_budget_mb must be positive",
+    ),
     ("sigma-nan", {"heads": {"kme_rbf": {"sigma": float("nan")}}}, [], 2, "finite number"),
     ("unknown-head-option", {"heads": {"kme_rbf": {"sigmaa": 0.3}}}, [], 2, "Did you mean: 'sigma'"),
     ("option-null", {"heads": {"kme_rff": {"num_features": None}}}, [], 2, "must not be null"),
-    ("triton-on-cpu", {"heads": {"kme_rbf": {"kernel": "triton"}}}, ["--device", "cpu"], 2, "kernel: triton needs a CUDA device"),
+    (
+        "triton-on-cpu",
+        {"heads": {"kme_rbf": {"kernel": "triton"}}},
+        ["--device", "cpu"],
+        2,
+        "kernel: triton needs a CUDA device",
+    ),
     ("batch-larger-than-train", {"train": {"batch_size": 5000}}, [], 2, "train_pairs = 1000 is out of range"),
     ("topics-zero", {"suites": {"synthetic": {"topics": 0}}}, [], 2, "suites.synthetic.topics = 0 is out of range"),
     ("test-pairs-zero", {"suites": {"synthetic": {"test_pairs": 0}}}, [], 2, "suites.synthetic.test_pairs = 0"),
@@ -124,6 +140,7 @@ def _cfg(tmp_path: Path, text: str | None = None) -> Path:
 
 def _paths_cases():
     """Cases built from files: (id, builder(tmp_path, earlier) -> args, exit, phrase)."""
+
     def out_is_file(tmp, earlier):
         (tmp / "f").write_text("x")
         return ["--config", _cfg(tmp), "--out", tmp / "f"]
@@ -219,7 +236,10 @@ def test_result_file_holding_null_is_named_and_recomputed(earlier, tmp_path, cap
     out = tmp_path / "out"
     shutil.copytree(earlier, out)
     (out / "runs" / "synthetic" / "cosine.json").write_text("null")
-    assert main(["--config", str(_cfg(tmp_path)), "--out", str(out), "--heads", "cosine,clip_frozen", "--no-progress"]) == 0
+    assert (
+        main(["--config", str(_cfg(tmp_path)), "--out", str(out), "--heads", "cosine,clip_frozen", "--no-progress"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "holds NoneType, not a result" in text and "recomputed now" in text
     assert results.read(out / "runs" / "synthetic" / "cosine.json").status == "ok"
@@ -228,7 +248,7 @@ def test_result_file_holding_null_is_named_and_recomputed(earlier, tmp_path, cap
 # --------------------------------------------------------------------------------------------
 # A user's head that breaks: recorded as failed with its error; the others run; exit 1.
 
-BROKEN_HEADS = '''
+BROKEN_HEADS = """
 import torch
 from heads import SimilarityHead, register_head
 
@@ -289,7 +309,7 @@ class NanTraining(_Base):
 
     def score(self, image_rep, text_rep):
         return self.w * (image_rep @ text_rep.T) * float("inf")
-'''
+"""
 
 HEAD_CASES = [
     ("bad_init", "RuntimeError: cannot allocate the prototypes (at broken_heads.py:"),
@@ -313,8 +333,19 @@ def test_a_broken_user_head_fails_alone(head, phrase, tmp_path, capsys, forget_b
     module = tmp_path / "broken_heads.py"
     module.write_text(BROKEN_HEADS)
     out = tmp_path / "out"
-    code = main(["--config", str(_cfg(tmp_path)), "--out", str(out), "--head-module", str(module),
-                 "--heads", f"{head},clip_frozen", "--no-progress"])
+    code = main(
+        [
+            "--config",
+            str(_cfg(tmp_path)),
+            "--out",
+            str(out),
+            "--head-module",
+            str(module),
+            "--heads",
+            f"{head},clip_frozen",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and "1 head(s) failed: " + head in captured.err
     recs = {r.head.name: r for r in results.load_all(out)}
@@ -325,6 +356,7 @@ def test_a_broken_user_head_fails_alone(head, phrase, tmp_path, capsys, forget_b
 
 # --------------------------------------------------------------------------------------------
 # Real-data suites: data, backbone, checkpoint and cache problems (tiny random backbone, tiny data).
+
 
 def make_real_data(root: Path) -> tuple[Path, Path]:
     """Tiny COCO (test and train) and Flickr folders, and the tiny random backbone's config."""
@@ -344,9 +376,18 @@ def realdata(tmp_path_factory):
 
 
 def _real_cfg(tmp: Path, retrieval: dict | None = None, train: dict | None = None) -> Path:
-    cfg = {"train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, **(train or {})},
-           "suites": {"retrieval": {"layers": 2, "workers": 0, "batch_size": 4, "cache_dir": str(tmp / "cache"),
-                                    **(retrieval or {})}}}
+    cfg = {
+        "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, **(train or {})},
+        "suites": {
+            "retrieval": {
+                "layers": 2,
+                "workers": 0,
+                "batch_size": 4,
+                "cache_dir": str(tmp / "cache"),
+                **(retrieval or {}),
+            }
+        },
+    }
     path = tmp / "real.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -520,8 +561,25 @@ def test_bad_real_data_input(case, realdata, tmp_path, capsys):
     cfg = _real_cfg(tmp_path, {k: v for k, v in params.items() if k != "backbone"})
     before = snapshot(data)
     out = tmp_path / "out"
-    code = main(["--suite", "retrieval", "--backbone", params["backbone"], "--data-root", str(data), "--config", str(cfg),
-                 "--heads", "clip_frozen", "--out", str(out), "--no-progress", "--device", "cpu"])
+    code = main(
+        [
+            "--suite",
+            "retrieval",
+            "--backbone",
+            params["backbone"],
+            "--data-root",
+            str(data),
+            "--config",
+            str(cfg),
+            "--heads",
+            "clip_frozen",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and phrase in err and "Traceback" not in err, err
     assert snapshot(data) == before and not out.exists()  # the data root untouched, nothing written
@@ -536,8 +594,25 @@ def test_simbench_cache_env_that_cannot_hold_a_cache(kind, realdata, tmp_path, m
     monkeypatch.setenv("SIMBENCH_CACHE", str(target))
     cfg = _real_cfg(tmp_path, {"cache_dir": ""})
     out = tmp_path / "out"
-    code = main(["--suite", "retrieval", "--backbone", str(tiny), "--data-root", str(data), "--config", str(cfg),
-                 "--heads", "clip_frozen", "--out", str(out), "--no-progress", "--device", "cpu"])
+    code = main(
+        [
+            "--suite",
+            "retrieval",
+            "--backbone",
+            str(tiny),
+            "--data-root",
+            str(data),
+            "--config",
+            str(cfg),
+            "--heads",
+            "clip_frozen",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "($SIMBENCH_CACHE)" in err and ("is a file" in err or "is not writable" in err), err
     assert not out.exists()
@@ -547,8 +622,25 @@ def test_batch_larger_than_real_training_set(realdata, tmp_path, capsys):
     root, data, tiny = realdata
     cfg = _real_cfg(tmp_path, train={"batch_size": 64})
     out = tmp_path / "out"
-    code = main(["--suite", "retrieval", "--backbone", str(tiny), "--data-root", str(data), "--config", str(cfg),
-                 "--heads", "cosine", "--out", str(out), "--no-progress", "--device", "cpu"])
+    code = main(
+        [
+            "--suite",
+            "retrieval",
+            "--backbone",
+            str(tiny),
+            "--data-root",
+            str(data),
+            "--config",
+            str(cfg),
+            "--heads",
+            "cosine",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "train.batch_size=64 is larger than the 8 training pairs" in err, err
     assert not (out / "runs").exists()
@@ -557,8 +649,21 @@ def test_batch_larger_than_real_training_set(realdata, tmp_path, capsys):
 def test_cache_manifest_holding_null_is_rebuilt(realdata, tmp_path, capsys):
     root, data, tiny = realdata
     cfg = _real_cfg(tmp_path)
-    args = ["--suite", "retrieval", "--backbone", str(tiny), "--data-root", str(data), "--config", str(cfg),
-            "--heads", "clip_frozen", "--no-progress", "--device", "cpu"]
+    args = [
+        "--suite",
+        "retrieval",
+        "--backbone",
+        str(tiny),
+        "--data-root",
+        str(data),
+        "--config",
+        str(cfg),
+        "--heads",
+        "clip_frozen",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     manifests = sorted((tmp_path / "cache").glob("*/manifest.json"))
     assert manifests
@@ -586,6 +691,7 @@ def test_sixteen_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
 # --------------------------------------------------------------------------------------------
 # A bug in simbench is not bad input: its traceback is shown, with one line saying so, exit 1.
 
+
 @pytest.mark.parametrize("error", ["KeyError('bend')", "ValueError('internal')"])
 def test_an_internal_error_is_a_bug_with_its_traceback_not_exit_2(tmp_path, error):
     """With `bend` missing inside the suite, the old command line printed `error: bend` and exited 2."""
@@ -593,12 +699,26 @@ def test_an_internal_error_is_a_bug_with_its_traceback_not_exit_2(tmp_path, erro
     import sys
 
     broken = tmp_path / "breaks_planning.py"
-    broken.write_text("from bench.run import runner\n\n"
-                      f"def plan(*a, **k):\n    raise {error}\n\nrunner.plan = plan\n")
+    broken.write_text(f"from bench.run import runner\n\ndef plan(*a, **k):\n    raise {error}\n\nrunner.plan = plan\n")
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(repo / "run_bench.py"), "--head-module", str(broken), "--heads", "cosine",
-                           "--out", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "run_bench.py"),
+            "--head-module",
+            str(broken),
+            "--heads",
+            "cosine",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback (most recent call last)" in proc.stderr and error.split("(")[0] in proc.stderr
     assert "This is a bug in simbench" in proc.stderr and "error: " not in proc.stderr

@@ -1,19 +1,20 @@
 """Zero-shot classification end to end on a generated ImageNet-Sketch-layout folder (1,000 class
 folders, as clip_benchmark expects) and a tiny random-weight open_clip model, cross-checked against
 clip_benchmark's zeroshot_classification.evaluate."""
+
 import json
 
 import pytest
 import torch
-from PIL import Image
-
-from bench.data import classification_data
-from bench.report import results
-from bench.cli import main
-from bench.data.retrieval_data import DataError
 from helpers import assert_outcomes_reproduce_metrics, rebuild
+from PIL import Image
 from test_backbone import TINY
 from test_retrieval_suite import make_coco_train
+
+from bench.cli import main
+from bench.data import classification_data
+from bench.data.retrieval_data import DataError
+from bench.report import results
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,11 @@ def data(tmp_path_factory):
     cfg = root / "simbench-tiny.json"
     cfg.write_text(json.dumps(TINY))
     small = root / "small.yaml"
-    small.write_text("train: {steps: 3, batch_size: 16, warmup_steps: 1}\n"
-                     f"suites: {{classification: {{layers: 2, workers: 0, batch_size: 8, text_batch_size: 4096, "
-                     f"datasets: [imagenet_sketch], cache_dir: '{root / 'cache'}'}}}}\n")
+    small.write_text(
+        "train: {steps: 3, batch_size: 16, warmup_steps: 1}\n"
+        f"suites: {{classification: {{layers: 2, workers: 0, batch_size: 8, text_batch_size: 4096, "
+        f"datasets: [imagenet_sketch], cache_dir: '{root / 'cache'}'}}}}\n"
+    )
     return root, cfg, small
 
 
@@ -61,8 +64,21 @@ def test_clip_frozen_equals_clip_benchmark_zero_shot(data, tmp_path):
     from bench.features.backbone import Backbone, BackboneSpec
 
     root, cfg, small = data
-    args = ["--suite", "classification", "--backbone", str(cfg), "--data-root", str(root), "--config", str(small),
-            "--out", str(tmp_path), "--no-progress", "--device", "cpu"]
+    args = [
+        "--suite",
+        "classification",
+        "--backbone",
+        str(cfg),
+        "--data-root",
+        str(root),
+        "--config",
+        str(small),
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main([*args, "--heads", "clip_frozen,kme_rbf"]) == 0
     ours = results.read(results.run_path(tmp_path, "classification", "clip_frozen")).metrics
     # kme_rbf's numbers from its own score() and combine_prompts, counted here without bench.eval.metrics.
@@ -75,15 +91,21 @@ def test_clip_frozen_equals_clip_benchmark_zero_shot(data, tmp_path):
     pred = top5[:, 0]
     kme = record.metrics
     assert kme["imagenet_sketch/acc1"] == pytest.approx((pred == t.labels).double().mean().item(), abs=1e-12)
-    assert kme["imagenet_sketch/acc5"] == pytest.approx((top5 == t.labels[:, None]).any(1).double().mean().item(), abs=1e-12)
+    assert kme["imagenet_sketch/acc5"] == pytest.approx(
+        (top5 == t.labels[:, None]).any(1).double().mean().item(), abs=1e-12
+    )
     from sklearn.metrics import balanced_accuracy_score
+
     assert kme["imagenet_sketch/mean_per_class_recall"] == pytest.approx(
-        balanced_accuracy_score(t.labels.numpy(), pred.numpy()), abs=1e-12)
+        balanced_accuracy_score(t.labels.numpy(), pred.numpy()), abs=1e-12
+    )
 
     bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=0)
     ds = build_dataset("imagenet_sketch", root=str(root / "imagenet_sketch"), transform=bb.preprocess, split="test")
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
-    theirs = zeroshot_classification.evaluate(bb.model, loader, bb.tokenizer, ds.classes, ds.templates, "cpu", amp=False)
+    theirs = zeroshot_classification.evaluate(
+        bb.model, loader, bb.tokenizer, ds.classes, ds.templates, "cpu", amp=False
+    )
     assert ours["imagenet_sketch/acc1"] == pytest.approx(theirs["acc1"], abs=1e-6)
     assert ours["imagenet_sketch/acc5"] == pytest.approx(theirs["acc5"], abs=1e-6)
     assert ours["imagenet_sketch/mean_per_class_recall"] == pytest.approx(theirs["mean_per_class_recall"], abs=1e-6)
@@ -106,8 +128,10 @@ def test_objectnet_labels_follow_its_folder_map_not_imagefolder_indices():
         label_map = {"air_freshener": 0, "alarm_clock": 1}
         samples = [("/x/images/alarm_clock/1.png", 7), ("/x/images/air_freshener/2.png", 3)]
 
-    assert classification_data._samples(FakeObjectNet()) == [("/x/images/alarm_clock/1.png", 1),
-                                                             ("/x/images/air_freshener/2.png", 0)]
+    assert classification_data._samples(FakeObjectNet()) == [
+        ("/x/images/alarm_clock/1.png", 1),
+        ("/x/images/air_freshener/2.png", 0),
+    ]
 
 
 def test_skip_corrupt_drops_the_sample_and_keeps_labels_aligned(data, tmp_path, capsys):
@@ -126,8 +150,26 @@ def test_skip_corrupt_drops_the_sample_and_keeps_labels_aligned(data, tmp_path, 
     (clean_root / victim).unlink()
 
     def run(data_root, out, *extra):
-        return main(["--suite", "classification", "--backbone", str(cfg), "--data-root", str(data_root), "--config",
-                     str(small), "--out", str(out), "--no-progress", "--device", "cpu", "--heads", "clip_frozen", *extra])
+        return main(
+            [
+                "--suite",
+                "classification",
+                "--backbone",
+                str(cfg),
+                "--data-root",
+                str(data_root),
+                "--config",
+                str(small),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--heads",
+                "clip_frozen",
+                *extra,
+            ]
+        )
 
     assert run(bad_root, tmp_path / "a") == 2
     assert str(bad_root / victim) in capsys.readouterr().err
@@ -138,11 +180,27 @@ def test_skip_corrupt_drops_the_sample_and_keeps_labels_aligned(data, tmp_path, 
     assert skipped.metrics == clean.metrics
     assert assert_outcomes_reproduce_metrics(tmp_path / "b") == 3  # acc1, acc5, mean per-class recall
     assert run(clean_root, tmp_path / "c", "--heads", "cosine") == 0  # a second head beside clip_frozen
-    assert main(["compare", "--suite", "classification", "--heads", "cosine,clip_frozen", "--out", str(tmp_path / "c"),
-                 "--resamples", "500"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--suite",
+                "classification",
+                "--heads",
+                "cosine,clip_frozen",
+                "--out",
+                str(tmp_path / "c"),
+                "--resamples",
+                "500",
+            ]
+        )
+        == 0
+    )
     assert "imagenet_sketch/mean_per_class_recall" in capsys.readouterr().out
     assert skipped.suite.test_set["datasets"]["imagenet_sketch"]["images"] == 1009
-    assert list(skipped.suite.test_set["corrupt_images_skipped"]["imagenet_sketch/test"]["files"]) == [str(bad_root / victim)]
+    assert list(skipped.suite.test_set["corrupt_images_skipped"]["imagenet_sketch/test"]["files"]) == [
+        str(bad_root / victim)
+    ]
 
 
 def small_export(root):
@@ -166,12 +224,34 @@ def test_every_new_head_classifies_zero_shot_end_to_end(data, tmp_path, loss):
 
     make_coco_train(tmp_path)
     config = tmp_path / "c.yaml"
-    config.write_text(f"train: {{steps: 3, batch_size: 16, warmup_steps: 1, loss: {loss}}}\n"
-                      f"suites: {{classification: {{layers: 2, workers: 0, batch_size: 8, datasets: [imagenet-r], "
-                      f"cache_dir: '{tmp_path / 'cache'}'}}}}\n")
+    config.write_text(
+        f"train: {{steps: 3, batch_size: 16, warmup_steps: 1, loss: {loss}}}\n"
+        f"suites: {{classification: {{layers: 2, workers: 0, batch_size: 8, datasets: [imagenet-r], "
+        f"cache_dir: '{tmp_path / 'cache'}'}}}}\n"
+    )
     heads = "cosine,kme_rbf,kme_rff,wpse,filip,meru"
-    assert main(["--suite", "classification", "--backbone", str(cfg), "--data-root", str(tmp_path), "--config",
-                 str(config), "--out", str(tmp_path / "o"), "--no-progress", "--device", "cpu", "--heads", heads]) == 0
+    assert (
+        main(
+            [
+                "--suite",
+                "classification",
+                "--backbone",
+                str(cfg),
+                "--data-root",
+                str(tmp_path),
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--heads",
+                heads,
+            ]
+        )
+        == 0
+    )
     recs = {r.head.name: r for r in results.load_all(tmp_path / "o")}
     assert set(recs) == set(heads.split(","))
     for name, r in recs.items():

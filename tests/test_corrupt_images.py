@@ -1,4 +1,5 @@
 """Undecodable images: the run fails listing them, or --skip-corrupt leaves them out and says which."""
+
 import json
 import os
 import shutil
@@ -10,8 +11,8 @@ from test_backbone import tiny_backbone  # noqa: F401 (fixture)
 from test_retrieval_suite import data, run_retrieval  # noqa: F401 (module fixture: COCO + Flickr + a tiny backbone)
 
 from bench.features import extract
-from bench.report import results
 from bench.features.cache import FeatureCache
+from bench.report import results
 
 
 def corrupt(path, how):
@@ -29,8 +30,9 @@ def test_undecodable_rows_are_zero_recorded_and_cached(tiny_backbone, tmp_path):
         arr = (torch.rand(48, 48, 3, generator=torch.Generator().manual_seed(i)) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(p, quality=95)
         paths.append(p)
-    clean = extract.image_points(FeatureCache(tmp_path / "c0"), tiny_backbone, "toy", "test", paths,
-                                  batch_size=4, workers=0, progress=False)
+    clean = extract.image_points(
+        FeatureCache(tmp_path / "c0"), tiny_backbone, "toy", "test", paths, batch_size=4, workers=0, progress=False
+    )
     corrupt(paths[1], "garbage")
     corrupt(paths[4], "truncated")
     cache = FeatureCache(tmp_path / "c1")
@@ -49,12 +51,24 @@ def test_corrupt_test_image_fails_by_default_then_skip_corrupt_leaves_it_out(dat
     root = tmp_path / "data"
     shutil.copytree(src, root, ignore=shutil.ignore_patterns("cache"))
     small = root / "small.yaml"
-    small.write_text("train: {steps: 5, batch_size: 16, warmup_steps: 1}\n"
-                     f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 8, cache_dir: '{root / 'cache'}'}}}}\n")
+    small.write_text(
+        "train: {steps: 5, batch_size: 16, warmup_steps: 1}\n"
+        f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 8, cache_dir: '{root / 'cache'}'}}}}\n"
+    )
     txt = root / "flickr30k" / "flickr30k_test_karpathy.txt"  # distinct captions: no ties for rounding to break
     lines = txt.read_text().splitlines()
-    txt.write_text("\n".join([lines[0]] + [f"{line.split(',')[0]},{animal} number {i} on a {thing}" for i, (line, animal, thing)
-                                            in enumerate(zip(lines[1:], ["cat", "dog", "cow", "owl", "fox"] * 8, ["mat", "bus", "hill", "tree"] * 10))]) + "\n")
+    txt.write_text(
+        "\n".join(
+            [lines[0]]
+            + [
+                f"{line.split(',')[0]},{animal} number {i} on a {thing}"
+                for i, (line, animal, thing) in enumerate(
+                    zip(lines[1:], ["cat", "dog", "cow", "owl", "fox"] * 8, ["mat", "bus", "hill", "tree"] * 10)
+                )
+            ]
+        )
+        + "\n"
+    )
     bad = root / "flickr30k" / "1003.jpg"
     corrupt(bad, "garbage")
     capsys.readouterr()
@@ -73,15 +87,20 @@ def test_corrupt_test_image_fails_by_default_then_skip_corrupt_leaves_it_out(dat
     skipped = rec.suite.test_set["corrupt_images_skipped"]
     assert list(skipped) == ["flickr30k/test"] and skipped["flickr30k/test"]["count"] == 1
     assert list(skipped["flickr30k/test"]["files"]) == [str(bad)]
-    assert rec.suite.test_set["datasets"]["flickr30k"] == {**rec.suite.test_set["datasets"]["flickr30k"],
-                                                                 "images": 7, "captions": 35}
+    assert rec.suite.test_set["datasets"]["flickr30k"] == {
+        **rec.suite.test_set["datasets"]["flickr30k"],
+        "images": 7,
+        "captions": 35,
+    }
 
     # Left out means exactly as if the image and its captions were never in the dataset.
     clean = tmp_path / "clean"
     shutil.copytree(root, clean, ignore=shutil.ignore_patterns("cache"))
     (clean / "flickr30k" / "1003.jpg").unlink()
     txt = clean / "flickr30k" / "flickr30k_test_karpathy.txt"
-    txt.write_text("".join(line for line in txt.read_text().splitlines(keepends=True) if not line.startswith("1003.jpg")))
+    txt.write_text(
+        "".join(line for line in txt.read_text().splitlines(keepends=True) if not line.startswith("1003.jpg"))
+    )
     small_clean = clean / "small.yaml"
     small_clean.write_text(small.read_text().replace(str(root / "cache"), str(clean / "cache")))
     assert run_retrieval(clean, cfg, small_clean, tmp_path / "c", heads="clip_frozen") == 0
@@ -96,9 +115,11 @@ def test_corrupt_training_image_drops_its_pairs(data, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(src, root, ignore=shutil.ignore_patterns("cache"))
     small = root / "small.yaml"
-    small.write_text("train: {steps: 3, batch_size: 8, warmup_steps: 1}\n"
-                     f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 8, cache_dir: '{root / 'cache'}', "
-                     "datasets: [flickr30k]}}\n")
+    small.write_text(
+        "train: {steps: 3, batch_size: 8, warmup_steps: 1}\n"
+        f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 8, cache_dir: '{root / 'cache'}', "
+        "datasets: [flickr30k]}}\n"
+    )
     corrupt(root / "mscoco_captions" / "train2014" / "COCO_train2014_000000000002.jpg", "truncated")
     assert main_skip(root, cfg, small, tmp_path / "out", heads="cosine") == 0
     rec = results.read(results.run_path(tmp_path / "out", "retrieval", "cosine"))
@@ -144,5 +165,23 @@ def subprocess_pid_that_exited() -> int:
 def main_skip(root, cfg, small, out, heads="clip_frozen"):
     from bench.cli import main
 
-    return main(["--suite", "retrieval", "--backbone", str(cfg), "--data-root", str(root), "--config", str(small),
-                 "--heads", heads, "--out", str(out), "--no-progress", "--device", "cpu", "--skip-corrupt"])
+    return main(
+        [
+            "--suite",
+            "retrieval",
+            "--backbone",
+            str(cfg),
+            "--data-root",
+            str(root),
+            "--config",
+            str(small),
+            "--heads",
+            heads,
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--skip-corrupt",
+        ]
+    )

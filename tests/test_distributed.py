@@ -1,4 +1,5 @@
 """Two processes under torchrun (gloo, CPU) give the metrics of one process, within float tolerance."""
+
 import os
 import subprocess
 import sys
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import small_config
 
-from bench.report import results
 from bench.cli import main
+from bench.report import results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,12 +19,27 @@ def one_and_two_processes(tmp_path, cfg, heads: str):
     both runs' records by head, and the torchrun process."""
     assert main(["--config", str(cfg), "--out", str(tmp_path / "one"), "--heads", heads, "--no-progress"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "run_bench.py"), "--config", str(cfg), "--out", str(tmp_path / "two"),
-           "--heads", heads, "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "run_bench.py"),
+        "--config",
+        str(cfg),
+        "--out",
+        str(tmp_path / "two"),
+        "--heads",
+        heads,
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    by_head = lambda out: {r.head.name: r for r in results.load_all(out)}  # noqa: E731
+    by_head = lambda out: {r.head.name: r for r in results.load_all(out)}  # noqa: E731 (a one-line helper, used just below)
     return by_head(tmp_path / "one"), by_head(tmp_path / "two"), proc
 
 
@@ -70,7 +86,7 @@ def test_batch_must_divide_across_processes(monkeypatch):
         distributed.local_slice(torch.arange(64))
 
 
-SHARDED_EXTRACTION = r'''
+SHARDED_EXTRACTION = r"""
 import json, os, sys
 import torch
 from pathlib import Path
@@ -100,7 +116,7 @@ for attempt in ("first", "again"):
     torch.save({"images": img.points, "texts": txt.points, "corrupt": img.corrupt, "cached": img.cached and txt.cached,
                 "seen": dict(seen)}, work / f"{attempt}-rank{distributed.rank()}.pt")
 distributed.shutdown()
-'''
+"""
 
 
 def test_torchrun_shards_feature_extraction_and_publishes_one_cache(tmp_path):
@@ -125,7 +141,16 @@ def test_torchrun_shards_feature_extraction_and_publishes_one_cache(tmp_path):
     script = tmp_path / "extract.py"
     script.write_text(SHARDED_EXTRACTION)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -133,12 +158,23 @@ def test_torchrun_shards_feature_extraction_and_publishes_one_cache(tmp_path):
     assert [r["seen"] for r in ranks] == [{"images": 4, "texts": 5}, {"images": 3, "texts": 4}]
     bb = Backbone(BackboneSpec.parse(str(tmp_path / "simbench-tiny.json")), layers=2, seed=0)
     paths = sorted((tmp_path / "images").glob("*.jpg"))
-    one = extract.image_points(FeatureCache(tmp_path / "one"), bb, "toy", "test", paths, batch_size=2, workers=0, progress=False)
-    one_txt = extract.text_points(FeatureCache(tmp_path / "one"), bb, "toy", "test",
-                                   [f"caption number {i}" for i in range(9)], batch_size=4, progress=False)
+    one = extract.image_points(
+        FeatureCache(tmp_path / "one"), bb, "toy", "test", paths, batch_size=2, workers=0, progress=False
+    )
+    one_txt = extract.text_points(
+        FeatureCache(tmp_path / "one"),
+        bb,
+        "toy",
+        "test",
+        [f"caption number {i}" for i in range(9)],
+        batch_size=4,
+        progress=False,
+    )
     for r in ranks:
         assert not r["cached"] and r["corrupt"] == one.corrupt and list(one.corrupt) == [5]
-        assert torch.allclose(r["images"], one.points, atol=1e-5) and torch.allclose(r["texts"], one_txt.points, atol=1e-5)
+        assert torch.allclose(r["images"], one.points, atol=1e-5) and torch.allclose(
+            r["texts"], one_txt.points, atol=1e-5
+        )
     entries = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 2 and not list((tmp_path / "cache").glob(".*"))  # one image entry, one text entry
     again = [torch.load(tmp_path / f"again-rank{r}.pt") for r in range(2)]
@@ -154,10 +190,10 @@ def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
     import numpy as np
     import torch
     from safetensors.torch import load_file
-
     from test_backbone import TINY
-    from bench.tools.fixtures import make_flickr
     from test_retrieval_suite import make_coco_train, noisy_images
+
+    from bench.tools.fixtures import make_flickr
 
     root = tmp_path / "data"
     make_coco_train(root)
@@ -168,13 +204,37 @@ def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
         (tmp_path / f"{name}.yaml").write_text(
             "train: {steps: 4, batch_size: 8, warmup_steps: 1}\n"
             f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 4, datasets: [flickr30k], "
-            f"cache_dir: '{tmp_path / name / 'cache'}'}}}}\n")
-    args = ["--suite", "retrieval", "--backbone", str(root / "tiny.json"), "--data-root", str(root),
-            "--heads", "cosine,filip", "--device", "cpu", "--no-progress"]
+            f"cache_dir: '{tmp_path / name / 'cache'}'}}}}\n"
+        )
+    args = [
+        "--suite",
+        "retrieval",
+        "--backbone",
+        str(root / "tiny.json"),
+        "--data-root",
+        str(root),
+        "--heads",
+        "cosine,filip",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main([*args, "--config", str(tmp_path / "one.yaml"), "--out", str(tmp_path / "one" / "out")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(REPO / "run_bench.py"),
-           *args, "--config", str(tmp_path / "two.yaml"), "--out", str(tmp_path / "two" / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "run_bench.py"),
+        *args,
+        "--config",
+        str(tmp_path / "two.yaml"),
+        "--out",
+        str(tmp_path / "two" / "out"),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("# simbench leaderboard") == 1
@@ -187,11 +247,15 @@ def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
                 tokens = (manifest.parent / "tokens.f16").read_bytes()
                 offsets = np.load(manifest.parent / "offsets.npy")
                 out[("tokens", fields["dataset"], fields["split"], fields["side"])] = torch.frombuffer(
-                    bytearray(tokens), dtype=torch.float16).float()
-                out[("offsets", fields["dataset"], fields["split"], fields["side"])] = torch.from_numpy(offsets).double()
+                    bytearray(tokens), dtype=torch.float16
+                ).float()
+                out[("offsets", fields["dataset"], fields["split"], fields["side"])] = torch.from_numpy(
+                    offsets
+                ).double()
                 continue
             out[(fields["dataset"], fields["split"], fields["side"])] = torch.cat(
-                [load_file(str(p))["points"] for p in sorted(manifest.parent.glob("shard-*.safetensors"))])
+                [load_file(str(p))["points"] for p in sorted(manifest.parent.glob("shard-*.safetensors"))]
+            )
         return out
 
     one, two = entries("one"), entries("two")

@@ -1,4 +1,5 @@
 """Feature cache: second run does no forward pass; stale, partial or altered entries are rebuilt."""
+
 import json
 
 import pytest
@@ -6,8 +7,13 @@ import torch
 
 from bench.features.cache import FeatureCache
 
-FIELDS = {"backbone": {"model": "tiny", "weights": "random:seed0", "layers": 2}, "dataset": "toy", "split": "test",
-          "fingerprint": "abc", "side": "image"}
+FIELDS = {
+    "backbone": {"model": "tiny", "weights": "random:seed0", "layers": 2},
+    "dataset": "toy",
+    "split": "test",
+    "fingerprint": "abc",
+    "side": "image",
+}
 
 
 class Producer:
@@ -118,8 +124,8 @@ def test_token_sets_are_ragged_float16_and_read_a_batch_at_a_time(tmp_path):
 
     def stream(writer, start, stop):
         calls.append((start, stop))
-        writer.append(points[start:start + 2], mask[start:start + 2])
-        writer.append(points[start + 2:stop], mask[start + 2:stop])
+        writer.append(points[start : start + 2], mask[start : start + 2])
+        writer.append(points[start + 2 : stop], mask[start + 2 : stop])
         return {"note": "x"}
 
     fields = {**FIELDS, "readout": "tokens"}
@@ -153,8 +159,15 @@ def test_token_parts_of_ranks_join_in_order_with_an_empty_share(tmp_path):
     parts, layouts = tmp_path / "parts", []
     for r, (a, b) in enumerate([(0, 3), (3, 3), (3, 5)]):
         (parts / f"rank{r:05d}").mkdir(parents=True)
-        layouts.append(cache._write_tokens(parts / f"rank{r:05d}", lambda w, a=a, b=b: (
-            w.append(points[a:b], mask[a:b]) if b > a else None, {"corrupt": {str(a): "x"}} if a == 3 else {})[1]))
+        layouts.append(
+            cache._write_tokens(
+                parts / f"rank{r:05d}",
+                lambda w, a=a, b=b: (
+                    w.append(points[a:b], mask[a:b]) if b > a else None,
+                    {"corrupt": {str(a): "x"}} if a == 3 else {},
+                )[1],
+            )
+        )
     joined = tmp_path / "joined"
     joined.mkdir()
     layout = cache._join_parts(joined, parts, layouts)

@@ -1,6 +1,7 @@
 """WPSE, FILIP and MERU against float64 loops written from their definitions (docs/heads.md), with masks
 and padded sets; FILIP's two directions; MERU's distance and symmetry; WPSE's random features redrawn
 in training and fixed for evaluation."""
+
 from __future__ import annotations
 
 import math
@@ -151,8 +152,10 @@ def wpse_loop(head, x, xm, y, ym):
     def embed(points, mask, weight_map):
         real = [points[i] for i in range(len(points)) if mask[i]]
         lin = sum(head.alpha * math.tanh(float(weight_map(p)) / head.alpha) * unit(p) for p in real) / len(real)
-        phi = sum(head.alpha * math.tanh(float(weight_map(p)) / head.alpha)
-                  * math.sqrt(2 / D) * torch.cos(w @ unit(p) + b) for p in real) / len(real)
+        phi = sum(
+            head.alpha * math.tanh(float(weight_map(p)) / head.alpha) * math.sqrt(2 / D) * torch.cos(w @ unit(p) + b)
+            for p in real
+        ) / len(real)
         return lin, phi
 
     out = torch.zeros(len(x), len(y), dtype=torch.float64)
@@ -223,10 +226,15 @@ def test_new_heads_train_in_the_synthetic_suite_under_both_losses(name, tmp_path
     from bench.run.runner import run_suite
 
     for loss in ("infonce", "siglip"):
-        cfg = config.resolve({"train": {"steps": 20, "batch_size": 32, "loss": loss},
-                              "suites": {"synthetic": {"train_pairs": 256, "test_pairs": 40}}})
-        summary = run_suite("synthetic", [name], cfg, tmp_path / loss, torch.device("cpu"), progress=False,
-                            log=lambda *a: None)
+        cfg = config.resolve(
+            {
+                "train": {"steps": 20, "batch_size": 32, "loss": loss},
+                "suites": {"synthetic": {"train_pairs": 256, "test_pairs": 40}},
+            }
+        )
+        summary = run_suite(
+            "synthetic", [name], cfg, tmp_path / loss, torch.device("cpu"), progress=False, log=lambda *a: None
+        )
         record = next(r for r in summary.records if r.head.name == name)
         assert record.status == "ok", record.error
         assert record.head.options["out_dim"] == 4  # the suite's head_defaults reach the new heads

@@ -1,6 +1,7 @@
 """Details of every shipped head that a plausible wrong version would pass, found by mutation testing
 (scripts/mutation.sh): masks honoured on both sides, sides named in errors, option bounds, pinned
 defaults, seeded draws, prototype heads' prompt averaging and scale."""
+
 from __future__ import annotations
 
 import math
@@ -59,19 +60,64 @@ def test_a_wrong_dimension_is_refused_naming_its_side(name, side):
 DEFAULTS = {
     "clip_frozen": {"logit_scale": 100.0},
     "cosine": {"init_logit_scale": 1 / 0.07, "max_logit_scale": 100.0, "out_dim": None},
-    "kme_rbf": {"sigma": math.sqrt(0.07), "max_inverse_sigma2": 100.0, "learn_sigma": True, "points_used": None,
-                "memory_budget_mb": 256.0, "kernel": "auto", "out_dim": None},
-    "kme_rff": {"num_features": 1024, "features": "positive", "orthogonal": True, "seed": 0, "sigma": math.sqrt(0.07),
-                "max_inverse_sigma2": 100.0, "learn_sigma": True, "points_used": None, "fourier_floor": 1e-4,
-                "memory_budget_mb": 256.0, "out_dim": None, "output_scale": False},
-    "kme_proto": {"prototypes": 16, "sigma": math.sqrt(0.07), "max_inverse_sigma2": 100.0, "learn_sigma": True,
-                  "out_dim": None},
+    "kme_rbf": {
+        "sigma": math.sqrt(0.07),
+        "max_inverse_sigma2": 100.0,
+        "learn_sigma": True,
+        "points_used": None,
+        "memory_budget_mb": 256.0,
+        "kernel": "auto",
+        "out_dim": None,
+    },
+    "kme_rff": {
+        "num_features": 1024,
+        "features": "positive",
+        "orthogonal": True,
+        "seed": 0,
+        "sigma": math.sqrt(0.07),
+        "max_inverse_sigma2": 100.0,
+        "learn_sigma": True,
+        "points_used": None,
+        "fourier_floor": 1e-4,
+        "memory_budget_mb": 256.0,
+        "out_dim": None,
+        "output_scale": False,
+    },
+    "kme_proto": {
+        "prototypes": 16,
+        "sigma": math.sqrt(0.07),
+        "max_inverse_sigma2": 100.0,
+        "learn_sigma": True,
+        "out_dim": None,
+    },
     "proto_cosine": {"prototypes": 16, "init_logit_scale": 1 / 0.07, "max_logit_scale": 100.0, "out_dim": None},
-    "wpse": {"alpha": 100.0, "sigma": 0.5, "num_features": 1024, "linear_weight": 2 / 3, "kernel_weight": 1 / 3,
-             "init_logit_scale": 1 / 0.07, "min_logit_scale": 1.0, "max_logit_scale": 100.0, "out_dim": None, "seed": 0},
-    "filip": {"init_logit_scale": math.exp(3.8665), "max_logit_scale": 100.0, "out_dim": None, "memory_budget_mb": 512.0},
-    "meru": {"init_curvature": 1.0, "min_curvature": 0.1, "max_curvature": 10.0, "learn_curvature": True,
-             "init_logit_scale": 1 / 0.07, "max_logit_scale": 100.0, "out_dim": None},
+    "wpse": {
+        "alpha": 100.0,
+        "sigma": 0.5,
+        "num_features": 1024,
+        "linear_weight": 2 / 3,
+        "kernel_weight": 1 / 3,
+        "init_logit_scale": 1 / 0.07,
+        "min_logit_scale": 1.0,
+        "max_logit_scale": 100.0,
+        "out_dim": None,
+        "seed": 0,
+    },
+    "filip": {
+        "init_logit_scale": math.exp(3.8665),
+        "max_logit_scale": 100.0,
+        "out_dim": None,
+        "memory_budget_mb": 512.0,
+    },
+    "meru": {
+        "init_curvature": 1.0,
+        "min_curvature": 0.1,
+        "max_curvature": 10.0,
+        "learn_curvature": True,
+        "init_logit_scale": 1 / 0.07,
+        "max_logit_scale": 100.0,
+        "out_dim": None,
+    },
 }
 
 
@@ -171,5 +217,7 @@ def test_kme_rff_diagnostics_report_their_names_and_use_each_sides_encoder():
     torch.manual_seed(3)
     head = get_head("kme_rff")(6, 4, sigma=1.0)
     d = head.diagnostics(sets(5, 2, 6, 7), sets(5, 2, 4, 8))
-    assert set(d) == {"log_error_median", "log_error_p90", "inverse_sigma2"} and d["inverse_sigma2"] == pytest.approx(1.0)
+    assert set(d) == {"log_error_median", "log_error_p90", "inverse_sigma2"} and d["inverse_sigma2"] == pytest.approx(
+        1.0
+    )
     assert 0 <= d["log_error_median"] <= d["log_error_p90"]

@@ -1,4 +1,5 @@
 """Heads against brute-force formulas and known identities."""
+
 import math
 
 import pytest
@@ -58,7 +59,8 @@ def test_kme_rbf_matches_brute_force(masked):
 
 
 def test_proposition_2_single_point_is_scaled_cosine():
-    """KME-CLIP's Proposition 2 (docs/heads.md): one point per side, unit weight: kme_rbf = (u.v - 1) / sigma^2 exactly."""
+    """KME-CLIP's Proposition 2 (docs/heads.md): one point per side, unit weight:
+    kme_rbf = (u.v - 1) / sigma^2 exactly."""
     head = get_head("kme_rbf")(16, 16, sigma=0.3)
     u, v = unit_sets(10, 1, 16, 3), unit_sets(12, 1, 16, 4)
     with torch.no_grad():
@@ -84,8 +86,10 @@ def test_points_used_counts_real_points_when_sets_are_padded():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
     with torch.no_grad():
         got = head.score(head.encode_image(x, mask), head.encode_text(y))
-        rows = [head.score(head.encode_image(x[i:i + 1, idx]), head.encode_text(y))
-                for i, idx in enumerate(([1, 2], [2, 3], [0, 1]))]
+        rows = [
+            head.score(head.encode_image(x[i : i + 1, idx]), head.encode_text(y))
+            for i, idx in enumerate(([1, 2], [2, 3], [0, 1]))
+        ]
     assert torch.allclose(got, torch.cat(rows), atol=1e-5)
 
 
@@ -156,6 +160,7 @@ def test_chunked_equals_unchunked(name):
 
 def test_budget_really_forces_several_chunks(monkeypatch):
     from heads import pointsets
+
     calls = []
     original = pointsets.chunked_score
 
@@ -163,9 +168,11 @@ def test_budget_really_forces_several_chunks(monkeypatch):
         def counted(rs, cs):
             calls.append((rs, cs))
             return pair_fn(rs, cs)
+
         return original(counted, *args, **kwargs)
 
     import heads.kme_rbf_reference as mod
+
     monkeypatch.setattr(mod, "chunked_score", spy)
     head = get_head("kme_rbf")(8, 8, memory_budget_mb=0.01)
     with torch.no_grad():
@@ -282,8 +289,10 @@ def test_rff_prompt_combination_is_the_mean_of_feature_vectors():
 
 # -- registry ------------------------------------------------------------------------------
 
+
 def test_duplicate_name_is_rejected():
     with pytest.raises(ValueError, match="already registered"):
+
         @register_head("cosine")
         class Again(SimilarityHead):
             pass
@@ -334,6 +343,7 @@ def test_list_heads_is_sorted_and_has_the_shipped_heads():
 
 
 # -- the contract every registered head must meet ---------------------------------------------
+
 
 def run_contract(name):
     cls = get_head(name)
@@ -435,13 +445,20 @@ def test_kme_proto_is_the_exact_log_kme_of_its_prototypes():
         want = torch.empty(4, 7, dtype=torch.float64)
         for i in range(4):
             for j in range(7):
-                total = sum(math.exp(a.log_weights[i, p] + b.log_weights[j, q]
-                                     + (float(a.prototypes[p] @ b.prototypes[q]) - 1) * inv)
-                            for p in range(5) for q in range(5))
+                total = sum(
+                    math.exp(
+                        a.log_weights[i, p] + b.log_weights[j, q] + (float(a.prototypes[p] @ b.prototypes[q]) - 1) * inv
+                    )
+                    for p in range(5)
+                    for q in range(5)
+                )
                 want[i, j] = math.log(total)
         assert torch.allclose(s.double(), want, atol=1e-5)
-        expanded = kme_log_inner(PointSetRep(a.prototypes.expand(4, -1, -1), a.log_weights),
-                                 PointSetRep(b.prototypes.expand(7, -1, -1), b.log_weights), torch.tensor(inv))
+        expanded = kme_log_inner(
+            PointSetRep(a.prototypes.expand(4, -1, -1), a.log_weights),
+            PointSetRep(b.prototypes.expand(7, -1, -1), b.log_weights),
+            torch.tensor(inv),
+        )
         assert torch.allclose(s, expanded, atol=1e-4)
         moved = x.clone()
         moved[:, :-1] += 1.0  # weights depend on the pooled (last) point only

@@ -1,5 +1,6 @@
 """Hugging Face datasets as a source: the same images and captions give exactly the same metrics from
 ``hf:`` (save_to_disk and parquet) as from the folder layout; offline; bad specs fail with exit 2."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,14 @@ import os
 
 import pytest
 import torch
+from test_backbone import TINY
+from test_retrieval_suite import make_coco_train
 
 from bench.cli import main
 from bench.core.errors import DataError
 from bench.data import hf_source, retrieval_data
 from bench.report import results
 from bench.tools.fixtures import make_coco
-from test_backbone import TINY
-from test_retrieval_suite import make_coco_train
 
 
 def coco_as_hf(root, split: str):
@@ -26,7 +27,9 @@ def coco_as_hf(root, split: str):
     per_image = [[] for _ in ds.image_paths]
     for caption, i in zip(ds.captions, ds.caption_image):
         per_image[i].append(caption)
-    return Dataset.from_dict({"image": [str(p) for p in ds.image_paths], "sentences": per_image}).cast_column("image", Image())
+    return Dataset.from_dict({"image": [str(p) for p in ds.image_paths], "sentences": per_image}).cast_column(
+        "image", Image()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +49,30 @@ def data(tmp_path_factory):
 
 def run(root, cfg, out, tmp_path, suite_params: str):
     config = tmp_path / f"{out.name}.yaml"
-    config.write_text("train: {steps: 4, batch_size: 8, warmup_steps: 1}\nheads: {kme_rff: {num_features: 64}}\n"
-                      f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 4, datasets: [mscoco_captions], "
-                      f"cache_dir: '{tmp_path / 'cache'}'{suite_params}}}}}\n")
-    code = main(["--suite", "retrieval", "--backbone", str(cfg), "--data-root", str(root), "--config", str(config),
-                 "--heads", "clip_frozen,cosine,kme_rbf,wpse", "--out", str(out), "--no-progress", "--device", "cpu"])
+    config.write_text(
+        "train: {steps: 4, batch_size: 8, warmup_steps: 1}\nheads: {kme_rff: {num_features: 64}}\n"
+        f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 4, datasets: [mscoco_captions], "
+        f"cache_dir: '{tmp_path / 'cache'}'{suite_params}}}}}\n"
+    )
+    code = main(
+        [
+            "--suite",
+            "retrieval",
+            "--backbone",
+            str(cfg),
+            "--data-root",
+            str(root),
+            "--config",
+            str(config),
+            "--heads",
+            "clip_frozen,cosine,kme_rbf,wpse",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     return {r.head.name: r for r in results.load_all(out)}
 
@@ -58,10 +80,20 @@ def run(root, cfg, out, tmp_path, suite_params: str):
 def test_hf_sources_give_exactly_the_folder_metrics(data, tmp_path):
     root, hf, cfg = data
     folder = run(root, cfg, tmp_path / "folder", tmp_path, "")
-    disk = run(root, cfg, tmp_path / "disk", tmp_path,
-               f", sources: {{mscoco_captions: 'hf:{hf / 'coco_test'}'}}, train_dataset: 'hf:{hf / 'coco_train'}'")
-    parquet = run(root, cfg, tmp_path / "parquet", tmp_path,
-                  f", sources: {{mscoco_captions: 'hf:{hf / 'coco_test.parquet'}:test'}}")
+    disk = run(
+        root,
+        cfg,
+        tmp_path / "disk",
+        tmp_path,
+        f", sources: {{mscoco_captions: 'hf:{hf / 'coco_test'}'}}, train_dataset: 'hf:{hf / 'coco_train'}'",
+    )
+    parquet = run(
+        root,
+        cfg,
+        tmp_path / "parquet",
+        tmp_path,
+        f", sources: {{mscoco_captions: 'hf:{hf / 'coco_test.parquet'}:test'}}",
+    )
     for head, rec in folder.items():
         assert disk[head].metrics == rec.metrics, head
         assert parquet[head].metrics == rec.metrics, head
@@ -86,15 +118,18 @@ def test_a_changed_caption_changes_the_fingerprint_and_columns_are_checked(data,
     root, hf, _ = data
     base = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{hf / 'coco_test'}")
     ds = coco_as_hf(root, "test")
-    edited = ds.map(lambda row, i: {"sentences": [s + "!" for s in row["sentences"]] if i == 0 else row["sentences"]},
-                    with_indices=True)
+    edited = ds.map(
+        lambda row, i: {"sentences": [s + "!" for s in row["sentences"]] if i == 0 else row["sentences"]},
+        with_indices=True,
+    )
     edited.save_to_disk(str(tmp_path / "edited"))
     other = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / 'edited'}")
     assert other.fingerprint() != base.fingerprint()
     with pytest.raises(DataError, match="no caption column.*image, sentences.*caption_column"):
         retrieval_data.load(root, "mscoco_captions", "test", f"hf:{hf / 'coco_test'}", {"caption_column": "text"})
     Dataset.from_dict({"image": [str(base.image_paths[0]) if False else None], "caption": ["x"]}).cast_column(
-        "image", Image()).save_to_disk(str(tmp_path / "holes"))
+        "image", Image()
+    ).save_to_disk(str(tmp_path / "holes"))
     with pytest.raises(DataError, match="rows have no image"):
         retrieval_data.load(root, "x", "test", f"hf:{tmp_path / 'holes'}")
 
@@ -102,10 +137,27 @@ def test_a_changed_caption_changes_the_fingerprint_and_columns_are_checked(data,
 def test_bad_hf_source_exits_2(data, tmp_path, capsys):
     root, hf, cfg = data
     config = tmp_path / "bad.yaml"
-    config.write_text(f"suites: {{retrieval: {{datasets: [mscoco_captions], cache_dir: '{tmp_path / 'c'}', "
-                      f"sources: {{mscoco_captions: 'hf:{tmp_path / 'nothing-here'}'}}}}}}\n")
-    code = main(["--suite", "retrieval", "--backbone", str(cfg), "--data-root", str(root), "--config", str(config),
-                 "--heads", "cosine", "--out", str(tmp_path / "o"), "--no-progress"])
+    config.write_text(
+        f"suites: {{retrieval: {{datasets: [mscoco_captions], cache_dir: '{tmp_path / 'c'}', "
+        f"sources: {{mscoco_captions: 'hf:{tmp_path / 'nothing-here'}'}}}}}}\n"
+    )
+    code = main(
+        [
+            "--suite",
+            "retrieval",
+            "--backbone",
+            str(cfg),
+            "--data-root",
+            str(root),
+            "--config",
+            str(config),
+            "--heads",
+            "cosine",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "nothing-here" in err and "Traceback" not in err
 
@@ -124,9 +176,16 @@ def test_a_dataset_rewritten_between_two_runs_of_one_process_is_read_again(data,
     root, hf, cfg = data
     coco_as_hf(root, "test").save_to_disk(str(tmp_path / "copy"))
     cls = get_suite("retrieval")
-    params = config.merge_checked(cls.default_params(), {
-        "datasets": ["mscoco_captions"], "data_root": str(root), "cache_dir": str(tmp_path / "c"),
-        "sources": {"mscoco_captions": f"hf:{tmp_path / 'copy'}"}}, "suites.retrieval")
+    params = config.merge_checked(
+        cls.default_params(),
+        {
+            "datasets": ["mscoco_captions"],
+            "data_root": str(root),
+            "cache_dir": str(tmp_path / "c"),
+            "sources": {"mscoco_captions": f"hf:{tmp_path / 'copy'}"},
+        },
+        "suites.retrieval",
+    )
     first = cls(params).loaded()[0]["mscoco_captions"]
     before = np.asarray(image_source.open_image(first.image_paths[0]))
     ds = coco_as_hf(root, "test")

@@ -1,4 +1,5 @@
 """A run stopped at any point leaves no corrupt file, and the same command resumes it."""
+
 import errno
 import json
 import os
@@ -10,17 +11,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import small_config
 
 from bench.core import atomic
 from bench.report import results
-from helpers import small_config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def command(cfg, out):
-    return [sys.executable, str(REPO / "run_bench.py"), "--config", str(cfg), "--out", str(out), "--no-progress",
-            "--heads", "cosine,kme_rbf,kme_rff"]
+    return [
+        sys.executable,
+        str(REPO / "run_bench.py"),
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--heads",
+        "cosine,kme_rbf,kme_rff",
+    ]
 
 
 def wait_for(path: Path, proc, timeout=120):
@@ -38,19 +48,21 @@ def test_killed_during_training_resumes_and_reuses_finished_cells(tmp_path, sig)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command(cfg, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = results.run_path(out, "synthetic", "cosine")
-    wait_for(first, proc)          # cosine finished; kme_rbf is training now
+    wait_for(first, proc)  # cosine finished; kme_rbf is training now
     time.sleep(0.3)
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert not results.run_path(out, "synthetic", "kme_rff").exists()
-    results.read(first)            # what was finished is intact
+    results.read(first)  # what was finished is intact
     # a kill -9 in the middle of a write leaves at most a temporary file; plant one to be sure
     (first.parent / ".kme_rbf.json.abc123.tmp").write_text("{half")
     rerun = subprocess.run(command(cfg, out), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "cosine: reused" in rerun.stdout and "kme_rbf: reused" not in rerun.stdout
-    assert all(results.read(results.run_path(out, "synthetic", h)).status == "ok" for h in ("cosine", "kme_rbf", "kme_rff"))
+    assert all(
+        results.read(results.run_path(out, "synthetic", h)).status == "ok" for h in ("cosine", "kme_rbf", "kme_rff")
+    )
     assert not list(out.rglob("*.tmp"))
 
 
@@ -103,12 +115,13 @@ def test_kill_9_in_the_middle_of_writes_never_leaves_a_corrupt_file(tmp_path):
     """A writer rewriting a large result file in a loop is killed at an arbitrary moment."""
     target = tmp_path / "runs" / "s" / "h.json"
     script = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
         "from bench.core import atomic\n"
         "i = 0\n"
         "while True:\n"
-        "    atomic.write_json(%r, {'i': i, 'payload': ['x' * 1000] * 2000})\n"
-        "    i += 1\n" % (str(REPO), str(target)))
+        f"    atomic.write_json({str(target)!r}, {{'i': i, 'payload': ['x' * 1000] * 2000}})\n"
+        "    i += 1\n"
+    )
     for delay in (0.15, 0.4, 0.9):
         proc = subprocess.Popen([sys.executable, "-c", script])
         time.sleep(delay)

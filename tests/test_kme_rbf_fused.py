@@ -1,4 +1,5 @@
 """The fused Triton kme_rbf kernel against the PyTorch reference, run on CPU in Triton's interpreter."""
+
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from heads import get_head
 REPO = Path(__file__).resolve().parent.parent
 pytest.importorskip("triton")
 
-CHECK = r'''
+CHECK = r"""
 import math, torch
 from heads import get_head, kme_rbf_fused
 from heads.kme_rbf_reference import kme_log_inner
@@ -27,7 +28,8 @@ def rep(g, n, m, d, masked):
 
 g = torch.Generator().manual_seed(0)
 # (images, texts, m, n, d): powers of two and not, one point, several tiles each way, d not a multiple of 32
-shapes = [(5, 7, 3, 5, 20), (17, 9, 8, 8, 64), (3, 40, 1, 2, 33), (70, 11, 4, 3, 16), (9, 130, 2, 1, 40), (6, 5, 16, 12, 8)]
+shapes = [(5, 7, 3, 5, 20), (17, 9, 8, 8, 64), (3, 40, 1, 2, 33),
+          (70, 11, 4, 3, 16), (9, 130, 2, 1, 40), (6, 5, 16, 12, 8)]
 worst = 0.0
 for (N, M, m, n, d) in shapes:
     for inv in (1.0, 14.3, 100.0):
@@ -63,7 +65,7 @@ KmeRbfHead.uses_fused_kernel = lambda self, a, b: self.kernel != "torch" and not
 report = perf.run(12, 20, 3, 8, 16, 8, torch.device("cpu"), 1, 1.0, 1.0, log=lambda s: None)
 assert report["sizes"]["kme_rbf_kernel"] == "triton" and report["ratios"]["time_reference_over_fused_kme_rbf"] > 0
 print(f"OK worst abs error {worst:.2e}")
-'''
+"""
 
 
 def test_fused_kernel_matches_pytorch_reference_in_interpreter():
@@ -85,8 +87,9 @@ def test_kernel_option_is_checked_and_auto_keeps_cpu_on_the_reference(monkeypatc
     assert s.shape == (3, 4) and not called and head.last_kernel == "torch"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA device"), torch.no_grad():
-            get_head("kme_rbf")(8, 8, kernel="triton").score(head.encode_image(torch.randn(3, 2, 8)),
-                                                             head.encode_text(torch.randn(4, 2, 8)))
+            get_head("kme_rbf")(8, 8, kernel="triton").score(
+                head.encode_image(torch.randn(3, 2, 8)), head.encode_text(torch.randn(4, 2, 8))
+            )
 
 
 def test_auto_falls_back_to_the_reference_when_the_kernel_fails(monkeypatch, caplog):
@@ -97,7 +100,9 @@ def test_auto_falls_back_to_the_reference_when_the_kernel_fails(monkeypatch, cap
         raise RuntimeError("triton compilation failed")
 
     head = get_head("kme_rbf")(8, 8).eval()
-    monkeypatch.setattr(type(head), "uses_fused_kernel", lambda self, a, b: self.kernel == "auto" and not self.fused_failed)
+    monkeypatch.setattr(
+        type(head), "uses_fused_kernel", lambda self, a, b: self.kernel == "auto" and not self.fused_failed
+    )
     monkeypatch.setattr(kme_rbf_fused, "log_inner", broken)
     x, y = torch.randn(3, 2, 8), torch.randn(4, 2, 8)
     with torch.no_grad():
@@ -117,7 +122,10 @@ def test_fused_kernel_on_gpu_matches_float64_brute_force():
 
     g = torch.Generator().manual_seed(0)
     for n_img, n_txt, m, n, d in [(300, 500, 8, 8, 512), (77, 1000, 5, 3, 96)]:
-        pts = [torch.nn.functional.normalize(torch.randn(k, p, d, generator=g), dim=-1) for k, p in ((n_img, m), (n_txt, n))]
+        pts = [
+            torch.nn.functional.normalize(torch.randn(k, p, d, generator=g), dim=-1)
+            for k, p in ((n_img, m), (n_txt, n))
+        ]
         lws = [torch.log_softmax(torch.randn(k, p, generator=g), dim=-1) for k, p in ((n_img, m), (n_txt, n))]
         lws[0][::3, -1] = float("-inf")
         inv = torch.tensor(20.0)
@@ -125,6 +133,8 @@ def test_fused_kernel_on_gpu_matches_float64_brute_force():
         fused = kme_rbf_fused.log_inner(a, b, inv.cuda()).cpu().double()
         ref = kme_log_inner(a, b, inv.cuda()).cpu().double()
         sq = 2 - 2 * torch.einsum("imd,jnd->imjn", pts[0].double(), pts[1].double())
-        brute = torch.logsumexp(lws[0].double()[:, :, None, None] + lws[1].double()[None, None] - sq / 2 * 20.0, dim=(1, 3))
+        brute = torch.logsumexp(
+            lws[0].double()[:, :, None, None] + lws[1].double()[None, None] - sq / 2 * 20.0, dim=(1, 3)
+        )
         assert (fused - brute).abs().max() < 1e-3 and (ref - brute).abs().max() < 1e-3
         assert (fused - ref).abs().max() < 1e-3

@@ -4,6 +4,7 @@ Each project module belongs to a layer; a module may import from its own room an
 below it, never from above and never from a sibling room of its own layer. A new file in a new
 room fails here until the README's layout section and this table name it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,9 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 # room -> layer; lower layers never import higher ones (see README, "Layout").
 LAYERS = {
-    "bench": 0, "bench.core": 0,
-    "bench.data": 1, "bench.eval": 1,
-    "bench.features": 2, "bench.report": 2,  # report builds intervals with eval's statistics
+    "bench": 0,
+    "bench.core": 0,
+    "bench.data": 1,
+    "bench.eval": 1,
+    "bench.features": 2,
+    "bench.report": 2,  # report builds intervals with eval's statistics
     "heads": 3,
     "suites": 4,
     "bench.run": 5,
@@ -78,7 +82,9 @@ def test_dependencies_run_one_way():
             if there is None or there == here or there == "bench":
                 continue
             if LAYERS[there] > LAYERS[here]:
-                wrong.append(f"{path.relative_to(REPO)}:{line} imports {target} (layer {LAYERS[there]} > {LAYERS[here]})")
+                wrong.append(
+                    f"{path.relative_to(REPO)}:{line} imports {target} (layer {LAYERS[there]} > {LAYERS[here]})"
+                )
             elif LAYERS[there] == LAYERS[here] and (here, there) not in SIBLINGS_ALLOWED:
                 wrong.append(f"{path.relative_to(REPO)}:{line} imports sibling room {target}")
     assert not wrong, "dependencies against the layering:\n" + "\n".join(wrong)
@@ -86,21 +92,32 @@ def test_dependencies_run_one_way():
 
 def test_no_module_reaches_into_another_modules_private_names():
     wrong = []
-    for module, path in project_modules():
+    for _module, path in project_modules():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("bench", "heads", "suites"):
-                wrong += [f"{path.relative_to(REPO)}:{node.lineno} imports {node.module}.{a.name}"
-                          for a in node.names if a.name.startswith("_")]
+                wrong += [
+                    f"{path.relative_to(REPO)}:{node.lineno} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                ]
     assert not wrong, "\n".join(wrong)
 
 
 def test_nothing_in_the_repository_points_outside_it():
-    tracked = [p for p in REPO.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".toml", ".sh"}
-               and not {"mutants", "outputs", ".git", ".hypothesis"} & set(p.relative_to(REPO).parts)
-               and "egg-info" not in str(p)]
-    wrong = [str(p.relative_to(REPO)) for p in tracked
-             if p.name != "test_layout.py" and ("../shared" in (t := p.read_text(errors="ignore")) or "DESIGN.md" in t)]
+    tracked = [
+        p
+        for p in REPO.rglob("*")
+        if p.is_file()
+        and p.suffix in {".py", ".md", ".yaml", ".toml", ".sh"}
+        and not {"mutants", "outputs", ".git", ".hypothesis"} & set(p.relative_to(REPO).parts)
+        and "egg-info" not in str(p)
+    ]
+    wrong = [
+        str(p.relative_to(REPO))
+        for p in tracked
+        if p.name != "test_layout.py" and ("../shared" in (t := p.read_text(errors="ignore")) or "DESIGN.md" in t)
+    ]
     assert not wrong, f"files that point outside the repository: {wrong}"
 
 
@@ -108,7 +125,12 @@ def test_every_cited_doc_exists():
     import re
 
     cited = {}
-    for p in [REPO / "README.md", *REPO.glob("docs/*.md"), *(p for _, p in project_modules()), *REPO.glob("tests/*.py")]:
+    for p in [
+        REPO / "README.md",
+        *REPO.glob("docs/*.md"),
+        *(p for _, p in project_modules()),
+        *REPO.glob("tests/*.py"),
+    ]:
         for ref in re.findall(r"docs/[\w./-]+\.md", p.read_text(encoding="utf-8")):
             cited.setdefault(ref, str(p.relative_to(REPO)))
     missing = {ref: where for ref, where in cited.items() if not (REPO / ref).is_file()}
@@ -139,7 +161,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()

@@ -1,5 +1,6 @@
 """The linear probe against CLIP_benchmark 1.6.2's own ``linear_probe.evaluate`` on the same features and
 seed (its CUDA calls turned into no-ops on this CPU machine), and the protocol's parts on their own."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,9 @@ def clip_benchmark_probe(monkeypatch, tmp_path, train, val, test, fewshot_k, epo
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
     real_to = torch.Tensor.to
-    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: real_to(self, *["cpu" if x == "cuda" else x for x in a], **k))
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda self, *a, **k: real_to(self, *["cpu" if x == "cuda" else x for x in a], **k)
+    )
     folder = tmp_path / "m"
     folder.mkdir()
     for split, (x, y) in {"train": train, "val": val, "test": test}.items():
@@ -34,17 +37,43 @@ def clip_benchmark_probe(monkeypatch, tmp_path, train, val, test, fewshot_k, epo
             torch.save(y, folder / f"targets_{split}.pt")
     marker = torch.utils.data.DataLoader([])  # only whether a validation loader is given matters now
     torch.manual_seed(seed)  # its few-shot permutation uses the caller's generator state
-    return cb.evaluate(None, marker, marker, fewshot_k, batch_size, 0, 0.1, epochs, "m", seed, str(tmp_path),
-                       device="cuda", val_dataloader=None if val[0] is None else marker, normalize=False, amp=False)
+    return cb.evaluate(
+        None,
+        marker,
+        marker,
+        fewshot_k,
+        batch_size,
+        0,
+        0.1,
+        epochs,
+        "m",
+        seed,
+        str(tmp_path),
+        device="cuda",
+        val_dataloader=None if val[0] is None else marker,
+        normalize=False,
+        amp=False,
+    )
 
 
 @pytest.mark.parametrize("fewshot_k,with_val", [(-1, True), (3, True), (-1, False)])
 def test_equals_clip_benchmark_on_the_same_features_and_seed(monkeypatch, tmp_path, fewshot_k, with_val):
     train, val, test = features(60, 8, 6, 1), features(24, 8, 6, 2), features(30, 8, 6, 3)
-    theirs = clip_benchmark_probe(monkeypatch, tmp_path, train, val if with_val else (None, None), test, fewshot_k, 5, 7)
+    theirs = clip_benchmark_probe(
+        monkeypatch, tmp_path, train, val if with_val else (None, None), test, fewshot_k, 5, 7
+    )
     monkeypatch.undo()
-    ours = linear_probe.evaluate(train[0], train[1], test[0], *(val if with_val else (None, None)),
-                                 fewshot_k=fewshot_k, batch_size=64, lr=0.1, epochs=5, seed=7)
+    ours = linear_probe.evaluate(
+        train[0],
+        train[1],
+        test[0],
+        *(val if with_val else (None, None)),
+        fewshot_k=fewshot_k,
+        batch_size=64,
+        lr=0.1,
+        epochs=5,
+        seed=7,
+    )
     assert ours.weight_decay == theirs["weight_decay"]
     pred = ours.logits.argmax(1)
     assert float((pred == test[1]).double().mean()) == pytest.approx(theirs["lp_acc1"], abs=1e-9)
@@ -57,8 +86,15 @@ def test_equals_clip_benchmark_on_the_same_features_and_seed(monkeypatch, tmp_pa
 
 def test_the_sweep_visits_clip_benchmarks_grid():
     assert len(linear_probe.WEIGHT_DECAYS) == 97 and linear_probe.COARSE == [0, 16, 32, 48, 64, 80, 96]
-    assert [round(linear_probe.WEIGHT_DECAYS[i], 8) for i in linear_probe.COARSE] == \
-        [1e-6, 2.154e-05, 0.00046416, 0.01, 0.21544347, 4.64158883, 100.0]
+    assert [round(linear_probe.WEIGHT_DECAYS[i], 8) for i in linear_probe.COARSE] == [
+        1e-6,
+        2.154e-05,
+        0.00046416,
+        0.01,
+        0.21544347,
+        4.64158883,
+        100.0,
+    ]
     train, val, test = features(40, 4, 4, 5), features(20, 4, 4, 6), features(8, 4, 4, 7)
     res = linear_probe.evaluate(train[0], train[1], test[0], *val, epochs=1, batch_size=16)
     wds = [wd for wd, _ in res.sweep]
@@ -72,17 +108,21 @@ def test_fewshot_needs_k_of_every_class_and_the_split_is_seeded():
         linear_probe.evaluate(x, y, x, fewshot_k=3)
     a = linear_probe.validation_split(100, 0.1, 0)
     b = linear_probe.validation_split(100, 0.1, 0)
-    assert len(a[1]) == 10 and torch.equal(a[1], b[1]) and not torch.equal(a[1], linear_probe.validation_split(100, 0.1, 1)[1])
+    assert (
+        len(a[1]) == 10
+        and torch.equal(a[1], b[1])
+        and not torch.equal(a[1], linear_probe.validation_split(100, 0.1, 1)[1])
+    )
     assert sorted(torch.cat(a).tolist()) == list(range(100))
     assert np.isclose(linear_probe.WEIGHT_DECAYS[48], 0.01)
 
 
 # -- the suite end to end -----------------------------------------------------------------------------
-import json  # noqa: E402
+import json  # noqa: E402 (after the tests above, which need none of these)
 
-from bench.cli import main  # noqa: E402
-from bench.report import results  # noqa: E402
-from bench.tools.fixtures import make_cifar10  # noqa: E402
+from bench.cli import main  # noqa: E402 (after the tests above, which need none of these)
+from bench.report import results  # noqa: E402 (after the tests above, which need none of these)
+from bench.tools.fixtures import make_cifar10  # noqa: E402 (after the tests above, which need none of these)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +140,11 @@ def probe_data_root(tmp_path_factory):
 
 def probe_config(tmp_path, root, extra=""):
     path = tmp_path / "probe.yaml"
-    path.write_text("train: {steps: 3, batch_size: 16, warmup_steps: 1}\nheads: {kme_rff: {num_features: 64}}\n"
-                    f"suites: {{linear_probe: {{layers: 2, workers: 0, batch_size: 16, datasets: [cifar10], epochs: 3, "
-                    f"probe_batch_size: 32, cache_dir: '{root / 'cache'}'{extra}}}}}\n")
+    path.write_text(
+        "train: {steps: 3, batch_size: 16, warmup_steps: 1}\nheads: {kme_rff: {num_features: 64}}\n"
+        f"suites: {{linear_probe: {{layers: 2, workers: 0, batch_size: 16, datasets: [cifar10], epochs: 3, "
+        f"probe_batch_size: 32, cache_dir: '{root / 'cache'}'{extra}}}}}\n"
+    )
     return path
 
 
@@ -111,8 +153,23 @@ def test_every_head_runs_and_filip_is_skipped_with_a_note(probe_data_root, tmp_p
 
     root, cfg = probe_data_root
     heads = "clip_frozen,cosine,kme_rbf,kme_rff,kme_proto,proto_cosine,wpse,filip,meru"
-    code = main(["--suite", "linear_probe", "--backbone", str(cfg), "--data-root", str(root), "--config",
-                 str(probe_config(tmp_path, root)), "--heads", heads, "--out", str(tmp_path / "o"), "--no-progress"])
+    code = main(
+        [
+            "--suite",
+            "linear_probe",
+            "--backbone",
+            str(cfg),
+            "--data-root",
+            str(root),
+            "--config",
+            str(probe_config(tmp_path, root)),
+            "--heads",
+            heads,
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert code == 0  # a skipped head is not a failure
     recs = {r.head.name: r for r in results.load_all(tmp_path / "o")}
     assert recs["filip"].status == "skipped" and "embed_image" in recs["filip"].error
@@ -134,9 +191,25 @@ def test_clip_frozen_probe_equals_clip_benchmark_on_its_features(probe_data_root
     from bench.features.backbone import Backbone, BackboneSpec
 
     root, cfg = probe_data_root
-    code = main(["--suite", "linear_probe", "--backbone", str(cfg), "--data-root", str(root), "--config",
-                 str(probe_config(tmp_path, root)), "--heads", "clip_frozen", "--out", str(tmp_path / "o"),
-                 "--no-progress", "--seed", "3"])
+    code = main(
+        [
+            "--suite",
+            "linear_probe",
+            "--backbone",
+            str(cfg),
+            "--data-root",
+            str(root),
+            "--config",
+            str(probe_config(tmp_path, root)),
+            "--heads",
+            "clip_frozen",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--seed",
+            "3",
+        ]
+    )
     assert code == 0
     ours = results.read(results.run_path(tmp_path / "o", "linear_probe", "clip_frozen"))
     bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=3)
@@ -149,8 +222,9 @@ def test_clip_frozen_probe_equals_clip_benchmark_on_its_features(probe_data_root
 
     (x, y), test = encoded("train"), encoded("test")
     rows, val_rows = linear_probe.validation_split(len(y), 0.1, 3)
-    theirs = clip_benchmark_probe(monkeypatch, tmp_path, (x[rows], y[rows]), (x[val_rows], y[val_rows]), test,
-                                  -1, 3, 3, batch_size=32)
+    theirs = clip_benchmark_probe(
+        monkeypatch, tmp_path, (x[rows], y[rows]), (x[val_rows], y[val_rows]), test, -1, 3, 3, batch_size=32
+    )
     m = ours.metrics
     assert ours.evaluation_details["cifar10/weight_decay"] == theirs["weight_decay"]
     assert m["cifar10/lp_acc1"] == pytest.approx(theirs["lp_acc1"], abs=1e-6)
@@ -169,14 +243,33 @@ def test_hf_source_gives_the_folder_probe_exactly(probe_data_root, tmp_path):
     splits = {}
     for split in ("train", "test"):
         s = probe_data.load_split(root, "cifar10", split)
-        splits[split] = Dataset.from_dict({"img": [image_source.open_image(p) for p in s.image_paths], "label": s.labels})
+        splits[split] = Dataset.from_dict(
+            {"img": [image_source.open_image(p) for p in s.image_paths], "label": s.labels}
+        )
     DatasetDict(splits).save_to_disk(str(tmp_path / "cifar_hf"))
     runs = {}
     for name, extra in [("folder", ""), ("hf", f", sources: {{cifar10: 'hf:{tmp_path / 'cifar_hf'}'}}")]:
         out = tmp_path / name
-        assert main(["--suite", "linear_probe", "--backbone", str(cfg), "--data-root", str(root), "--config",
-                     str(probe_config(tmp_path, root, extra)), "--heads", "clip_frozen,cosine", "--out", str(out),
-                     "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "--suite",
+                    "linear_probe",
+                    "--backbone",
+                    str(cfg),
+                    "--data-root",
+                    str(root),
+                    "--config",
+                    str(probe_config(tmp_path, root, extra)),
+                    "--heads",
+                    "clip_frozen,cosine",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         runs[name] = {r.head.name: r for r in results.load_all(out)}
     for head in ("clip_frozen", "cosine"):
         assert runs["hf"][head].metrics == runs["folder"][head].metrics

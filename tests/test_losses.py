@@ -4,6 +4,7 @@ The SigLIP loss is checked against open_clip's own SigLipLoss and a float64 loop
 InfoNCE loss with two direction matrices against its definition; the option reaches the protocol
 hash, the trained loss parameters reach the weights file and the result, and a bad name exits 2.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,9 +83,15 @@ def test_siglip_run_trains_the_loss_and_saves_it(tmp_path):
     from bench.report import results
     from bench.run.runner import run_suite
 
-    cfg = config.resolve({"train": {"steps": 30, "batch_size": 64, "loss": "siglip"},
-                          "suites": {"synthetic": {"train_pairs": 512, "test_pairs": 64}}})
-    summary = run_suite("synthetic", ["cosine"], cfg, tmp_path, torch.device("cpu"), progress=False, log=lambda *a: None)
+    cfg = config.resolve(
+        {
+            "train": {"steps": 30, "batch_size": 64, "loss": "siglip"},
+            "suites": {"synthetic": {"train_pairs": 512, "test_pairs": 64}},
+        }
+    )
+    summary = run_suite(
+        "synthetic", ["cosine"], cfg, tmp_path, torch.device("cpu"), progress=False, log=lambda *a: None
+    )
     record = next(r for r in summary.records if r.head.name == "cosine")
     assert record.status == "ok"
     trained = record.trained_loss
@@ -98,12 +105,15 @@ def test_siglip_run_trains_the_loss_and_saves_it(tmp_path):
 def test_bad_loss_name_exits_2(tmp_path):
     import subprocess
     import sys
-
     from pathlib import Path
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("train: {loss: infonse}\n")
-    proc = subprocess.run([sys.executable, "run_bench.py", "--suite", "synthetic", "--out", str(tmp_path / "out"),
-                           "--config", str(cfg)], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "run_bench.py", "--suite", "synthetic", "--out", str(tmp_path / "out"), "--config", str(cfg)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "infonce" in proc.stderr and "Traceback" not in proc.stderr

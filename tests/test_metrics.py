@@ -1,4 +1,5 @@
 """Metrics against clip_benchmark and against textbook definitions."""
+
 import math
 
 import numpy as np
@@ -54,7 +55,9 @@ def test_centred_rmse_ignores_an_additive_constant():
     g = torch.Generator().manual_seed(3)
     a, noise = torch.randn(20, 20, generator=g), torch.randn(20, 20, generator=g)
     assert metrics.centred_rmse(a + 5.0, a) == pytest.approx(0.0, abs=1e-6)
-    assert metrics.centred_rmse(a + noise + 3.0, a) == pytest.approx(float((noise - noise.mean()).pow(2).mean().sqrt()), rel=1e-6)
+    assert metrics.centred_rmse(a + noise + 3.0, a) == pytest.approx(
+        float((noise - noise.mean()).pow(2).mean().sqrt()), rel=1e-6
+    )
 
 
 def test_infonce_and_row_kl_against_hand_computation():
@@ -88,14 +91,18 @@ def test_spearman_uses_average_ranks_on_ties():
     x = torch.randn(40, 50, generator=g)
     y = (x + 0.5 * torch.randn(40, 50, generator=g)).clamp(min=0.0)
     assert metrics.spearman(x, y) == pytest.approx(
-        pd.Series(x.flatten().numpy()).corr(pd.Series(y.flatten().numpy()), method="spearman"), abs=1e-9)
+        pd.Series(x.flatten().numpy()).corr(pd.Series(y.flatten().numpy()), method="spearman"), abs=1e-9
+    )
 
 
-@pytest.mark.parametrize("targets,logits_argmax,n_classes", [
-    ([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1], 3),   # class 2 never predicted
-    ([0, 0, 1, 1], [0, 2, 1, 2], 3),               # class 2 predicted, never a target
-    ([1, 1, 1, 2], [1, 0, 1, 2], 4),               # classes 0 and 3 absent from the targets
-])
+@pytest.mark.parametrize(
+    "targets,logits_argmax,n_classes",
+    [
+        ([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1], 3),  # class 2 never predicted
+        ([0, 0, 1, 1], [0, 2, 1, 2], 3),  # class 2 predicted, never a target
+        ([1, 1, 1, 2], [1, 0, 1, 2], 4),  # classes 0 and 3 absent from the targets
+    ],
+)
 def test_mean_per_class_recall_equals_sklearn_balanced_accuracy(targets, logits_argmax, n_classes):
     import warnings
 
@@ -108,7 +115,8 @@ def test_mean_per_class_recall_equals_sklearn_balanced_accuracy(targets, logits_
     assert metrics.mean_per_class_recall(logits, torch.tensor(targets), n_classes) == pytest.approx(expected, abs=1e-12)
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402 (the property tests below share this import)
+from hypothesis import strategies as st  # noqa: E402 (after the tests above, which need none of these)
 
 
 @settings(max_examples=40, deadline=None)
@@ -134,16 +142,20 @@ def test_correlations_are_symmetric_and_spearman_ignores_monotone_maps(n, seed):
     b = a + torch.randn(n, generator=g)
     assert metrics.pearson(a, b) == pytest.approx(metrics.pearson(b, a), abs=1e-12)
     assert metrics.spearman(a, b) == pytest.approx(metrics.spearman(b, a), abs=1e-12)
-    assert metrics.spearman(torch.exp(a), b ** 3) == pytest.approx(metrics.spearman(a, b), abs=1e-12)
+    assert metrics.spearman(torch.exp(a), b**3) == pytest.approx(metrics.spearman(a, b), abs=1e-12)
 
 
 def test_recall_scores_ties_as_the_expectation_over_random_tie_breaking():
     """Brute force: every order of the tied candidates, equally likely."""
     import itertools
 
-    scores = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.1, 0.5],    # g=1 above; tied: 2 negatives, 2 positives
-                           [0.3, 0.3, 0.3, 0.3, 0.3, 0.3],    # everything tied
-                           [0.2, 0.8, 0.1, 0.0, 0.0, 0.0]])   # no ties
+    scores = torch.tensor(
+        [
+            [0.5, 0.9, 0.5, 0.5, 0.1, 0.5],  # g=1 above; tied: 2 negatives, 2 positives
+            [0.3, 0.3, 0.3, 0.3, 0.3, 0.3],  # everything tied
+            [0.2, 0.8, 0.1, 0.0, 0.0, 0.0],
+        ]
+    )  # no ties
     positives = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, 0]], dtype=torch.bool)
     ks = (1, 2, 3, 4, 5, 6)
 

@@ -1,5 +1,6 @@
 """Behaviour that a plausible wrong version would otherwise pass: each test here was checked by
 breaking the code once (see the comment on each) and watching it fail."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_pipeline import fixture_record
 
 from bench.report import leaderboard, regression, results
 from bench.run.train import cosine_schedule, param_groups
 from heads import get_head
-from test_pipeline import fixture_record
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,8 +27,14 @@ def test_cosine_prompt_combination_renormalises_the_class_vector():
 
     head = get_head("cosine")(3, 3)
     c = math.cos(math.radians(60)), math.sin(math.radians(60))
-    prompts = torch.tensor([[c[0], c[1], 0.0], [c[0], -c[1], 0.0],   # class 0: mean (0.5, 0, 0)
-                            [0.8, 0.6, 0.0], [0.8, 0.6, 0.0]])        # class 1: mean (0.8, 0.6, 0)
+    prompts = torch.tensor(
+        [
+            [c[0], c[1], 0.0],
+            [c[0], -c[1], 0.0],  # class 0: mean (0.5, 0, 0)
+            [0.8, 0.6, 0.0],
+            [0.8, 0.6, 0.0],
+        ]
+    )  # class 1: mean (0.8, 0.6, 0)
     classes = head.combine_prompts(VectorRep(prompts), 2, 2)
     assert torch.allclose(classes.vectors.norm(dim=1), torch.ones(2))
     image = VectorRep(torch.tensor([[1.0, 0.0, 0.0]]))
@@ -39,8 +47,13 @@ def test_cosine_prompt_combination_renormalises_the_class_vector():
 @pytest.mark.parametrize("main,up", [("acc", True), ("loss", False)])
 def test_leaderboard_rows_are_ordered_by_the_main_metric_in_its_direction(tmp_path, main, up):
     """References first, then heads best first, failed last. Broken by sorting descending always."""
-    recs = [fixture_record("mid", value=0.5), fixture_record("best_acc", value=0.9), fixture_record("worst_acc", value=0.1),
-            fixture_record("ceiling", value=1.0, kind="reference"), fixture_record("broken", status="failed")]
+    recs = [
+        fixture_record("mid", value=0.5),
+        fixture_record("best_acc", value=0.9),
+        fixture_record("worst_acc", value=0.1),
+        fixture_record("ceiling", value=1.0, kind="reference"),
+        fixture_record("broken", status="failed"),
+    ]
     for r in recs:
         r["suite"]["main_metric"] = main
         results.write(tmp_path, r)
@@ -61,8 +74,13 @@ def test_learning_rate_schedule_exact_values():
     assert cosine_schedule(0, 10)(0) == 1.0
 
 
-_KME_NO_DECAY = {"bandwidth.log_inverse_sigma2", "image_encoder.point_score.bias", "text_encoder.point_score.bias",
-                 "image_encoder.position_bias", "text_encoder.position_bias"}
+_KME_NO_DECAY = {
+    "bandwidth.log_inverse_sigma2",
+    "image_encoder.point_score.bias",
+    "text_encoder.point_score.bias",
+    "image_encoder.position_bias",
+    "text_encoder.position_bias",
+}
 NO_DECAY = {  # scales, bandwidths, biases: never decayed (decaying a log temperature would pull it to 1)
     "cosine": {"log_logit_scale"},
     "kme_rbf": _KME_NO_DECAY,
@@ -86,15 +104,36 @@ def test_weight_decay_applies_to_matrices_only(name):
 
 def test_feature_cache_entries_differ_by_layers(tmp_path):
     """A layers=2 entry must never serve layers=3. Broken by dropping layers from the backbone identity."""
-    from bench.cli import main
     from test_bad_inputs import _real_cfg, make_real_data
+
+    from bench.cli import main
 
     data, tiny = make_real_data(tmp_path)
     counts = []
     for layers in (2, 3):
         cfg = _real_cfg(tmp_path, {"layers": layers})
-        assert main(["--suite", "retrieval", "--backbone", str(tiny), "--data-root", str(data), "--config", str(cfg),
-                     "--heads", "clip_frozen", "--out", str(tmp_path / f"o{layers}"), "--no-progress", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "--suite",
+                    "retrieval",
+                    "--backbone",
+                    str(tiny),
+                    "--data-root",
+                    str(data),
+                    "--config",
+                    str(cfg),
+                    "--heads",
+                    "clip_frozen",
+                    "--out",
+                    str(tmp_path / f"o{layers}"),
+                    "--no-progress",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         counts.append(len(list((tmp_path / "cache").glob("*/manifest.json"))))
         shapes = {json.loads(m.read_text())["shape"][1] for m in (tmp_path / "cache").glob("*/manifest.json")}
     assert counts == [6, 12] and shapes == {2, 3}
@@ -112,6 +151,7 @@ def test_committed_baseline_is_what_the_code_makes_from_the_published_results():
 
 
 # -- properties ----------------------------------------------------------------------------------
+
 
 def _unit(n, p, d, seed):
     g = torch.Generator().manual_seed(seed)
@@ -143,8 +183,14 @@ def test_point_sets_are_sets(name, p, seed):
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.sampled_from(["kme_rbf", "kme_rff"]), st.integers(1, 40), st.integers(1, 40), st.integers(1, 6),
-       st.floats(1e-4, 0.05), st.integers(0, 2**31 - 1))
+@given(
+    st.sampled_from(["kme_rbf", "kme_rff"]),
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.integers(1, 6),
+    st.floats(1e-4, 0.05),
+    st.integers(0, 2**31 - 1),
+)
 def test_chunked_equals_unchunked_for_any_sizes(name, n, m, p, budget, seed):
     torch.manual_seed(seed)
     whole = get_head(name)(6, 6)
@@ -197,7 +243,9 @@ def test_kme_rbf_with_one_point_follows_cosines_training_trajectory():
         for name, opts in (("cosine", {}), ("kme_rbf", {"points_used": 1})):
             torch.manual_seed(0)
             head = get_head(name)(8, 8, **opts)
-            losses[name] = train_head(head, data, {**cfg, "steps": steps}, 0, torch.device("cpu"), progress=False).final_loss
+            losses[name] = train_head(
+                head, data, {**cfg, "steps": steps}, 0, torch.device("cpu"), progress=False
+            ).final_loss
         assert losses["kme_rbf"] == pytest.approx(losses["cosine"], abs=1e-5), (steps, losses)
 
 
@@ -248,7 +296,9 @@ def test_fixed_bandwidth_stays_fixed_and_is_saved():
     assert math.isclose(float(head.inverse_sigma2), 4.0, rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("name, side", [("cosine", "image"), ("cosine", "text"), ("kme_rbf", "image"), ("kme_rbf", "text")])
+@pytest.mark.parametrize(
+    "name, side", [("cosine", "image"), ("cosine", "text"), ("kme_rbf", "image"), ("kme_rbf", "text")]
+)
 def test_a_wrong_point_dimension_names_its_side(name, side):
     head = get_head(name)(4, 6)
     dim = 6 if side == "image" else 4  # the other side's dimension
@@ -265,7 +315,7 @@ def test_cosine_reads_the_last_real_point_of_padded_sets():
     for side in ("image", "text"):
         enc = getattr(head, f"encode_{side}")
         got = enc(points, mask).vectors
-        want = torch.stack([enc(points[i:i + 1, :int(mask[i].sum())]).vectors[0] for i in range(3)])
+        want = torch.stack([enc(points[i : i + 1, : int(mask[i].sum())]).vectors[0] for i in range(3)])
         assert torch.allclose(got, want, atol=1e-6)
 
 
@@ -309,12 +359,21 @@ def _dispatch(monkeypatch, kernel="auto", available=True, fits=True, device="cud
 def test_kme_rbf_takes_the_fused_kernel_exactly_where_it_should(monkeypatch):
     # Every condition of the dispatch, each flipped alone (a GPU is not needed to decide).
     assert _dispatch(monkeypatch) is True
-    for flip in ({"available": False}, {"fits": False}, {"device": "cpu"}, {"grad": True}, {"failed": True},
-                 {"kernel": "torch"}):
+    for flip in (
+        {"available": False},
+        {"fits": False},
+        {"device": "cpu"},
+        {"grad": True},
+        {"failed": True},
+        {"kernel": "torch"},
+    ):
         assert _dispatch(monkeypatch, **flip) is False, flip
     assert _dispatch(monkeypatch, kernel="triton") is True
-    for flip, why in (({"grad": True}, "no backward pass"), ({"fits": False}, "sets are limited to"),
-                      ({"available": False}, "needs a CUDA device")):
+    for flip, why in (
+        ({"grad": True}, "no backward pass"),
+        ({"fits": False}, "sets are limited to"),
+        ({"available": False}, "needs a CUDA device"),
+    ):
         with pytest.raises(ValueError, match=why):
             _dispatch(monkeypatch, kernel="triton", **flip)
     with torch.no_grad():  # no grad mode: points that require grad do not force the PyTorch path
@@ -369,8 +428,9 @@ def test_kernel_triton_is_refused_before_work_where_it_cannot_run(monkeypatch):
     get_head("kme_rbf")(4, 4, kernel="triton").check_device(torch.device("cuda"))
 
 
-@pytest.mark.parametrize("name", ["clip_frozen", "cosine", "kme_rbf", "kme_rff", "kme_proto", "proto_cosine",
-                                  "wpse", "filip", "meru"])
+@pytest.mark.parametrize(
+    "name", ["clip_frozen", "cosine", "kme_rbf", "kme_rff", "kme_proto", "proto_cosine", "wpse", "filip", "meru"]
+)
 def test_a_heads_options_are_its_resolved_constructor_options(name):
     from bench.run import config
 

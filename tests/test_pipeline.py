@@ -1,4 +1,5 @@
 """The whole loop on the synthetic suite: run, result files, leaderboard, regression check, CLI."""
+
 import dataclasses
 import json
 import math
@@ -7,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_outcomes_reproduce_metrics, small_config
 
 import heads
+from bench.cli import main
 from bench.core.records import SCHEMA_VERSION
 from bench.report import leaderboard, regression, results
-from bench.cli import main
 from bench.run.config import ConfigError, resolve
 from bench.run.train import TrainingDiverged, train_head
-from helpers import assert_outcomes_reproduce_metrics, small_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,17 +57,41 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
     path = results.run_path(tmp / "a", "synthetic", "kme_rbf")
     record = results.read(path)
     assert record.schema_version == SCHEMA_VERSION and record.status == "ok"
-    for key in ("package_version", "git_commit", "git_dirty", "created_utc", "config", "seed", "metrics",
-                "timing", "memory", "device", "libraries"):
+    for key in (
+        "package_version",
+        "git_commit",
+        "git_dirty",
+        "created_utc",
+        "config",
+        "seed",
+        "metrics",
+        "timing",
+        "memory",
+        "device",
+        "libraries",
+    ):
         assert key in json.loads(path.read_text()), key
-    assert dataclasses.asdict(record.head) == {"name": "kme_rbf", "version": 2, "kind": "head", "trainable": True,
-                              "description": heads.get_head("kme_rbf").description,
-                              "options": {"sigma": 0.07 ** 0.5, "max_inverse_sigma2": 100.0, "learn_sigma": True,
-                                          "points_used": None, "memory_budget_mb": 256.0, "kernel": "auto",
-                                          "out_dim": 4}}  # the synthetic suite's head_defaults
+    assert dataclasses.asdict(record.head) == {
+        "name": "kme_rbf",
+        "version": 2,
+        "kind": "head",
+        "trainable": True,
+        "description": heads.get_head("kme_rbf").description,
+        "options": {
+            "sigma": 0.07**0.5,
+            "max_inverse_sigma2": 100.0,
+            "learn_sigma": True,
+            "points_used": None,
+            "memory_budget_mb": 256.0,
+            "kernel": "auto",
+            "out_dim": 4,
+        },
+    }  # the synthetic suite's head_defaults
     assert record.config.resolved["head_options"] == record.head.options  # defaults included
     identity = record.identity
-    assert {"heads/kme_rbf.py", "heads/pointsets.py", "suites/synthetic.py", "bench/run/train.py"} <= set(identity["code"]["files"])
+    assert {"heads/kme_rbf.py", "heads/pointsets.py", "suites/synthetic.py", "bench/run/train.py"} <= set(
+        identity["code"]["files"]
+    )
     assert "heads/cosine.py" not in identity["code"]["files"]  # another head's code is not this cell's
     assert identity["libraries"]["torch"] == torch.__version__ and identity["device_type"] == "cpu"
     assert record.suite.name == "synthetic" and record.suite.test_set["test_pairs"] == 150
@@ -78,6 +103,7 @@ def test_result_file_is_self_describing_and_round_trips(small_run):
     assert results.read(results.run_path(tmp / "copy", "synthetic", "kme_rbf")) == record
     # trained weights are saved, loadable and give the same head
     from safetensors.torch import load_file
+
     state = load_file(str(results.weights_path(tmp / "a", "synthetic", "kme_rbf")))
     head = heads.get_head("kme_rbf")(8, 8, **record.head.options)  # posterior points: one per topic
     initial = head.image_encoder.map.weight.clone()
@@ -101,13 +127,28 @@ def test_outcomes_reproduce_every_metric_and_give_intervals_and_ties(small_run, 
 
 def test_compare_prints_paired_differences_with_holm_and_refuses_bad_input(small_run, capsys):
     tmp, cfg = small_run
-    assert run("compare", "--suite", "synthetic", "--heads", "kme_rbf,cosine,kme_rff", "--out", tmp / "a",
-               "--resamples", 2000) == 0
+    assert (
+        run(
+            "compare",
+            "--suite",
+            "synthetic",
+            "--heads",
+            "kme_rbf,cosine,kme_rff",
+            "--out",
+            tmp / "a",
+            "--resamples",
+            2000,
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("infonce_excess")]
     assert len(rows) == 2 and "Holm" in out and all(("tied" in r) or ("better" in r) for r in rows)
-    for bad, phrase in ((["--heads", "kme_rbf"], "at least two"), (["--heads", "kme_rbf,nope"], "no result for nope"),
-                        (["--suite", "retrieval", "--heads", "a,b"], "no results of suite")):
+    for bad, phrase in (
+        (["--heads", "kme_rbf"], "at least two"),
+        (["--heads", "kme_rbf,nope"], "no result for nope"),
+        (["--suite", "retrieval", "--heads", "a,b"], "no results of suite"),
+    ):
         args = ["--suite", "synthetic", "--heads", "kme_rbf,cosine", "--out", tmp / "a", *bad]
         assert run("compare", *args) == 2
         assert phrase in capsys.readouterr().err
@@ -138,24 +179,45 @@ def test_rerun_reuses_finished_cells_and_force_recomputes(small_run, capsys):
     assert "reused" not in capsys.readouterr().out
 
 
-def fixture_record(head, suite_version=1, protocol="p1", value=0.5, status="ok", kind="head", created="2026-01-01T00:00:00+00:00"):
+def fixture_record(
+    head, suite_version=1, protocol="p1", value=0.5, status="ok", kind="head", created="2026-01-01T00:00:00+00:00"
+):
     return {
-        "schema_version": SCHEMA_VERSION, "package_version": "0", "git_commit": "abc", "git_dirty": False,
-        "created_utc": created, "status": status, "error": None if status == "ok" else "loss is nan at step 3",
-        "suite": {"name": "toy", "version": suite_version, "main_metric": "acc",
-                  "metric_directions": [["acc", "higher"], ["loss", "lower"]], "headline_metrics": ["acc"], "test_set": {}},
+        "schema_version": SCHEMA_VERSION,
+        "package_version": "0",
+        "git_commit": "abc",
+        "git_dirty": False,
+        "created_utc": created,
+        "status": status,
+        "error": None if status == "ok" else "loss is nan at step 3",
+        "suite": {
+            "name": "toy",
+            "version": suite_version,
+            "main_metric": "acc",
+            "metric_directions": [["acc", "higher"], ["loss", "lower"]],
+            "headline_metrics": ["acc"],
+            "test_set": {},
+        },
         "head": {"name": head, "version": 1, "kind": kind, "trainable": True, "description": "", "options": {}},
-        "config": {"resolved": {}, "hash": f"h-{head}", "protocol_hash": protocol}, "seed": 0,
+        "config": {"resolved": {}, "hash": f"h-{head}", "protocol_hash": protocol},
+        "seed": 0,
         "metrics": {} if status != "ok" else {"acc": value, "loss": 1 - value},
-        "timing": {}, "memory": {}, "device": "cpu", "libraries": {},
+        "timing": {},
+        "memory": {},
+        "device": "cpu",
+        "libraries": {},
     }
 
 
 def test_leaderboard_from_fixture_files_marks_best_and_never_mixes_versions(tmp_path):
-    recs = [fixture_record("good", value=0.9), fixture_record("bad", value=0.4),
-            fixture_record("ceiling", value=1.0, kind="reference"), fixture_record("broken", status="failed"),
-            fixture_record("old", suite_version=0, value=0.99, created="2025-01-01T00:00:00+00:00"),
-            fixture_record("other_protocol", protocol="p0", value=0.95, created="2025-06-01T00:00:00+00:00")]
+    recs = [
+        fixture_record("good", value=0.9),
+        fixture_record("bad", value=0.4),
+        fixture_record("ceiling", value=1.0, kind="reference"),
+        fixture_record("broken", status="failed"),
+        fixture_record("old", suite_version=0, value=0.99, created="2025-01-01T00:00:00+00:00"),
+        fixture_record("other_protocol", protocol="p0", value=0.95, created="2025-06-01T00:00:00+00:00"),
+    ]
     for r in recs:
         results.write(tmp_path, r)
     legacy = fixture_record("legacy_schema") | {"schema_version": SCHEMA_VERSION + 99}
@@ -180,11 +242,17 @@ def test_leaderboard_follows_the_recorded_layout_in_natural_metric_order(tmp_pat
     """Retrieval in the shape papers use, a summary of the main metric per dataset, short labels with a
     legend, columns of datasets not in the run dropped, and the CSV in the suite's order (@1, @5, @10)."""
     metrics = ["a/recall@1", "a/recall@5", "a/recall@10", "a/rsum", "b/rsum"]
-    layout = {"summary": ["a/rsum", "b/rsum"],
-              "tables": [{"title": "dataset a", "columns": [["R@1", "a/recall@1"], ["R@5", "a/recall@5"],
-                                                            ["R@10", "a/recall@10"], ["RSUM", "a/rsum"]],
-                          "legend": "R@k: recall at k."},
-                         {"title": "dataset c", "columns": [["RSUM", "c/rsum"]], "legend": "never shown"}]}
+    layout = {
+        "summary": ["a/rsum", "b/rsum"],
+        "tables": [
+            {
+                "title": "dataset a",
+                "columns": [["R@1", "a/recall@1"], ["R@5", "a/recall@5"], ["R@10", "a/recall@10"], ["RSUM", "a/rsum"]],
+                "legend": "R@k: recall at k.",
+            },
+            {"title": "dataset c", "columns": [["RSUM", "c/rsum"]], "legend": "never shown"},
+        ],
+    }
     for head, v in (("h1", 0.2), ("h2", 0.3)):
         r = fixture_record(head, value=v)
         r["suite"] |= {"main_metric": "a/rsum", "metric_directions": [[m, "higher"] for m in metrics], "report": layout}
@@ -209,8 +277,8 @@ def test_regression_check_passes_on_committed_baseline_and_fails_when_raised(tmp
     assert "regression check passed" in capsys.readouterr().out
 
     raised = json.loads(committed.read_text())
-    raised["scores"]["kme_rbf"]["pmi_pearson"] += 0.1        # higher is better: now a drop
-    raised["scores"]["cosine"]["infonce_excess"] -= 0.2      # lower is better: now a rise
+    raised["scores"]["kme_rbf"]["pmi_pearson"] += 0.1  # higher is better: now a drop
+    raised["scores"]["cosine"]["infonce_excess"] -= 0.2  # lower is better: now a rise
     raised_path = tmp_path / "raised.json"
     raised_path.write_text(json.dumps(raised))
     assert run("--out", out, "--check", raised_path, "--check-rule", "exact") == 1
@@ -219,7 +287,8 @@ def test_regression_check_passes_on_committed_baseline_and_fails_when_raised(tmp
 
 
 def test_interval_rule_fails_a_broken_head_passes_an_identical_one_and_refuses_altered_outcomes(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     from heads.cosine import CosineHead
 
     # Trained long enough for cosine to beat chance (the shared small config's 20 steps do not).
@@ -250,9 +319,9 @@ def test_update_baseline_then_check_with_a_small_config(small_run, tmp_path, cap
     assert saved["tolerances"]["pmi_rmse"] == regression.METRIC_TOLERANCES["pmi_rmse"]
     assert run("--config", cfg, "--out", tmp / "a", "--check", base) == 0
     raised = json.loads(base.read_text())
-    raised["scores"]["kme_rbf"]["pmi_pearson"] += 0.1        # higher is better: now a drop
-    raised["scores"]["cosine"]["infonce_excess"] -= 0.2      # lower is better: now a rise
-    raised["scores"]["kme_rff"]["pmi_pearson"] -= 0.5        # an improvement beyond the tolerance is no regression
+    raised["scores"]["kme_rbf"]["pmi_pearson"] += 0.1  # higher is better: now a drop
+    raised["scores"]["cosine"]["infonce_excess"] -= 0.2  # lower is better: now a rise
+    raised["scores"]["kme_rff"]["pmi_pearson"] -= 0.5  # an improvement beyond the tolerance is no regression
     (tmp_path / "raised.json").write_text(json.dumps(raised))
     capsys.readouterr()
     assert run("--config", cfg, "--out", tmp / "a", "--check", tmp_path / "raised.json", "--check-rule", "exact") == 1
@@ -267,7 +336,7 @@ def test_update_baseline_then_check_with_a_small_config(small_run, tmp_path, cap
     assert run("--config", cfg, "--out", tmp_path / "o", "--seed", 3, "--heads", "cosine", "--check", base) == 2
 
 
-HEAD_FILE = '''
+HEAD_FILE = """
 import torch
 from heads import SimilarityHead, register_head
 
@@ -288,8 +357,9 @@ class UserDot(SimilarityHead):
         return points[:, -1]
 
     def score(self, a, b):
-        return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T * self.options["scale"]
-'''
+        unit = torch.nn.functional.normalize
+        return unit(a, dim=-1) @ unit(b, dim=-1).T * self.options["scale"]
+"""
 
 
 def test_head_from_head_module_appears_in_the_leaderboard(small_run, tmp_path):
@@ -333,24 +403,30 @@ def test_nan_loss_names_the_head_and_step():
         train_head(head, data, cfg, 0, torch.device("cpu"), progress=False)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--heads", "kme_rfb"], "'kme_rbf'"),
-    (["--suite", "synthetc"], "Did you mean: 'synthetic'"),
-    (["--head-module", "no/such/file.py"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--heads", "kme_rfb"], "'kme_rbf'"),
+        (["--suite", "synthetc"], "Did you mean: 'synthetic'"),
+        (["--head-module", "no/such/file.py"], "no such file"),
+    ],
+)
 def test_bad_names_fail_fast_with_suggestions(args, message, tmp_path, capsys):
     assert run(*args, "--out", tmp_path) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"train": {"stpes": 3}}, "Did you mean: 'steps'"),
-    ({"heads": {"kme_rbf": {"sigmaa": 0.3}}}, "Did you mean: 'sigma'"),
-    ({"suites": {"synthetic": {"topic": 3}}}, "Did you mean: 'topics'"),
-    ({"train": {"steps": "many"}}, "must be of type int"),
-    ({"heads": {"kme_rff": {"features": "gaussian"}}}, "'positive' or 'fourier'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"train": {"stpes": 3}}, "Did you mean: 'steps'"),
+        ({"heads": {"kme_rbf": {"sigmaa": 0.3}}}, "Did you mean: 'sigma'"),
+        ({"suites": {"synthetic": {"topic": 3}}}, "Did you mean: 'topics'"),
+        ({"train": {"steps": "many"}}, "must be of type int"),
+        ({"heads": {"kme_rff": {"features": "gaussian"}}}, "'positive' or 'fourier'"),
+    ],
+)
 def test_bad_config_fails_before_any_work(content, message, tmp_path, capsys):
     import yaml
 
@@ -366,6 +442,7 @@ def test_a_head_module_that_raises_is_named():
     bad.write_text("raise RuntimeError('boom')\n")
     try:
         from bench.cli import UsageError, import_head_module
+
         with pytest.raises(UsageError, match="_broken_head_module.py.*RuntimeError: boom"):
             import_head_module(str(bad))
     finally:
@@ -386,8 +463,19 @@ def test_config_rejects_unknown_top_level_key():
 def test_the_readme_example_head_runs_through_head_module(small_run, tmp_path):
     _, cfg = small_run
     try:
-        assert run("--config", cfg, "--out", tmp_path, "--head-module", REPO / "examples" / "my_head.py",
-                   "--heads", "my_bilinear") == 0
+        assert (
+            run(
+                "--config",
+                cfg,
+                "--out",
+                tmp_path,
+                "--head-module",
+                REPO / "examples" / "my_head.py",
+                "--heads",
+                "my_bilinear",
+            )
+            == 0
+        )
         assert results.read(results.run_path(tmp_path, "synthetic", "my_bilinear")).status == "ok"
     finally:
         heads.HEADS.unregister("my_bilinear")
@@ -397,7 +485,9 @@ def test_suite_all_runs_what_has_data_and_skips_the_rest(small_run, tmp_path, ca
     _, cfg = small_run
     empty = tmp_path / "data"
     empty.mkdir()
-    assert run("--suite", "all", "--config", cfg, "--data-root", empty, "--out", tmp_path / "o", "--heads", "cosine") == 0
+    assert (
+        run("--suite", "all", "--config", cfg, "--data-root", empty, "--out", tmp_path / "o", "--heads", "cosine") == 0
+    )
     err = capsys.readouterr().err
     assert "[retrieval] skipped" in err and "[classification] skipped" in err
     for line in err.splitlines():  # whole sentences: no message is cut before its end
@@ -437,8 +527,11 @@ def test_list_heads_prints_every_option_with_its_default(capsys):
     assert max(len(line) for line in out.splitlines()) <= 100
     for name in heads.list_heads():
         block = out.split(f"\n{name} (v")[1].split("\n\n")[0]
-        params = [p for p in inspect.signature(heads.get_head(name).__init__).parameters
-                  if p not in ("self", "image_dim", "text_dim")]
+        params = [
+            p
+            for p in inspect.signature(heads.get_head(name).__init__).parameters
+            if p not in ("self", "image_dim", "text_dim")
+        ]
         assert all(f"{p}=" in block for p in params), (name, block)
     assert "num_features=1024" in out and "kernel=auto" in out
 

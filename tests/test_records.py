@@ -1,4 +1,5 @@
 """The typed result record: one schema, one loader that validates, upgrades and checks checksums."""
+
 from __future__ import annotations
 
 import copy
@@ -12,10 +13,16 @@ from bench.report import leaderboard, results
 
 
 def raw(head="h", **extra) -> dict:
-    return {"schema_version": SCHEMA_VERSION, "created_utc": "2026-01-01T00:00:00+00:00", "status": "ok",
-            "suite": {"name": "toy", "version": 1, "main_metric": "acc", "metric_directions": [["acc", "higher"]]},
-            "head": {"name": head, "version": 1}, "config": {"resolved": {}, "hash": "h", "protocol_hash": "p", "key": "k"},
-            "metrics": {"acc": 0.5}, **extra}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": "2026-01-01T00:00:00+00:00",
+        "status": "ok",
+        "suite": {"name": "toy", "version": 1, "main_metric": "acc", "metric_directions": [["acc", "higher"]]},
+        "head": {"name": head, "version": 1},
+        "config": {"resolved": {}, "hash": "h", "protocol_hash": "p", "key": "k"},
+        "metrics": {"acc": 0.5},
+        **extra,
+    }
 
 
 def test_a_valid_record_round_trips_through_its_dict():
@@ -25,16 +32,19 @@ def test_a_valid_record_round_trips_through_its_dict():
     assert again == rec and "repeats" not in rec.to_dict() and "outcomes" not in rec.to_dict()
 
 
-@pytest.mark.parametrize("edit,problem", [
-    (lambda d: d["metrics"].update(acc="0.9"), "metrics.acc"),
-    (lambda d: d["suite"].pop("main_metric"), "suite.main_metric"),
-    (lambda d: d.update(status="great"), "status"),
-    (lambda d: d["head"].update(version="1"), "head.version"),
-    (lambda d: d.update(seed=True), "seed"),
-    (lambda d: d["suite"].update(metric_directions=[["acc", "up"]]), "metric_directions"),
-    (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "schema_version"),
-    (lambda d: d.pop("schema_version"), "schema_version"),
-])
+@pytest.mark.parametrize(
+    "edit,problem",
+    [
+        (lambda d: d["metrics"].update(acc="0.9"), "metrics.acc"),
+        (lambda d: d["suite"].pop("main_metric"), "suite.main_metric"),
+        (lambda d: d.update(status="great"), "status"),
+        (lambda d: d["head"].update(version="1"), "head.version"),
+        (lambda d: d.update(seed=True), "seed"),
+        (lambda d: d["suite"].update(metric_directions=[["acc", "up"]]), "metric_directions"),
+        (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "schema_version"),
+        (lambda d: d.pop("schema_version"), "schema_version"),
+    ],
+)
 def test_a_record_that_does_not_validate_is_named_with_its_problem(edit, problem):
     d = raw()
     edit(d)

@@ -1,4 +1,5 @@
 """Retrieval datasets in the real on-disk formats, made by the tests; bad data fails clearly."""
+
 import os
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_missing_partial_and_malformed_data_fail_clearly_and_write_nothing(tmp_p
     with pytest.raises(DataError, match=r"1 missing .*000000000001.*1 empty"):
         retrieval_data.load(tmp_path, "mscoco_captions", "test")
     assert sorted(os.listdir(folder)) == before
-    (tmp_path / "mscoco_captions" / "coco_test_karpathy.json").write_text("{\"images\": 3}")
+    (tmp_path / "mscoco_captions" / "coco_test_karpathy.json").write_text('{"images": 3}')
     with pytest.raises(DataError, match="not a COCO-style caption file"):
         retrieval_data.load(tmp_path, "mscoco_captions", "test")
     with pytest.raises(DataError, match="Did you mean: 'flickr30k'"):
@@ -118,7 +119,10 @@ def test_webdataset_shards_are_a_training_source_read_through_the_tar(tmp_path):
     assert len(ds.captions) == 6 and ds.captions[4] == "shard 1 picture 1" and ds.caption_image == list(range(6))
     img = image_source.open_image(ds.image_paths[4])
     assert img.size == (12, 12) and img.mode == "RGB"
-    assert ds.fingerprint() == retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..001}}.tar", "train").fingerprint()
+    assert (
+        ds.fingerprint()
+        == retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..001}}.tar", "train").fingerprint()
+    )
     with pytest.raises(DataError, match="1 of 3 shards missing"):
         retrieval_data.load(tmp_path, f"wds:{tmp_path}/train-{{000..002}}.tar", "train")
     (tmp_path / "train-001.tar").write_bytes((tmp_path / "train-001.tar").read_bytes()[:700])
@@ -154,8 +158,10 @@ def test_clip_benchmark_webdataset_export_of_a_retrieval_test_set(tmp_path):
     (folder / "test" / "nshards.txt").write_text("2\n")
     (folder / "dataset_type.txt").write_text("retrieval\n")
     for s in range(2):
-        write_tar(folder / "test" / f"{s}.tar",
-                  [(f"s{s}i{i}", {"jpg": jpeg(i), "txt": f"cap {s}-{i} a\ncap {s}-{i} b\n".encode()}) for i in range(3)])
+        write_tar(
+            folder / "test" / f"{s}.tar",
+            [(f"s{s}i{i}", {"jpg": jpeg(i), "txt": f"cap {s}-{i} a\ncap {s}-{i} b\n".encode()}) for i in range(3)],
+        )
     ours = retrieval_data.load(tmp_path, "flickr30k", "test")
     theirs = build_wds_dataset("flickr30k", transform=lambda x: x, split="test", data_dir=str(folder))
     their_captions = [c for _, caps in theirs for c in caps]

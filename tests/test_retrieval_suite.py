@@ -1,15 +1,16 @@
 """The retrieval suite end to end on fixture data and a tiny random-weight open_clip model,
 cross-checked against clip_benchmark's own retrieval evaluation."""
+
 import json
 
 import pytest
 import torch
-from PIL import Image
-
-from bench.report import results
-from bench.cli import main
 from helpers import assert_outcomes_reproduce_metrics, rebuild
+from PIL import Image
 from test_backbone import TINY
+
+from bench.cli import main
+from bench.report import results
 from bench.tools.fixtures import make_coco, make_flickr
 
 
@@ -26,13 +27,17 @@ def data(tmp_path_factory):
     make_coco(root, n_images=12, per=5, split="test")
     make_coco_train(root)
     make_flickr(root, n_images=8, per=5)
-    noisy_images(root / "mscoco_captions" / "val2014", [p.name for p in (root / "mscoco_captions" / "val2014").iterdir()], 1)
+    noisy_images(
+        root / "mscoco_captions" / "val2014", [p.name for p in (root / "mscoco_captions" / "val2014").iterdir()], 1
+    )
     noisy_images(root / "flickr30k", [p.name for p in (root / "flickr30k").glob("*.jpg")], 2)
     cfg = root / "simbench-tiny.json"
     cfg.write_text(json.dumps(TINY))
     small = root / "small.yaml"
-    small.write_text("train: {steps: 5, batch_size: 16, warmup_steps: 1}\nheads: {kme_rff: {num_features: 64}}\n"
-                     f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 8, cache_dir: '{root / 'cache'}'}}}}\n")
+    small.write_text(
+        "train: {steps: 5, batch_size: 16, warmup_steps: 1}\nheads: {kme_rff: {num_features: 64}}\n"
+        f"suites: {{retrieval: {{layers: 2, workers: 0, batch_size: 8, cache_dir: '{root / 'cache'}'}}}}\n"
+    )
     return root, cfg, small
 
 
@@ -45,12 +50,31 @@ def make_coco_train(root):
         images.append({"id": i, "file_name": name})
         anns += [{"image_id": i, "id": i * 3 + j, "caption": f"train image {i} words {j}"} for j in range(3)]
     noisy_images(folder, [im["file_name"] for im in images], 3)
-    (root / "mscoco_captions" / "coco_train_karpathy.json").write_text(json.dumps({"images": images, "annotations": anns}))
+    (root / "mscoco_captions" / "coco_train_karpathy.json").write_text(
+        json.dumps({"images": images, "annotations": anns})
+    )
 
 
 def run_retrieval(root, cfg, small, out, heads="clip_frozen,cosine,kme_rbf,kme_rff"):
-    return main(["--suite", "retrieval", "--backbone", str(cfg), "--data-root", str(root), "--config", str(small),
-                 "--heads", heads, "--out", str(out), "--no-progress", "--device", "cpu"])
+    return main(
+        [
+            "--suite",
+            "retrieval",
+            "--backbone",
+            str(cfg),
+            "--data-root",
+            str(root),
+            "--config",
+            str(small),
+            "--heads",
+            heads,
+            "--out",
+            str(out),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
 
 
 def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
@@ -61,8 +85,22 @@ def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
     for head in ("kme_rbf", "kme_rff", "cosine"):  # each number against an independent computation
         assert_recalls_match_clip_benchmark(root, cfg, small, tmp_path / "a", head)
     assert assert_outcomes_reproduce_metrics(tmp_path / "a") == 4 * 2 * 7  # heads x datasets x (6 recalls + RSUM)
-    assert main(["compare", "--suite", "retrieval", "--heads", "kme_rbf,cosine", "--out", str(tmp_path / "a"),
-                 "--resamples", "500"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--suite",
+                "retrieval",
+                "--heads",
+                "kme_rbf,cosine",
+                "--out",
+                str(tmp_path / "a"),
+                "--resamples",
+                "500",
+            ]
+        )
+        == 0
+    )
     ident = recs["cosine"].suite.test_set
     assert ident["backbone"]["weights"] == "random:seed0" and ident["train"]["pairs"] == 30
     assert ident["datasets"]["flickr30k"]["captions"] == 40
@@ -88,7 +126,9 @@ def assert_recalls_match_clip_benchmark(root, cfg, small, out, head_name):
             total = 0.0
             for k in (1, 5, 10):
                 # clip_benchmark's topk needs k <= candidates; beyond that every query is a hit, as in ours
-                text_to_image = (cb_recall_at_k(scores.T, positives.T, min(k, len(t.images))) > 0).double().mean().item()
+                text_to_image = (
+                    (cb_recall_at_k(scores.T, positives.T, min(k, len(t.images))) > 0).double().mean().item()
+                )
                 image_to_text = (cb_recall_at_k(scores, positives, min(k, len(t.texts))) > 0).double().mean().item()
                 assert record.metrics[f"{name}/image_retrieval_recall@{k}"] == pytest.approx(text_to_image, abs=1e-9)
                 assert record.metrics[f"{name}/text_retrieval_recall@{k}"] == pytest.approx(image_to_text, abs=1e-9)
@@ -107,9 +147,13 @@ def test_clip_frozen_equals_clip_benchmark_retrieval(data, tmp_path):
     assert run_retrieval(root, cfg, small, tmp_path, heads="clip_frozen") == 0
     ours = results.read(results.run_path(tmp_path, "retrieval", "clip_frozen")).metrics
     bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=0)  # same seed: same random weights
-    ds = Flickr(str(root / "flickr30k"), str(root / "flickr30k" / "flickr30k_test_karpathy.txt"), transform=bb.preprocess)
+    ds = Flickr(
+        str(root / "flickr30k"), str(root / "flickr30k" / "flickr30k_test_karpathy.txt"), transform=bb.preprocess
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=get_dataset_collate_fn("flickr30k"))
-    theirs = zeroshot_retrieval.evaluate(bb.model, loader, bb.tokenizer, "cpu", amp=False, recall_k_list=[1, 5])  # its topk needs k <= 8 images
+    theirs = zeroshot_retrieval.evaluate(
+        bb.model, loader, bb.tokenizer, "cpu", amp=False, recall_k_list=[1, 5]
+    )  # its topk needs k <= 8 images
     for key, value in theirs.items():
         assert ours[f"flickr30k/{key}"] == pytest.approx(value, abs=1e-6), key
 
@@ -135,9 +179,11 @@ def test_heads_train_on_webdataset_shards(data, tmp_path):
     root, cfg, _ = data
     make_shards(tmp_path, n_shards=2, per_shard=10)
     conf = tmp_path / "wds.yaml"
-    conf.write_text("train: {steps: 3, batch_size: 8, warmup_steps: 1}\n"
-                    f"suites: {{retrieval: {{layers: 2, workers: 2, batch_size: 8, datasets: [flickr30k], "
-                    f"train_dataset: 'wds:{tmp_path}/train-{{000..001}}.tar', cache_dir: '{tmp_path / 'cache'}'}}}}\n")
+    conf.write_text(
+        "train: {steps: 3, batch_size: 8, warmup_steps: 1}\n"
+        f"suites: {{retrieval: {{layers: 2, workers: 2, batch_size: 8, datasets: [flickr30k], "
+        f"train_dataset: 'wds:{tmp_path}/train-{{000..001}}.tar', cache_dir: '{tmp_path / 'cache'}'}}}}\n"
+    )
     assert run_retrieval(root, cfg, conf, tmp_path / "o", heads="cosine") == 0
     record = results.read(results.run_path(tmp_path / "o", "retrieval", "cosine"))
     assert record.suite.test_set["train"]["pairs"] == 20 and record.timing["train_steps"] == 3
@@ -167,8 +213,8 @@ def test_token_and_field_heads_run_end_to_end_under_either_loss(data, tmp_path, 
     # a rerun reuses every cell: nothing is extracted again
     assert run_retrieval(root, cfg, config, tmp_path / "a", heads) == 0
     # the token sets read back equal the backbone's own tokens
-    from bench.features.backbone import Backbone, BackboneSpec
     from bench.data import retrieval_data
+    from bench.features.backbone import Backbone, BackboneSpec
 
     bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=0)
     ds = retrieval_data.load(root, "flickr30k", "test")
@@ -179,5 +225,5 @@ def test_token_and_field_heads_run_end_to_end_under_either_loss(data, tmp_path, 
     assert got.cached
     p, m = got.points.rows(torch.arange(3))
     want, want_mask = bb.text_tokens(bb.tokenize(ds.captions[:3]))
-    assert torch.equal(m, want_mask[:, :m.shape[1]]) and not bool(want_mask[:, m.shape[1]:].any())
+    assert torch.equal(m, want_mask[:, : m.shape[1]]) and not bool(want_mask[:, m.shape[1] :].any())
     assert torch.allclose(p[m], want[want_mask], atol=1e-3, rtol=1e-3)  # float16 storage

@@ -1,16 +1,17 @@
 """run_bench.py sweep: grids parsed strictly, every point an ordinary keyed run, the table and figures
 made from exactly the runs of the sweep, and shared head options (heads.*, a suite's head_defaults)."""
+
 import json
 import math
 
 import pandas as pd
 import pytest
+from helpers import small_config
 
 from bench.cli import main
 from bench.report import results
 from bench.run import config, runner, sweep
 from bench.run.config import ConfigError
-from helpers import small_config
 
 
 def run(*args) -> int:
@@ -26,21 +27,27 @@ def test_axes_parse_values_as_yaml_and_points_are_the_product_in_order():
     assert [p["heads.*.out_dim"] for p in pts] == [2] * 4 + [4] * 4  # the first axis varies slowest
     user = {"train": {"steps": 5}, "heads": {"cosine": {"out_dim": 9}}}
     applied = sweep.apply(user, pts[-1])
-    assert applied == {"train": {"steps": 5, "lr": None}, "heads": {"cosine": {"out_dim": 9}, "*": {"out_dim": 4}},
-                       "suites": {"synthetic": {"mode": "posterior"}}}
+    assert applied == {
+        "train": {"steps": 5, "lr": None},
+        "heads": {"cosine": {"out_dim": 9}, "*": {"out_dim": 4}},
+        "suites": {"synthetic": {"mode": "posterior"}},
+    }
     assert user == {"train": {"steps": 5}, "heads": {"cosine": {"out_dim": 9}}}  # not modified
     assert sweep.point_name(axes, pts[5], 5) == "005-out_dim=4-mode=draws-lr=None"
 
 
-@pytest.mark.parametrize("spec, says", [
-    ("heads.*.out_dim", "KEY=V1,V2"),
-    ("heads.out_dim=2,4", "heads.NAME.OPTION"),
-    ("suites.topics=4", "suites.NAME.OPTION"),
-    ("heads.*.out_dim=2,,4", "one or more"),
-    ("heads.*.out_dim=2,2", "listed twice"),
-    ("repeats=1,2", "--repeats"),
-    ("heads.*.out dim=2", "dotted config key"),
-])
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("heads.*.out_dim", "KEY=V1,V2"),
+        ("heads.out_dim=2,4", "heads.NAME.OPTION"),
+        ("suites.topics=4", "suites.NAME.OPTION"),
+        ("heads.*.out_dim=2,,4", "one or more"),
+        ("heads.*.out_dim=2,2", "listed twice"),
+        ("repeats=1,2", "--repeats"),
+        ("heads.*.out dim=2", "dotted config key"),
+    ],
+)
 def test_bad_axes_are_refused_with_the_fix(spec, says):
     with pytest.raises(ConfigError, match=says.replace("*", r"\*").replace(".", r"\.")):
         sweep.parse_grid([spec])
@@ -88,8 +95,23 @@ def swept(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     cfg = small_config(tmp)
     out = tmp / "sw"
-    args = ["sweep", "--config", cfg, "--out", out, "--heads", "cosine,kme_proto", "--grid", "heads.*.out_dim=2,3",
-            "--grid", "suites.synthetic.topics=3,4", "--repeats", 2, "--resamples", 200]
+    args = [
+        "sweep",
+        "--config",
+        cfg,
+        "--out",
+        out,
+        "--heads",
+        "cosine,kme_proto",
+        "--grid",
+        "heads.*.out_dim=2,3",
+        "--grid",
+        "suites.synthetic.topics=3,4",
+        "--repeats",
+        2,
+        "--resamples",
+        200,
+    ]
     assert run(*args) == 0
     return tmp, cfg, out, args
 
@@ -99,7 +121,8 @@ def test_the_table_holds_exactly_the_sweeps_runs(swept):
     df = pd.read_csv(out / "sweep.csv")
     manifest = json.loads((out / "sweep.json").read_text())
     assert [p["values"] for p in manifest["points"]] == [
-        {"heads.*.out_dim": d, "suites.synthetic.topics": k} for d in (2, 3) for k in (3, 4)]
+        {"heads.*.out_dim": d, "suites.synthetic.topics": k} for d in (2, 3) for k in (3, 4)
+    ]
     assert manifest["git_commit"] and manifest["repeats"] == 2
     main_rows = df[df.metric == "infonce_excess"]
     assert len(main_rows) == 4 * 3 and set(main_rows["head"]) == {"cosine", "kme_proto", "oracle"}
@@ -135,14 +158,17 @@ def test_a_second_sweep_reuses_every_cell_and_ignores_stray_runs(swept, capsys):
     assert (out / "sweep.csv").read_text() == before  # same runs, same table; kme_rbf is not in it
 
 
-@pytest.mark.parametrize("extra, says", [
-    (["--grid", "suites.retrieval.batch_size=1,2"], "would change nothing"),
-    (["--grid", "heads.kme_rbf.sigma=1,2"], "not in this sweep's heads"),
-    (["--grid", "heads.*.out_dim=0,2"], "out_dim"),
-    (["--grid", "suites.synthetic.topics=1,2"], "topics"),
-    (["--grid", "train.steps=1", "--metrics", "infonce_exces"], "Did you mean: 'infonce_excess'"),
-    ([], "at least one --grid"),
-])
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--grid", "suites.retrieval.batch_size=1,2"], "would change nothing"),
+        (["--grid", "heads.kme_rbf.sigma=1,2"], "not in this sweep's heads"),
+        (["--grid", "heads.*.out_dim=0,2"], "out_dim"),
+        (["--grid", "suites.synthetic.topics=1,2"], "topics"),
+        (["--grid", "train.steps=1", "--metrics", "infonce_exces"], "Did you mean: 'infonce_excess'"),
+        ([], "at least one --grid"),
+    ],
+)
 def test_a_bad_sweep_fails_before_any_work(tmp_path, capsys, extra, says):
     cfg = small_config(tmp_path)
     code = run("sweep", "--config", cfg, "--out", tmp_path / "sw", "--heads", "cosine", *extra)

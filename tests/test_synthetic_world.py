@@ -1,4 +1,5 @@
 """The synthetic world's exact PMI against brute-force enumeration on a tiny world."""
+
 import math
 
 import pytest
@@ -31,8 +32,18 @@ def brute_force_pmi(world: World, raw_x, raw_y):
 
 
 def tiny_world(bend=0.3):
-    return World(topics=3, concepts=4, dim=2, points=2, noise=0.8, centre_scale=1.0,
-                 prior_concentration=2.0, topic_concentration=0.7, bend=bend, seed=5)
+    return World(
+        topics=3,
+        concepts=4,
+        dim=2,
+        points=2,
+        noise=0.8,
+        centre_scale=1.0,
+        prior_concentration=2.0,
+        topic_concentration=0.7,
+        bend=bend,
+        seed=5,
+    )
 
 
 def test_exact_pmi_matches_brute_force():
@@ -43,7 +54,9 @@ def test_exact_pmi_matches_brute_force():
     pmi = world.pmi(world.log_posterior(img.raw, "image"), world.log_posterior(txt.raw, "text"))
     for i in range(6):
         for j in range(6):
-            assert math.isclose(float(pmi[i, j]), brute_force_pmi(world, img.raw[i], txt.raw[j]), rel_tol=1e-9, abs_tol=1e-9)
+            assert math.isclose(
+                float(pmi[i, j]), brute_force_pmi(world, img.raw[i], txt.raw[j]), rel_tol=1e-9, abs_tol=1e-9
+            )
 
 
 def test_posteriors_are_distributions_and_positives_have_higher_pmi():
@@ -105,8 +118,19 @@ def brute_force_one_relevant_pmi(world: World, raw_x, raw_y):
 
 
 def tiny(mode, points=3):
-    return World(topics=3, concepts=4, dim=2, points=points, noise=0.8, centre_scale=1.0,
-                 prior_concentration=2.0, topic_concentration=0.7, bend=0.3, seed=5, mode=mode)
+    return World(
+        topics=3,
+        concepts=4,
+        dim=2,
+        points=points,
+        noise=0.8,
+        centre_scale=1.0,
+        prior_concentration=2.0,
+        topic_concentration=0.7,
+        bend=0.3,
+        seed=5,
+        mode=mode,
+    )
 
 
 def test_one_relevant_pmi_matches_brute_force():
@@ -117,15 +141,23 @@ def test_one_relevant_pmi_matches_brute_force():
     pmi = world.pmi(world.log_posterior(img.raw, "image"), world.log_posterior(txt.raw, "text"))
     for i in range(5):
         for j in range(5):
-            assert math.isclose(float(pmi[i, j]), brute_force_one_relevant_pmi(world, img.raw[i], txt.raw[j]),
-                                rel_tol=1e-9, abs_tol=1e-9)
+            assert math.isclose(
+                float(pmi[i, j]),
+                brute_force_one_relevant_pmi(world, img.raw[i], txt.raw[j]),
+                rel_tol=1e-9,
+                abs_tol=1e-9,
+            )
     # and it is not the draws world's PMI on the same draws (the mode changes the likelihood)
     draws = tiny("draws")
-    assert not torch.allclose(pmi, draws.pmi(draws.log_posterior(img.raw, "image"), draws.log_posterior(txt.raw, "text")))
+    assert not torch.allclose(
+        pmi, draws.pmi(draws.log_posterior(img.raw, "image"), draws.log_posterior(txt.raw, "text"))
+    )
 
 
 def test_one_relevant_has_one_topic_draw_among_uniform_distractors():
-    world = World(4, 6, 3, 5, 0.01, 10.0, 2.0, 0.05, 0.0, 1, mode="one_relevant")  # near-noiseless: draws sit on centres
+    world = World(
+        4, 6, 3, 5, 0.01, 10.0, 2.0, 0.05, 0.0, 1, mode="one_relevant"
+    )  # near-noiseless: draws sit on centres
     g = torch.Generator().manual_seed(4)
     z = world.sample_topics(4000, g)
     s = world.sample(z, "image", g)
@@ -148,10 +180,10 @@ def test_posterior_mode_shows_exact_log_posteriors_as_points():
     s = world.sample(z, "image", g)
     assert s.points.shape == (7, 4, world.n_topics) and world.point_dim == world.n_topics
     post = world.log_posterior(s.raw, "image")
-    centred = lambda lp: lp.clamp(min=-30) - lp.clamp(min=-30).mean(-1, keepdim=True)  # noqa: E731
+    centred = lambda lp: lp.clamp(min=-30) - lp.clamp(min=-30).mean(-1, keepdim=True)  # noqa: E731 (a one-line helper, used just below)
     assert torch.allclose(s.points[:, -1].double(), centred(post), atol=1e-5)  # pooled point: the exact posterior
     for i in range(3):  # each draw alone, with the prior
-        one = world.point_log_likelihood(s.raw[:, i:i + 1], "image")[:, 0] + world.log_prior
+        one = world.point_log_likelihood(s.raw[:, i : i + 1], "image")[:, 0] + world.log_prior
         assert torch.allclose(s.points[:, i].double(), centred(one - torch.logsumexp(one, 1, keepdim=True)), atol=1e-5)
     # the posterior (and so the PMI) is the draws world's: only what a head is shown differs
     draws = tiny("draws")
@@ -161,7 +193,9 @@ def test_posterior_mode_shows_exact_log_posteriors_as_points():
 def test_draws_mode_is_the_default_and_unchanged():
     a, b = tiny_world(), tiny("draws", points=2)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    assert torch.equal(a.sample(a.sample_topics(5, g1), "text", g1).points, b.sample(b.sample_topics(5, g2), "text", g2).points)
+    assert torch.equal(
+        a.sample(a.sample_topics(5, g1), "text", g1).points, b.sample(b.sample_topics(5, g2), "text", g2).points
+    )
 
 
 def test_bend_is_the_documented_map_with_seeded_offsets():
@@ -190,14 +224,32 @@ def test_draws_are_with_replacement_and_their_noise_is_independent():
     assert torch.equal(s.topics, z)
 
 
-@pytest.mark.parametrize("bad, says", [
-    ({"topics": 0}, "positive"), ({"concepts": 0}, "positive"), ({"dim": 0}, "positive"), ({"points": 0}, "positive"),
-    ({"noise": 0.0}, "noise > 0"), ({"bend": 1.0}, r"bend must be in \[0, 1\)"), ({"bend": -0.1}, "bend"),
-    ({"mode": "pooled"}, "mode must be one of draws, posterior, one_relevant"),
-])
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ({"topics": 0}, "positive"),
+        ({"concepts": 0}, "positive"),
+        ({"dim": 0}, "positive"),
+        ({"points": 0}, "positive"),
+        ({"noise": 0.0}, "noise > 0"),
+        ({"bend": 1.0}, r"bend must be in \[0, 1\)"),
+        ({"bend": -0.1}, "bend"),
+        ({"mode": "pooled"}, "mode must be one of draws, posterior, one_relevant"),
+    ],
+)
 def test_world_refuses_impossible_settings(bad, says):
-    ok = dict(topics=1, concepts=1, dim=1, points=1, noise=0.1, centre_scale=1.0, prior_concentration=1.0,
-              topic_concentration=1.0, bend=0.99, seed=0)
+    ok = dict(
+        topics=1,
+        concepts=1,
+        dim=1,
+        points=1,
+        noise=0.1,
+        centre_scale=1.0,
+        prior_concentration=1.0,
+        topic_concentration=1.0,
+        bend=0.99,
+        seed=0,
+    )
     World(**ok)  # the smallest world is allowed
     with pytest.raises(ValueError, match=says):
         World(**{**ok, **bad})

@@ -1,6 +1,7 @@
 """train_head against a training loop written out here from the protocol (docs/protocol.md, section 2):
 the same parameters after every step, bit for bit, with padded sets, shared images, warm-up, cosine
 decay, weight decay on matrices only and gradient clipping; and its refusals."""
+
 from __future__ import annotations
 
 import copy
@@ -21,15 +22,16 @@ def reference_order(n, batch, steps, seed):
     rows, per_epoch = [], n // batch
     while len(rows) < steps:
         perm = torch.randperm(n, generator=g)
-        rows += [perm[i * batch:(i + 1) * batch] for i in range(per_epoch)]
+        rows += [perm[i * batch : (i + 1) * batch] for i in range(per_epoch)]
     return rows[:steps]
 
 
 def reference_train(head, data: PointSets, cfg, seed):
     decay = [p for p in head.parameters() if p.ndim >= 2]
     rest = [p for p in head.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"])
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": rest, "weight_decay": 0.0}], lr=cfg["lr"]
+    )
     losses = []
     for step, idx in enumerate(reference_order(len(data), cfg["batch_size"], cfg["steps"], seed)):
         w, total = cfg["warmup_steps"], cfg["steps"]
@@ -37,8 +39,10 @@ def reference_train(head, data: PointSets, cfg, seed):
         for group in opt.param_groups:
             group["lr"] = cfg["lr"] * factor
         rows = data.image_of_pair[idx]
-        s = head.score(head.encode_image(data.images[rows], data.image_mask[rows]),
-                       head.encode_text(data.texts[idx], data.text_mask[idx]))
+        s = head.score(
+            head.encode_image(data.images[rows], data.image_mask[rows]),
+            head.encode_text(data.texts[idx], data.text_mask[idx]),
+        )
         target = torch.arange(len(idx))
         loss = (torch.nn.functional.cross_entropy(s, target) + torch.nn.functional.cross_entropy(s.T, target)) / 2
         opt.zero_grad()
@@ -90,8 +94,9 @@ def test_heads_that_train_nothing_are_left_as_they_are():
         stats = train_head(head, data(), cfg, seed=1, device=torch.device("cpu"), progress=False)
         assert stats.steps == 0 and stats.final_loss is None
         assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())
-    stats = train_head(get_head("cosine")(5, 5), data(), {**CFG, "steps": 1}, seed=1, device=torch.device("cpu"),
-                       progress=False)
+    stats = train_head(
+        get_head("cosine")(5, 5), data(), {**CFG, "steps": 1}, seed=1, device=torch.device("cpu"), progress=False
+    )
     assert stats.steps == 1 and stats.final_loss is not None  # one step is a step
 
 
@@ -102,7 +107,9 @@ def test_divergence_names_the_head_and_step():
         return image_rep.vectors @ text_rep.vectors.T * float("inf")
 
     head.score = exploding
-    with pytest.raises(TrainingDiverged, match=r"head 'mine': training loss is nan at step 0\. Lower train\.lr \(now 0\.05\)"):
+    with pytest.raises(
+        TrainingDiverged, match=r"head 'mine': training loss is nan at step 0\. Lower train\.lr \(now 0\.05\)"
+    ):
         train_head(head, data(), CFG, seed=1, device=torch.device("cpu"), label="mine", progress=False)
 
 

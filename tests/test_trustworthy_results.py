@@ -4,6 +4,7 @@ Each test changes one thing a cell depends on (a head's code, a default, one ima
 checkpoint's bytes) and asserts the cell is recomputed; a regression check run on a copy of the
 package whose head is broken on purpose must fail; baselines and reference rows are never lost.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-import heads
-from bench.report import leaderboard, results
-from bench.cli import main
 from helpers import SMALL
 from test_bad_inputs import _real_cfg, make_real_data, snapshot
+
+import heads
+from bench.cli import main
+from bench.report import leaderboard, results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ def reused(out: str) -> list[str]:
     return [line.split("]")[1].split(":")[0].strip() for line in out.splitlines() if ": reused " in line]
 
 
-USER_HEAD = '''
+USER_HEAD = """
 import torch
 from heads import SimilarityHead, register_head
 
@@ -63,7 +64,7 @@ class UserScaled(SimilarityHead):
 
     def score(self, image_rep, text_rep):
         return self.scale * image_rep @ text_rep.T
-'''
+"""
 
 
 @pytest.fixture
@@ -109,19 +110,37 @@ def test_setting_an_option_to_its_default_is_the_same_cell(tmp_path, capsys):
     explicit = {**SMALL, "heads": {"kme_rff": {"num_features": 256, "features": "positive", "seed": 0}}}
     assert run("--config", small(tmp_path, **explicit), "--out", out, "--heads", "kme_rff") == 0
     assert reused(capsys.readouterr().out) == ["kme_rff"]
-    assert run("--config", small(tmp_path, heads={"kme_rff": {"num_features": 256, "seed": 1}}),
-               "--out", out, "--heads", "kme_rff") == 0
+    assert (
+        run(
+            "--config",
+            small(tmp_path, heads={"kme_rff": {"num_features": 256, "seed": 1}}),
+            "--out",
+            out,
+            "--heads",
+            "kme_rff",
+        )
+        == 0
+    )
     assert reused(capsys.readouterr().out) == []  # an option changed: recomputed
 
 
 def test_code_identity_is_the_import_closure_by_content(tmp_path):
-    from bench.run.code_identity import closure, code_identity
     import suites
+    from bench.run.code_identity import closure, code_identity
 
     ident = code_identity(heads.get_head("cosine"), suites.get_suite("synthetic"))
     files = set(ident["files"])
-    assert {"heads/cosine.py", "heads/pointsets.py", "heads/base.py", "suites/synthetic.py",
-            "suites/synthetic_world.py", "bench/run/train.py", "bench/eval/scoring.py", "bench/eval/metrics.py", "bench/run/runner.py"} <= files
+    assert {
+        "heads/cosine.py",
+        "heads/pointsets.py",
+        "heads/base.py",
+        "suites/synthetic.py",
+        "suites/synthetic_world.py",
+        "bench/run/train.py",
+        "bench/eval/scoring.py",
+        "bench/eval/metrics.py",
+        "bench/run/runner.py",
+    } <= files
     assert not files & {"heads/kme_rbf.py", "suites/retrieval.py", "bench/report/leaderboard.py", "bench/cli.py"}
     # A dependency's content, not its path or time, is what counts.
     pkg = tmp_path / "pkg"
@@ -149,6 +168,7 @@ def test_a_head_without_source_is_never_reused():
 # --------------------------------------------------------------------------------------------
 # Real data: one image, the checkpoint's bytes.
 
+
 @pytest.fixture
 def real(tmp_path):
     data, tiny = make_real_data(tmp_path)
@@ -156,8 +176,22 @@ def real(tmp_path):
 
 
 def _retrieval(data, backbone, cfg, out, heads_="clip_frozen,cosine"):
-    return run("--suite", "retrieval", "--backbone", backbone, "--data-root", data, "--config", cfg, "--heads", heads_,
-               "--out", out, "--device", "cpu")
+    return run(
+        "--suite",
+        "retrieval",
+        "--backbone",
+        backbone,
+        "--data-root",
+        data,
+        "--config",
+        cfg,
+        "--heads",
+        heads_,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+    )
 
 
 def test_changing_one_test_image_recomputes(real, tmp_path, capsys):
@@ -207,8 +241,11 @@ def test_replacing_the_checkpoint_bytes_recomputes(real, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 # The regression check cannot pass on broken code.
 
+
 def _copy_repo(dest: Path) -> Path:
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True
+    ).stdout.split()
     for f in files:
         src = REPO / f
         if src.is_file():
@@ -219,15 +256,23 @@ def _copy_repo(dest: Path) -> Path:
 
 def _bench(repo: Path, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(repo)}
-    return subprocess.run([sys.executable, "run_bench.py", *args, "--no-progress"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "run_bench.py", *args, "--no-progress"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _break_cosine(repo: Path) -> None:
     path = repo / "heads" / "cosine.py"
     text = path.read_text()
-    broken = text.replace("return self.logit_scale * image_rep.vectors @ text_rep.vectors.T",
-                          "return 0.01 * self.logit_scale * image_rep.vectors @ text_rep.vectors.T")
+    broken = text.replace(
+        "return self.logit_scale * image_rep.vectors @ text_rep.vectors.T",
+        "return 0.01 * self.logit_scale * image_rep.vectors @ text_rep.vectors.T",
+    )
     assert broken != text
     path.write_text(broken)
 
@@ -245,7 +290,9 @@ def broken_repo(tmp_path_factory):
 
 def test_readme_check_fails_when_a_head_is_broken(broken_repo):
     """The README's check command (here for the broken head alone, to keep the default run fast)."""
-    proc = _bench(broken_repo, "--suite", "synthetic", "--check", "results/baselines/synthetic.json", "--heads", "cosine")
+    proc = _bench(
+        broken_repo, "--suite", "synthetic", "--check", "results/baselines/synthetic.json", "--heads", "cosine"
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "REGRESSION" in proc.stdout and "cosine" in proc.stdout and "reused" not in proc.stdout
 
@@ -262,17 +309,22 @@ def test_committed_results_are_not_reused_for_changed_code(broken_repo):
 def test_published_results_come_from_this_code():
     """results/ claims to be made by this code: every committed cell's key must be the key this code
     would compute (else regenerate it: see the README's 'Published results')."""
-    from bench.run import config, runner
     from bench.report.provenance import resolve_device
+    from bench.run import config, runner
 
     records = results.load_all(REPO / "results")
     assert records and all(r.status == "ok" for r in records)
     for suite in sorted({r.suite.name for r in records}):
         rs = [r for r in records if r.suite.name == suite]
         resolved = rs[0].config.resolved
-        cfg = config.resolve({"seed": resolved["seed"], "train": resolved["train"],
-                              "suites": {suite: resolved["suite_params"]},
-                              "heads": {r.head.name: r.head.options for r in rs if r.head.kind == "head"}})
+        cfg = config.resolve(
+            {
+                "seed": resolved["seed"],
+                "train": resolved["train"],
+                "suites": {suite: resolved["suite_params"]},
+                "heads": {r.head.name: r.head.options for r in rs if r.head.kind == "head"},
+            }
+        )
         names = [r.head.name for r in rs if r.head.kind == "head"]
         suite_cls, params, protocol, cells = runner.plan(suite, names, cfg)
         suite_obj = suite_cls(params)
@@ -280,8 +332,10 @@ def test_published_results_come_from_this_code():
         protocol_hash, refs = runner._identify(suite_obj, suite_cls, protocol, cells, cfg, device)
         expected = {c.head: c.key for c in cells} | {n: c.key for n, c in refs.items()}
         stale = [r.head.name for r in rs if r.config.key != expected[r.head.name]]
-        assert not stale, (f"results/runs/{suite}: {stale} were made by other code, data or libraries; regenerate with "
-                           "`python run_bench.py --out results --force`.")
+        assert not stale, (
+            f"results/runs/{suite}: {stale} were made by other code, data or libraries; regenerate with "
+            "`python run_bench.py --out results --force`."
+        )
 
 
 @pytest.mark.slow
@@ -307,13 +361,15 @@ def test_the_default_output_folder_is_not_the_published_one():
     from bench.cli import DEFAULT_OUT, parser
 
     assert parser().parse_args([]).out == DEFAULT_OUT != "results"
-    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", f"{DEFAULT_OUT}/runs/synthetic/cosine.json"],
-                             capture_output=True)
+    ignored = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", f"{DEFAULT_OUT}/runs/synthetic/cosine.json"], capture_output=True
+    )
     assert ignored.returncode == 0
 
 
 # --------------------------------------------------------------------------------------------
 # Baselines and references are never lost.
+
 
 @pytest.fixture(scope="module")
 def four_heads(tmp_path_factory):
@@ -343,7 +399,10 @@ def test_update_baseline_refuses_to_mix_protocols(four_heads, tmp_path, capsys):
     target = tmp_path / "base.json"
     shutil.copy(base, target)
     before = target.read_bytes()
-    assert run("--config", cfg, "--out", tmp_path / "o", "--seed", 5, "--heads", "cosine", "--update-baseline", target) == 2
+    assert (
+        run("--config", cfg, "--out", tmp_path / "o", "--seed", 5, "--heads", "cosine", "--update-baseline", target)
+        == 2
+    )
     assert "under another protocol" in capsys.readouterr().err
     assert target.read_bytes() == before
 
@@ -364,14 +423,20 @@ def test_check_passes_an_improvement_and_fails_a_drop_beyond_tolerance(four_head
     better["scores"]["cosine"]["infonce_excess"] += 5 * tol  # the run is now much better than this baseline
     (tmp_path / "better.json").write_text(json.dumps(better))
     exact = ("--check-rule", "exact")  # the scores are edited by hand here; the outcome files are not
-    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp_path / "better.json", *exact) == 0
+    assert (
+        run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp_path / "better.json", *exact)
+        == 0
+    )
     worse = json.loads(json.dumps(saved))
     worse["scores"]["cosine"]["infonce_excess"] -= 1.5 * tol
     (tmp_path / "worse.json").write_text(json.dumps(worse))
-    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp_path / "worse.json", *exact) == 1
+    assert (
+        run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp_path / "worse.json", *exact)
+        == 1
+    )
 
 
-CRASHER = '''
+CRASHER = """
 from heads import SimilarityHead, register_head
 
 
@@ -383,7 +448,7 @@ class Crasher(SimilarityHead):
         super().__init__(image_dim, text_dim)
         if image_dim != 4:  # not in the planning check on tiny dims: in the run itself
             raise KeyboardInterrupt  # as Ctrl-C or SIGTERM would, mid-run
-'''
+"""
 
 
 def test_a_crash_mid_run_keeps_references_and_leaderboard_consistent(four_heads, tmp_path, capsys):
@@ -416,13 +481,18 @@ def test_leaderboard_states_provenance_per_row_and_the_protocol(four_heads, tmp_
     shutil.copytree(tmp / "out", out)
     board = leaderboard.build(out)
     assert f"Built from `{out.as_posix()}/runs/`" in board and "Every row from commit" in board
-    assert "train: batch_size 64, grad_clip 1.0, loss infonce, lr 0.002, steps 20, warmup_steps 5" in board and "test_pairs 150" in board
+    assert (
+        "train: batch_size 64, grad_clip 1.0, loss infonce, lr 0.002, steps 20, warmup_steps 5" in board
+        and "test_pairs 150" in board
+    )
     path = out / "runs/synthetic/kme_rff.json"
     record = json.loads(path.read_text())
     record["git_commit"], record["created_utc"] = "f" * 40, "2026-01-02T00:00:00+00:00"
     path.write_text(json.dumps(record))
     board = leaderboard.build(out)
-    assert "Rows come from 2 commits" in board and "| commit" in board and "ffffffffff" in board and "2026-01-02" in board
+    assert (
+        "Rows come from 2 commits" in board and "| commit" in board and "ffffffffff" in board and "2026-01-02" in board
+    )
 
 
 def test_a_long_run_is_keyed_by_the_code_it_started_with(tmp_path, monkeypatch):

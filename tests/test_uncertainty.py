@@ -1,4 +1,5 @@
 """Intervals and paired tests from per-query outcomes, checked against slow references."""
+
 import itertools
 
 import numpy as np
@@ -26,8 +27,9 @@ def test_bootstrap_interval_agrees_with_scipy_on_a_mean():
     values = rng.random(300) < 0.3
     est = Mean(values.astype(float), np.arange(300), 300)
     ours = uncertainty.bootstrap({"m": est}, resamples=10_000, seed=3)["m"]
-    ref = stats.bootstrap((values.astype(float),), np.mean, n_resamples=10_000, method="percentile",
-                          random_state=4).confidence_interval
+    ref = stats.bootstrap(
+        (values.astype(float),), np.mean, n_resamples=10_000, method="percentile", random_state=4
+    ).confidence_interval
     assert ours[0] == pytest.approx(ref.low, abs=0.01) and ours[1] == pytest.approx(ref.high, abs=0.01)
 
 
@@ -73,10 +75,13 @@ def test_sign_flip_p_value_matches_exact_enumeration():
 def test_identical_heads_differ_by_zero_with_p_one_and_a_dominant_head_has_tiny_p():
     rng = np.random.default_rng(4)
     v = rng.random(500)
-    same = uncertainty.paired({"m": Mean(v, np.arange(500), 500)}, {"m": Mean(v.copy(), np.arange(500), 500)}, 2000)["m"]
+    same = uncertainty.paired({"m": Mean(v, np.arange(500), 500)}, {"m": Mean(v.copy(), np.arange(500), 500)}, 2000)[
+        "m"
+    ]
     assert same["difference"] == 0 and same["low"] == same["high"] == 0 and same["p_value"] == 1.0
-    better = uncertainty.paired({"m": Mean(v + 0.01, np.arange(500), 500)}, {"m": Mean(v, np.arange(500), 500)},
-                                10_000)["m"]
+    better = uncertainty.paired(
+        {"m": Mean(v + 0.01, np.arange(500), 500)}, {"m": Mean(v, np.arange(500), 500)}, 10_000
+    )["m"]
     assert better["p_value"] < 0.001 and better["low"] > 0
 
 

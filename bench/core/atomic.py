@@ -1,4 +1,5 @@
 """Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,11 @@ def save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: str(v) for k, v in (metadata or {}).items()})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(tmp),
+            metadata={k: str(v) for k, v in (metadata or {}).items()},
+        )
 
 
 def sweep_stale(folder) -> list[Path]:

@@ -6,6 +6,7 @@ single process would see (as open_clip's ClipLoss does with gather_with_grad). G
 averaged across ranks, which makes a step equal to the single-process step up to float rounding.
 Rank 0 alone evaluates and writes files.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,7 +73,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def backward(ctx, grad):
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
 def gather(rep):
@@ -153,7 +154,7 @@ def gather_rows(local: torch.Tensor | None) -> torch.Tensor:
     device = _comm_device()
     padded = torch.zeros((max(rows), *trailing), dtype=dtype, device=device)
     if local is not None:
-        padded[:len(local)] = local.to(device)
+        padded[: len(local)] = local.to(device)
     parts = [torch.empty_like(padded) for _ in rows]
     dist.all_gather(parts, padded)
     return torch.cat([p[:r] for p, r in zip(parts, rows)]).cpu()

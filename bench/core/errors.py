@@ -3,6 +3,7 @@
 They live at the bottom of the house because every layer raises them (a suite rejects its
 config, a reader its data, the backbone a model name) and the command line above catches them.
 """
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Content hashes of files and of JSON-able settings: what the caches and cell keys are made of."""
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ compare, regression check, sweep) gets one only through ``from_dict``/``read``, 
 schema version (upgrading older ones), every field's type and, through ``outcome_arrays``, the
 checksum of the per-query outcome file. A file that does not validate is named, never half-read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,15 +68,16 @@ class CellConfig:
 
 @dataclass
 class OutcomeRef:
-    file: str       # beside the record
-    sha256: str     # of that file's bytes
-    spec: dict      # how each metric is computed from the arrays (bench/eval/uncertainty.py)
+    file: str  # beside the record
+    sha256: str  # of that file's bytes
+    spec: dict  # how each metric is computed from the arrays (bench/eval/uncertainty.py)
     arrays: list
 
 
 @dataclass
 class RepeatGroup:
     """A board row made of several repeats: not stored, built by the leaderboard."""
+
     n: int
     sd: dict
     records: list
@@ -134,7 +136,11 @@ class ResultRecord:
 
 _SECTIONS = {"suite": SuiteInfo, "head": HeadInfo, "config": CellConfig, "outcomes": OutcomeRef}
 _TYPES: dict[str, tuple] = {
-    "str": (str,), "int": (int,), "bool": (bool,), "dict": (dict,), "list": (list,),
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "dict": (dict,),
+    "list": (list,),
 }
 
 
@@ -204,16 +210,20 @@ def from_dict(data: Any, where: str = "result") -> ResultRecord:
     if not isinstance(version, int) or isinstance(version, bool):
         raise ResultFileError(f"{where} lacks schema_version; it was not written by simbench.")
     if version > SCHEMA_VERSION or (version < SCHEMA_VERSION and version not in UPGRADES):
-        raise ResultFileError(f"{where} has schema_version {version} (current {SCHEMA_VERSION}), which this version "
-                              "of simbench cannot read; rerun that head.")
+        raise ResultFileError(
+            f"{where} has schema_version {version} (current {SCHEMA_VERSION}), which this version "
+            "of simbench cannot read; rerun that head."
+        )
     while version < SCHEMA_VERSION:
         data, version = UPGRADES[version](data), version + 1
     try:
         record = ResultRecord(**_check_fields(ResultRecord, data, "record"))
         _check_values(record)
     except ResultFileError as exc:
-        raise ResultFileError(f"{where} is not a valid result ({exc}); it was not written by this simbench or was "
-                              "edited: delete it and rerun that head.") from None
+        raise ResultFileError(
+            f"{where} is not a valid result ({exc}); it was not written by this simbench or was "
+            "edited: delete it and rerun that head."
+        ) from None
     return record
 
 
@@ -221,7 +231,9 @@ def read(path: Path) -> ResultRecord:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResultFileError(f"result file {str(path)!r} cannot be read ({exc}); delete it and rerun that head.") from None
+        raise ResultFileError(
+            f"result file {str(path)!r} cannot be read ({exc}); delete it and rerun that head."
+        ) from None
     return from_dict(data, f"result file {str(path)!r}")
 
 
@@ -241,6 +253,8 @@ def outcome_arrays(folder: Path, record: ResultRecord) -> dict | None:
     path = Path(folder) / record.outcomes.file
     arrays = load_checked_npz(path, record.outcomes.sha256)
     if arrays is None:
-        raise ResultFileError(f"{path} is missing or is not the outcome file {record.head.name}'s result names "
-                              "(checksum mismatch); rerun that head with --force.")
+        raise ResultFileError(
+            f"{path} is missing or is not the outcome file {record.head.name}'s result names "
+            "(checksum mismatch); rerun that head with --force."
+        )
     return arrays

@@ -4,10 +4,12 @@ Names are the public interface of the benchmark (they appear in configs, result 
 leaderboards), so a duplicate is an error rather than a silent override, and an unknown name
 answers with the closest registered names instead of a bare KeyError.
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from bench.core.errors import UnknownNameError
 
@@ -47,8 +49,7 @@ class Registry(Generic[T]):
         except KeyError:
             known = ", ".join(sorted(self._items)) or "none"
             raise UnknownNameError(
-                f"Unknown {self.kind} {name!r}.{suggest(name, self._items)} "
-                f"Registered {self.kind}s: {known}."
+                f"Unknown {self.kind} {name!r}.{suggest(name, self._items)} Registered {self.kind}s: {known}."
             ) from None
 
     def names(self) -> list[str]:

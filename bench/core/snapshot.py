@@ -5,6 +5,7 @@ files are edited or a commit is made while it runs, later cells would be keyed b
 run. Inside ``frozen()`` each file is read once (the first read is what every later key sees) and
 ``memo`` values (the commit) are computed once, so a run describes the code it started with.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Readers of datasets in their real on-disk formats (clip_benchmark layouts, webdataset shards)."""
+
 from __future__ import annotations
 
 import os

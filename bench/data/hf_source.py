@@ -7,6 +7,7 @@ their encoded bytes and decoded by the same code as files on disk (bench/data/im
 undecodable image is handled as any other. A dataset's identity is its own fingerprint plus the sizes
 and modification times of its Arrow files, so an edited copy gets new features and new results.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,7 +38,7 @@ def is_hf(spec: str) -> bool:
 
 def parse(spec: str) -> tuple[str, str | None]:
     """``hf:/data/coco:test`` -> ("/data/coco", "test"); the split is the last ``:`` part without a slash."""
-    body = spec[len(PREFIX):]
+    body = spec[len(PREFIX) :]
     head, sep, tail = body.rpartition(":")
     if sep and head and tail and "/" not in tail and "\\" not in tail:
         return head, tail
@@ -62,23 +63,29 @@ def open_dataset(spec: str, default_split: str | None = None):
     split = split or default_split
     path = Path(where).expanduser()
     try:
-        if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
+        if path.is_dir() and any(
+            (path / f).is_file() for f in ("dataset_dict.json", "state.json", "dataset_info.json")
+        ):
             loaded = datasets.load_from_disk(str(path))
         elif path.is_file() and path.suffix == ".parquet" or path.is_dir() and any(path.glob("*.parquet")):
             files = [str(path)] if path.is_file() else sorted(str(p) for p in path.glob("*.parquet"))
             loaded = datasets.load_dataset("parquet", data_files={split or "train": files})
         elif path.exists():
-            raise DataError(f"{spec}: {path} is neither a save_to_disk folder (state.json / dataset_dict.json) nor "
-                            "parquet file(s). Write it with Dataset.save_to_disk(PATH) or Dataset.to_parquet(PATH).")
+            raise DataError(
+                f"{spec}: {path} is neither a save_to_disk folder (state.json / dataset_dict.json) nor "
+                "parquet file(s). Write it with Dataset.save_to_disk(PATH) or Dataset.to_parquet(PATH)."
+            )
         else:
             loaded = datasets.load_dataset(where)  # the local cache only: offline
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 (datasets raises many kinds; name the spec and the fix)
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        raise DataError(f"{spec}: could not open it offline ({type(exc).__name__}: {first}). Nothing is downloaded: pass a "
-                        "folder written by save_to_disk, parquet file(s), or the name of a dataset already in the local "
-                        "Hugging Face cache.") from None
+        raise DataError(
+            f"{spec}: could not open it offline ({type(exc).__name__}: {first}). Nothing is downloaded: pass a "
+            "folder written by save_to_disk, parquet file(s), or the name of a dataset already in the local "
+            "Hugging Face cache."
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if split is None and len(loaded) == 1:
             split = next(iter(loaded))
@@ -95,8 +102,10 @@ def column(ds, spec: str, role: str, chosen: str) -> str:
     for name in candidates:
         if name in names:
             return name
-    raise DataError(f"{spec}: no {role} column ({'tried ' + ', '.join(candidates) if chosen == 'auto' else repr(chosen)}); "
-                    f"its columns are {', '.join(names)}. Set the suite option {role}_column.")
+    raise DataError(
+        f"{spec}: no {role} column ({'tried ' + ', '.join(candidates) if chosen == 'auto' else repr(chosen)}); "
+        f"its columns are {', '.join(names)}. Set the suite option {role}_column."
+    )
 
 
 @dataclass(frozen=True)
@@ -181,8 +190,6 @@ class HFImages(image_source.IndexedSource):
         return f"hf:{ds._fingerprint}:{len(ds)}:{','.join(files)}"
 
 
-
-
 def image_refs(ds, spec: str, split: str | None, image_column: str) -> list[str]:
     source = HFImages(spec, split, image_column)
     prefix = image_source.register(source)
@@ -198,8 +205,10 @@ def check_images(refs: list[str], spec: str, limit: int = 5) -> None:
     source, _ = image_source.indexed(refs[0])
     empty = source.empty_rows()
     if empty:
-        raise DataError(f"{spec}: {len(empty)} of {len(refs)} rows have no image (rows {empty[:limit]}); remove those "
-                        "rows or fill them in.")
+        raise DataError(
+            f"{spec}: {len(empty)} of {len(refs)} rows have no image (rows {empty[:limit]}); remove those "
+            "rows or fill them in."
+        )
 
 
 def _captions(value, spec: str, row: int) -> list[str]:
@@ -232,8 +241,10 @@ def labelled_images(spec: str, split: str, image_column: str = "auto", label_col
     check_images(refs, spec)
     labels = ds[label_col]
     if not all(isinstance(y, int) and not isinstance(y, bool) for y in labels):
-        raise DataError(f"{spec}: column {label_col!r} must hold integer class indices (a ClassLabel), e.g. "
-                        f"{labels[0]!r} is not one; map names to indices with Dataset.class_encode_column.")
+        raise DataError(
+            f"{spec}: column {label_col!r} must hold integer class indices (a ClassLabel), e.g. "
+            f"{labels[0]!r} is not one; map names to indices with Dataset.class_encode_column."
+        )
     feature = ds.features[label_col]
     names = list(feature.names) if hasattr(feature, "names") else None
     return refs, [int(y) for y in labels], names

@@ -8,6 +8,7 @@ keyed by process: a DataLoader worker forked from a parent that had a shard open
 share that file's offset with its siblings, and their interleaved seeks and reads return another
 member's bytes (seen as images that "cannot be identified", now and then).
 """
+
 from __future__ import annotations
 
 import io
@@ -74,7 +75,7 @@ def register(source: IndexedSource) -> str:
 
 def sources_for(paths) -> dict[str, IndexedSource]:
     """The sources the references in ``paths`` need (carried to DataLoader workers with the file list)."""
-    keys = {str(p)[len(INDEXED):].split(SEP, 1)[0] for p in paths if str(p).startswith(INDEXED)}
+    keys = {str(p)[len(INDEXED) :].split(SEP, 1)[0] for p in paths if str(p).startswith(INDEXED)}
     return {k: _sources[k] for k in keys}
 
 
@@ -87,7 +88,7 @@ def indexed(path) -> tuple[IndexedSource, int] | None:
     text = str(path)
     if not text.startswith(INDEXED):
         return None
-    key, row = text[len(INDEXED):].split(SEP, 1)
+    key, row = text[len(INDEXED) :].split(SEP, 1)
     if key not in _sources:
         raise OSError(f"image source {key} is not registered in this process (its dataset was not loaded)")
     return _sources[key], int(row)

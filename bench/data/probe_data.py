@@ -7,6 +7,7 @@ keep arrays (CIFAR-10/100, STL10) by row, through an indexed image source that a
 reopen. clip_benchmark's webdataset export (``NAME/SPLIT/nshards.txt`` + tars with ``cls``) and
 Hugging Face datasets (``sources``) work too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -76,17 +77,17 @@ class TorchvisionRows(image_source.IndexedSource):
         return "tv:" + ",".join(f"{p.relative_to(self.root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
-
-
 # CIFAR's python pickles, read here: torchvision's reader insists on the archive's md5 sums, which a copy
 # made any other way (or a test's fixture) cannot match, and the format is four keys.
-CIFAR = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
-         "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels")}
+CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
 
 
 @dataclass
 class CifarArrays:
-    images: object   # uint8 [n, 32, 32, 3]
+    images: object  # uint8 [n, 32, 32, 3]
     labels: list[int]
 
 
@@ -102,16 +103,20 @@ def read_cifar(name: str, root: Path, split: str) -> CifarArrays:
     for f in train_files if split == "train" else test_files:
         path = root / folder / f
         if not path.is_file() or path.stat().st_size == 0:
-            raise DataError(f"{name}: {path} is {'empty' if path.is_file() else 'missing'}. Expected layout:\n  "
-                            f"{LAYOUTS[name]}\nGet it from: {SOURCE}")
+            raise DataError(
+                f"{name}: {path} is {'empty' if path.is_file() else 'missing'}. Expected layout:\n  "
+                f"{LAYOUTS[name]}\nGet it from: {SOURCE}"
+            )
         try:
             with open(path, "rb") as fh:
                 batch = pickle.load(fh, encoding="latin1")
             arrays.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels += [int(y) for y in batch[key]]
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as exc:
-            raise DataError(f"{name}: {path} is not a CIFAR python batch ({type(exc).__name__}: {exc}); replace it with "
-                            "an intact copy.") from None
+            raise DataError(
+                f"{name}: {path} is not a CIFAR python batch ({type(exc).__name__}: {exc}); replace it with "
+                "an intact copy."
+            ) from None
     return CifarArrays(np.concatenate(arrays), labels)
 
 
@@ -122,8 +127,10 @@ def _build(name: str, root: Path, split: str):
         return build_dataset(name, root=str(root), transform=None, split=split, download=False)
     except Exception as exc:  # noqa: BLE001 (torchvision reports a missing layout in many ways)
         text = str(exc) if len(str(exc)) < 300 else str(exc)[:300] + " ..."
-        raise DataError(f"{name} ({split} split): clip_benchmark could not read {root} ({type(exc).__name__}: {text}). "
-                        f"Expected layout:\n  {LAYOUTS[name]}\nGet it from: {SOURCE}") from None
+        raise DataError(
+            f"{name} ({split} split): clip_benchmark could not read {root} ({type(exc).__name__}: {text}). "
+            f"Expected layout:\n  {LAYOUTS[name]}\nGet it from: {SOURCE}"
+        ) from None
 
 
 def _files_and_labels(ds) -> tuple[list, list[int]] | None:
@@ -156,22 +163,29 @@ def per_class(labels: list[int], k: int, seed: int = 0) -> list[int]:
     return sorted(keep)
 
 
-def load_split(data_root: Path, name: str, split: str, source: str | None = None, columns: dict | None = None,
-               per_class_k: int = 0) -> LabelledSet:
+def load_split(
+    data_root: Path, name: str, split: str, source: str | None = None, columns: dict | None = None, per_class_k: int = 0
+) -> LabelledSet:
     """One labelled split; ``per_class_k`` > 0 keeps that many images per class (ImageNet's 1.28M train)."""
     if source is not None:
         from bench.data import hf_source
 
         columns = columns or {}
-        refs, labels, _ = hf_source.labelled_images(source, split, columns.get("image_column", "auto"),
-                                                    columns.get("label_column", "auto"))
+        refs, labels, _ = hf_source.labelled_images(
+            source, split, columns.get("image_column", "auto"), columns.get("label_column", "auto")
+        )
         out = LabelledSet(name, split, refs, labels, {"source": source})
     else:
         out = _from_folder(Path(data_root), name, split)
     if per_class_k > 0:
         keep = per_class(out.labels, per_class_k)
-        out = LabelledSet(out.name, out.split, [out.image_paths[i] for i in keep], [out.labels[i] for i in keep],
-                          {**out.notes, "per_class": per_class_k})
+        out = LabelledSet(
+            out.name,
+            out.split,
+            [out.image_paths[i] for i in keep],
+            [out.labels[i] for i in keep],
+            {**out.notes, "per_class": per_class_k},
+        )
     if not out.image_paths:
         raise DataError(f"{name} ({split} split) has no images; point the data root at a complete copy.")
     if min(out.labels) < 0:
@@ -189,7 +203,9 @@ def _from_folder(data_root: Path, name: str, split: str) -> LabelledSet:
     if shards is not None:  # clip_benchmark's webdataset export
         return LabelledSet(name, split, *labelled_samples(name, shards))
     if not root.is_dir() or not any(root.iterdir()):
-        raise DataError(f"{name}: folder {root} is missing or empty. Expected layout:\n  {LAYOUTS[name]}\nGet it from: {SOURCE}")
+        raise DataError(
+            f"{name}: folder {root} is missing or empty. Expected layout:\n  {LAYOUTS[name]}\nGet it from: {SOURCE}"
+        )
     if name in CIFAR:
         arrays = read_cifar(name, root, split)
         labels, rows = arrays.labels, TorchvisionRows(name, str(root), split)
@@ -202,8 +218,10 @@ def _from_folder(data_root: Path, name: str, split: str) -> LabelledSet:
         paths, labels = listed
         bad = [p for p in paths if not p.is_file() or p.stat().st_size == 0]
         if bad:
-            raise DataError(f"{name}: {len(bad)} of {len(paths)} images are missing or empty (e.g. "
-                            f"{', '.join(map(str, bad[:5]))}); an interrupted download leaves these.")
+            raise DataError(
+                f"{name}: {len(bad)} of {len(paths)} images are missing or empty (e.g. "
+                f"{', '.join(map(str, bad[:5]))}); an interrupted download leaves these."
+            )
         return LabelledSet(name, split, paths, labels)
     prefix = image_source.register(TorchvisionRows(name, str(root), split))
     labels = _array_labels(ds)
@@ -216,8 +234,15 @@ def check_all(data_root: Path) -> list[dict]:
     for name in LAYOUTS:
         try:
             train, test = load_split(data_root, name, "train"), load_split(data_root, name, "test")
-            rows.append({"dataset": name, "ready": True,
-                         "detail": f"{len(train.image_paths)} train, {len(test.image_paths)} test images"})
+            rows.append(
+                {
+                    "dataset": name,
+                    "ready": True,
+                    "detail": f"{len(train.image_paths)} train, {len(test.image_paths)} test images",
+                }
+            )
         except DataError as exc:
-            rows.append({"dataset": name, "ready": False, "detail": str(exc), "layout": LAYOUTS[name], "source": SOURCE})
+            rows.append(
+                {"dataset": name, "ready": False, "detail": str(exc), "layout": LAYOUTS[name], "source": SOURCE}
+            )
     return rows

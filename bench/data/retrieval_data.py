@@ -6,16 +6,15 @@ and where to get it, writing nothing into the data root. The files are read dire
 formats clip_benchmark reads (COCO-style Karpathy JSON; Flickr ``image.jpg,caption`` text), which
 avoids a pycocotools dependency and lets a reader name every missing image.
 """
+
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from bench.core.errors import DataError
-from bench.data import image_source
 from bench.data.types import RetrievalSet  # noqa: F401 (defined there, read from here by the suites)
 from bench.data.webdataset import clip_benchmark_shards, wds_samples
 
@@ -28,10 +27,14 @@ def _check_images(paths: list[Path], dataset: str, limit: int = 5) -> None:
         if missing:
             parts.append(f"{len(missing)} missing (e.g. {', '.join(str(p) for p in missing[:limit])})")
         if empty:
-            parts.append(f"{len(empty)} empty (e.g. {', '.join(str(p) for p in empty[:limit])}; "
-                         f"an interrupted download leaves these: delete and fetch them again)")
-        raise DataError(f"{dataset}: of {len(paths)} images, " + "; ".join(parts) + ". Restore them, or remove their "
-                        "entries from the annotation file so the test set is what it says it is.")
+            parts.append(
+                f"{len(empty)} empty (e.g. {', '.join(str(p) for p in empty[:limit])}; "
+                f"an interrupted download leaves these: delete and fetch them again)"
+            )
+        raise DataError(
+            f"{dataset}: of {len(paths)} images, " + "; ".join(parts) + ". Restore them, or remove their "
+            "entries from the annotation file so the test set is what it says it is."
+        )
 
 
 def _require(path: Path, dataset: str, layout: str) -> None:
@@ -51,7 +54,9 @@ def read_coco(root: Path, split: str) -> RetrievalSet:
     except UnicodeDecodeError as exc:
         raise DataError(f"mscoco_captions: {ann} is not UTF-8 text ({exc}); re-save it as UTF-8.") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"mscoco_captions: {ann} is not a COCO-style caption file ({type(exc).__name__}: {exc}).") from None
+        raise DataError(
+            f"mscoco_captions: {ann} is not a COCO-style caption file ({type(exc).__name__}: {exc})."
+        ) from None
     order = sorted(images)
     index = {image_id: i for i, image_id in enumerate(order)}
     captions, caption_image = [], []
@@ -59,8 +64,10 @@ def read_coco(root: Path, split: str) -> RetrievalSet:
         if image_id not in index:
             raise DataError(f"mscoco_captions: {ann} has a caption for unknown image id {image_id}.")
         if not isinstance(caption, str):
-            raise DataError(f"mscoco_captions: {ann} has a caption that is {json.dumps(caption)}, not text, for image id "
-                            f"{image_id}; fix or remove that annotation.")
+            raise DataError(
+                f"mscoco_captions: {ann} has a caption that is {json.dumps(caption)}, not text, for image id "
+                f"{image_id}; fix or remove that annotation."
+            )
         if not caption.strip():
             raise DataError(f"mscoco_captions: {ann} has an empty caption for image id {image_id}.")
         captions.append(str(caption).strip())
@@ -121,13 +128,17 @@ DATASETS = {
 }
 
 
-def read_csv(path: Path, separator: str = "\t", image_column: str = "filepath", caption_column: str = "title") -> RetrievalSet:
+def read_csv(
+    path: Path, separator: str = "\t", image_column: str = "filepath", caption_column: str = "title"
+) -> RetrievalSet:
     """open_clip's training CSV: one row per (image path, caption); relative paths are from the CSV's folder."""
     import pandas as pd
 
     if not path.is_file():
-        raise DataError(f"training CSV {path} does not exist (expected columns {image_column!r} and {caption_column!r}, "
-                        f"separated by {separator!r}, as open_clip's --csv-img-key/--csv-caption-key).")
+        raise DataError(
+            f"training CSV {path} does not exist (expected columns {image_column!r} and {caption_column!r}, "
+            f"separated by {separator!r}, as open_clip's --csv-img-key/--csv-caption-key)."
+        )
     try:
         frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -165,7 +176,9 @@ def read_webdataset(pattern: str) -> RetrievalSet:
     return pairs_from_shards(f"wds:{Path(pattern).name}", "train", [Path(p).expanduser() for p in braceexpand(pattern)])
 
 
-def load(data_root: Path, name: str, split: str, source: str | None = None, columns: dict | None = None) -> RetrievalSet:
+def load(
+    data_root: Path, name: str, split: str, source: str | None = None, columns: dict | None = None
+) -> RetrievalSet:
     """A dataset by name under ``data_root``; or ``csv:PATH`` / ``wds:SHARDS`` as open_clip's trainer reads them;
     or a Hugging Face dataset, ``hf:PATH_OR_NAME[:SPLIT]``, as the name (training pairs) or as the ``source``
     of a named test set (which keeps its name, so its metrics keep theirs)."""
@@ -173,8 +186,9 @@ def load(data_root: Path, name: str, split: str, source: str | None = None, colu
 
     columns = columns or {}
     if hf_source.is_hf(source or name):
-        return hf_source.retrieval_set(source or name, name, split, columns.get("image_column", "auto"),
-                                       columns.get("caption_column", "auto")).validate()
+        return hf_source.retrieval_set(
+            source or name, name, split, columns.get("image_column", "auto"), columns.get("caption_column", "auto")
+        ).validate()
     if name.startswith("csv:"):
         return read_csv(Path(name[4:]).expanduser()).validate()
     if name.startswith("wds:"):
@@ -189,7 +203,9 @@ def load(data_root: Path, name: str, split: str, source: str | None = None, colu
         return pairs_from_shards(name, split, shards).validate()
     if not root.is_dir():
         info = DATASETS[name]
-        raise DataError(f"{name}: folder {root} does not exist. Expected layout:\n{info.layout}\nGet it from: {info.source}")
+        raise DataError(
+            f"{name}: folder {root} does not exist. Expected layout:\n{info.layout}\nGet it from: {info.source}"
+        )
     return DATASETS[name].reader(root, split).validate()
 
 
@@ -199,9 +215,23 @@ def check_all(data_root: Path, split: str = "test") -> list[dict]:
     for name, info in DATASETS.items():
         try:
             ds = load(data_root, name, split)
-            rows.append({"dataset": name, "split": split, "ready": True,
-                         "detail": f"{len(ds.image_paths)} images, {len(ds.captions)} captions"})
+            rows.append(
+                {
+                    "dataset": name,
+                    "split": split,
+                    "ready": True,
+                    "detail": f"{len(ds.image_paths)} images, {len(ds.captions)} captions",
+                }
+            )
         except DataError as exc:
-            rows.append({"dataset": name, "split": split, "ready": False, "detail": str(exc),
-                         "layout": info.layout.strip("\n"), "source": info.source})
+            rows.append(
+                {
+                    "dataset": name,
+                    "split": split,
+                    "ready": False,
+                    "detail": str(exc),
+                    "layout": info.layout.strip("\n"),
+                    "source": info.source,
+                }
+            )
     return rows

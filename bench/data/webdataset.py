@@ -1,5 +1,6 @@
 """Webdataset shards as open_clip, img2dataset and clip_benchmark write them: samples are the tar
 members that share a key; images are read in place (``shard.tar::member``), never unpacked."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,9 @@ def wds_samples(shards: list[Path], fields: tuple[str, ...]):
                     try:
                         texts = {f: tf.extractfile(parts[f]).read().decode("utf-8").strip() for f in fields}
                     except UnicodeDecodeError as exc:
-                        raise DataError(f"webdataset: {shard} sample {key!r} has text that is not UTF-8 ({exc}).") from None
+                        raise DataError(
+                            f"webdataset: {shard} sample {key!r} has text that is not UTF-8 ({exc})."
+                        ) from None
                     yield Path(f"{shard}{image_source.SEP}{image.name}"), texts
         except tarfile.TarError as exc:
             raise DataError(f"webdataset: {shard} is not a readable tar ({exc}); it may be truncated.") from None

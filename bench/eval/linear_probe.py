@@ -15,6 +15,7 @@ defaults to float16 autocast); the few-shot permutation is drawn after ``torch.m
 (CLIP_benchmark draws it from whatever state the caller left); a class without ``fewshot_k``
 samples is an error, not a printed message and a None result.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,7 +37,7 @@ class ProbeError(UserError):
 
 @dataclass
 class ProbeResult:
-    logits: torch.Tensor          # [test, classes]
+    logits: torch.Tensor  # [test, classes]
     weight_decay: float
     fits: int
     sweep: list[tuple[float, float]]  # (weight decay, validation top-1) in the order fitted
@@ -67,7 +68,9 @@ def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool):
     return torch.utils.data.DataLoader(data, batch_size=None, sampler=batches)
 
 
-def fit(loader, dim: int, n_classes: int, weight_decay: float, lr: float, epochs: int, seed: int, device) -> torch.nn.Module:
+def fit(
+    loader, dim: int, n_classes: int, weight_decay: float, lr: float, epochs: int, seed: int, device
+) -> torch.nn.Module:
     """One linear layer, exactly CLIP_benchmark's ``train`` (without DataParallel and CUDA)."""
     torch.manual_seed(seed)
     model = torch.nn.Linear(dim, n_classes).to(device)
@@ -89,8 +92,11 @@ def fit(loader, dim: int, n_classes: int, weight_decay: float, lr: float, epochs
 
 @torch.no_grad()
 def infer(model, x: torch.Tensor, device, batch_size: int = 8192) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]) \
-        if len(x) else torch.empty(0)
+    return (
+        torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+        if len(x)
+        else torch.empty(0)
+    )
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -113,13 +119,28 @@ def fewshot_indices(y: torch.Tensor, k: int, seed: int) -> list[int]:
     short = {c: n for c, n in counts.items() if k > 0 and n != k}
     if short:
         c, n = next(iter(short.items()))
-        raise ProbeError(f"fewshot_k={k}, but {len(short)} class(es) have fewer training samples (class {c}: {n}); "
-                         "lower fewshot_k or use more training data.")
+        raise ProbeError(
+            f"fewshot_k={k}, but {len(short)} class(es) have fewer training samples (class {c}: {n}); "
+            "lower fewshot_k or use more training data."
+        )
     return idxs
 
 
-def evaluate(train_x, train_y, test_x, val_x=None, val_y=None, *, fewshot_k: int = -1, batch_size: int = 512,
-             lr: float = 0.1, epochs: int = 20, seed: int = 0, device="cpu", progress=None) -> ProbeResult:
+def evaluate(
+    train_x,
+    train_y,
+    test_x,
+    val_x=None,
+    val_y=None,
+    *,
+    fewshot_k: int = -1,
+    batch_size: int = 512,
+    lr: float = 0.1,
+    epochs: int = 20,
+    seed: int = 0,
+    device="cpu",
+    progress=None,
+) -> ProbeResult:
     """The whole protocol; ``val_x`` None means no sweep (weight decay 0), as CLIP_benchmark."""
     start = time.perf_counter()
     dim, n_classes = train_x.shape[1], int(train_y.max()) + 1
@@ -147,8 +168,9 @@ def evaluate(train_x, train_y, test_x, val_x=None, val_y=None, *, fewshot_k: int
         for span in SPANS:
             idx = peak([max(idx - span, 0), idx, min(idx + span, len(WEIGHT_DECAYS) - 1)])
         weight_decay = WEIGHT_DECAYS[idx]
-        final_loader = _loader(torch.cat([tx, val_x]), torch.cat([ty, val_y]), batch_size, True) if fewshot_k < 0 \
-            else train_loader
+        final_loader = (
+            _loader(torch.cat([tx, val_x]), torch.cat([ty, val_y]), batch_size, True) if fewshot_k < 0 else train_loader
+        )
     else:
         weight_decay, final_loader = 0.0, train_loader
     model = fit(final_loader, dim, n_classes, weight_decay, lr, epochs, seed, device)
@@ -159,6 +181,7 @@ def evaluate(train_x, train_y, test_x, val_x=None, val_y=None, *, fewshot_k: int
 def validation_split(n: int, proportion: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train rows, validation rows): ``torch.utils.data.random_split`` with a generator seeded by ``seed``
     (CLIP_benchmark's CLI calls random_split with the global generator)."""
-    parts = torch.utils.data.random_split(range(n), [1 - proportion, proportion],
-                                          generator=torch.Generator().manual_seed(seed))
+    parts = torch.utils.data.random_split(
+        range(n), [1 - proportion, proportion], generator=torch.Generator().manual_seed(seed)
+    )
     return torch.tensor(list(parts[0].indices)), torch.tensor(list(parts[1].indices))

@@ -5,6 +5,7 @@ its top k; tests check agreement with ``clip_benchmark.metrics.zeroshot_retrieva
 but streams over query blocks instead of building a one-hot [queries, k, candidates] tensor, which
 at COCO size would take ~10 GB, and scores ties exactly instead of by a kernel's arbitrary order.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,12 +27,12 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10), bl
         raise ValueError("every query needs at least one positive candidate.")
     hits = {k: 0.0 for k in ks}
     for start in range(0, scores.shape[0], block):
-        s = scores[start:start + block].double()
-        pos = positives[start:start + block].to(s.device)
+        s = scores[start : start + block].double()
+        pos = positives[start : start + block].to(s.device)
         best = s.masked_fill(~pos, float("-inf")).max(dim=1, keepdim=True).values
-        above = ((s > best) & ~pos).sum(dim=1).double()          # g
-        tied_neg = ((s == best) & ~pos).sum(dim=1).double()      # e
-        tied_pos = ((s == best) & pos).sum(dim=1).double()       # p >= 1
+        above = ((s > best) & ~pos).sum(dim=1).double()  # g
+        tied_neg = ((s == best) & ~pos).sum(dim=1).double()  # e
+        tied_pos = ((s == best) & pos).sum(dim=1).double()  # p >= 1
         for k in ks:
             hits[k] += float(hit_probability(k - above, tied_neg, tied_pos).sum())
     return {k: hits[k] / scores.shape[0] for k in ks}
@@ -40,20 +41,23 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10), bl
 def hit_probability(m: torch.Tensor, e: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """P(a positive is among the first m of e tied negatives and p tied positives in random order)."""
     mm = m.clamp(min=0).minimum(e)
-    log_miss = (torch.lgamma(e + 1) - torch.lgamma(e - mm + 1)) - (torch.lgamma(e + p + 1) - torch.lgamma(e + p - mm + 1))
+    log_miss = (torch.lgamma(e + 1) - torch.lgamma(e - mm + 1)) - (
+        torch.lgamma(e + p + 1) - torch.lgamma(e + p - mm + 1)
+    )
     prob = 1 - log_miss.exp()
     return torch.where(m <= 0, torch.zeros_like(prob), torch.where(m > e, torch.ones_like(prob), prob))
 
 
-def retrieval_recalls(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10),
-                      t2i: torch.Tensor | None = None) -> dict[str, float]:
+def retrieval_recalls(
+    scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10), t2i: torch.Tensor | None = None
+) -> dict[str, float]:
     """Both directions on an [images, texts] matrix, named as clip_benchmark names them. Text queries
     rank the columns of ``t2i`` when the head scores that direction differently (FILIP)."""
     out = {}
     for k, v in recall_at_k((scores if t2i is None else t2i).T, positives.T, ks).items():
         out[f"image_retrieval_recall@{k}"] = v  # text query -> images
     for k, v in recall_at_k(scores, positives, ks).items():
-        out[f"text_retrieval_recall@{k}"] = v   # image query -> texts
+        out[f"text_retrieval_recall@{k}"] = v  # image query -> texts
     return out
 
 

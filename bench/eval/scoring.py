@@ -1,4 +1,5 @@
 """Encoding and scoring for evaluation: everything goes through the head's own ``score``."""
+
 from __future__ import annotations
 
 import torch
@@ -22,21 +23,25 @@ class HeadContractError(RuntimeError):
 
 def check_rep(head, side: str, rep, n: int):
     if rep is None:
-        raise HeadContractError(f"head {head.name!r}: encode_{side}() returned None; it must return a tensor or a "
-                                "dataclass of tensors, one row per input set.")
+        raise HeadContractError(
+            f"head {head.name!r}: encode_{side}() returned None; it must return a tensor or a "
+            "dataclass of tensors, one row per input set."
+        )
     if isinstance(rep, torch.Tensor):
         rows = rep.shape[0] if rep.dim() else None
     elif hasattr(rep, "__dataclass_fields__"):
         rows = len(rep) if hasattr(rep, "__len__") else None
     else:
-        raise HeadContractError(f"head {head.name!r}: encode_{side}() returned a {type(rep).__name__}; it must return "
-                                "a tensor or a dataclass of tensors, one row per input set.")
+        raise HeadContractError(
+            f"head {head.name!r}: encode_{side}() returned a {type(rep).__name__}; it must return "
+            "a tensor or a dataclass of tensors, one row per input set."
+        )
     if rows is not None and rows != n:
         raise HeadContractError(f"head {head.name!r}: encode_{side}() returned {rows} rows for {n} input sets.")
     return rep
 
 
-def rows_of(points, mask, rows: "torch.Tensor | slice", device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def rows_of(points, mask, rows: torch.Tensor | slice, device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rows of a dense tensor (with its optional mask), or of a set store that reads them itself
     (``rows(idx) -> (points, mask)``: token sets memory-mapped from the feature cache)."""
     if hasattr(points, "rows"):
@@ -65,7 +70,9 @@ class ScoreError(RuntimeError):
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )
 
 
 def _score_with_retries(score, head, image_rep, text_rep, retries: int = 4):
@@ -81,8 +88,10 @@ def _score_with_retries(score, head, image_rep, text_rep, retries: int = 4):
                 torch.cuda.empty_cache()
             if budget is None or attempt == retries:
                 tried = "" if budget is None else f" down to memory_budget_mb={head.memory_budget_mb:g}"
-                raise ScoreError(f"head {head.name!r}: out of memory while scoring{tried}. Lower "
-                                 f"heads.{head.name}.memory_budget_mb, or score on a larger device.") from None
+                raise ScoreError(
+                    f"head {head.name!r}: out of memory while scoring{tried}. Lower "
+                    f"heads.{head.name}.memory_budget_mb, or score on a larger device."
+                ) from None
             head.memory_budget_mb = head.memory_budget_mb / 2
     raise AssertionError("unreachable")
 
@@ -93,7 +102,9 @@ def _checked(head, scores, n_images: int, n_texts: int, what: str = "score()") -
         raise ScoreError(f"head {head.name!r}: {what} must return a [{n_images}, {n_texts}] tensor, got {shape}.")
     bad = ~torch.isfinite(scores)
     if bool(bad.any()):
-        raise ScoreError(f"head {head.name!r}: {what} returned {int(bad.sum())} NaN/inf values out of {scores.numel()}.")
+        raise ScoreError(
+            f"head {head.name!r}: {what} returned {int(bad.sum())} NaN/inf values out of {scores.numel()}."
+        )
     return scores.float()
 
 
@@ -108,7 +119,9 @@ def score_matrices(head, image_rep, text_rep, n_images: int, n_texts: int) -> tu
     """``(i2t, t2i)`` from the head's ``score_directions``; the same tensor twice for most heads."""
     pair = _score_with_retries(head.score_directions, head, image_rep, text_rep)
     if not (isinstance(pair, tuple) and len(pair) == 2):
-        raise ScoreError(f"head {head.name!r}: score_directions() must return a pair (i2t, t2i), got {type(pair).__name__}.")
+        raise ScoreError(
+            f"head {head.name!r}: score_directions() must return a pair (i2t, t2i), got {type(pair).__name__}."
+        )
     what = "score_directions()" if head.directional_scores() else "score()"  # name what the head's author wrote
     i2t = _checked(head, pair[0], n_images, n_texts, what)
     t2i = i2t if pair[1] is pair[0] else _checked(head, pair[1], n_images, n_texts, what)

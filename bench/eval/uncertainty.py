@@ -24,6 +24,7 @@ Any spec may name its ``space``: the set of test units it is resampled over (one
 suite with several; default: the suite's one test set). Each space is drawn independently.
 Metrics with no per-query form (e.g. a correlation over all pairs) have no spec and no interval.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,8 @@ def rank_outcomes(scores: torch.Tensor, positives: torch.Tensor, block: int = 40
     negatives tied with it, positives tied with it."""
     out = {"rank": [], "tied_neg": [], "tied_pos": []}
     for start in range(0, scores.shape[0], block):
-        s = scores[start:start + block].double()
-        pos = positives[start:start + block].to(s.device)
+        s = scores[start : start + block].double()
+        pos = positives[start : start + block].to(s.device)
         best = s.masked_fill(~pos, float("-inf")).max(dim=1, keepdim=True).values
         out["rank"].append(((s > best) & ~pos).sum(dim=1))
         out["tied_neg"].append(((s == best) & ~pos).sum(dim=1))
@@ -53,7 +54,10 @@ def rank_outcomes(scores: torch.Tensor, positives: torch.Tensor, block: int = 40
 
 
 def hits(arrays: dict, prefix: str, k: int) -> np.ndarray:
-    g, e, p = (torch.from_numpy(np.asarray(arrays[f"{prefix}/{n}"], dtype=np.float64)) for n in ("rank", "tied_neg", "tied_pos"))
+    g, e, p = (
+        torch.from_numpy(np.asarray(arrays[f"{prefix}/{n}"], dtype=np.float64))
+        for n in ("rank", "tied_neg", "tied_pos")
+    )
     return hit_probability(k - g, e, p).numpy()
 
 
@@ -130,7 +134,8 @@ class Balanced:
         Wt = torch.from_numpy(W)
         idx = torch.from_numpy(self.index).expand(W.shape[0], -1)
         hit = torch.zeros(W.shape[0], len(self.classes), dtype=torch.float64).scatter_add_(
-            1, idx, Wt * torch.from_numpy(self.values))
+            1, idx, Wt * torch.from_numpy(self.values)
+        )
         count = torch.zeros_like(hit).scatter_add_(1, idx, Wt)
         present = count > 0
         return ((hit / count.clamp(min=1)).sum(1) / present.sum(1)).numpy()
@@ -204,8 +209,13 @@ def _count_blocks(n: int, resamples: int, seed: int):
         done += b
 
 
-def bootstrap(ests: dict, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = 0.95,
-              repeat_groups: list[dict] | None = None) -> dict[str, tuple[float, float]]:
+def bootstrap(
+    ests: dict,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    repeat_groups: list[dict] | None = None,
+) -> dict[str, tuple[float, float]]:
     """Percentile intervals per metric, every metric from the same draws of units.
 
     With several repeats (``repeat_groups``: one estimator dict per repeat, same test units), each
@@ -215,7 +225,7 @@ def bootstrap(ests: dict, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, lev
     groups = repeat_groups or [ests]
     draws: dict[str, list] = {}
     rng = np.random.default_rng(seed + 1)
-    for i, (space, names) in enumerate(sorted(_by_space(groups[0]).items())):
+    for i, (_space, names) in enumerate(sorted(_by_space(groups[0]).items())):
         n = n_units(groups[0][names[0]])
         for m in names:
             draws[m] = []
@@ -240,8 +250,9 @@ def paired(a, b, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float
     data): a draw then picks repeats (the same for both heads) and units, and the sign-flip test flips
     every (repeat, unit) term; the difference is the mean over repeats."""
     if isinstance(a, list) or isinstance(b, list):
-        return _paired_repeats(list(a) if isinstance(a, list) else [a], list(b) if isinstance(b, list) else [b],
-                               resamples, seed, level)
+        return _paired_repeats(
+            list(a) if isinstance(a, list) else [a], list(b) if isinstance(b, list) else [b], resamples, seed, level
+        )
     names = [m for m in a if m in b]
     if not names:
         return {}
@@ -249,8 +260,10 @@ def paired(a, b, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float
     for i, (space, in_space) in enumerate(sorted(_by_space({m: a[m] for m in names}).items())):
         n = n_units(a[in_space[0]])
         if n != n_units(b[in_space[0]]):
-            raise ValueError(f"the two results were scored on different test sets ({n} vs {n_units(b[in_space[0]])} "
-                             f"units{' in ' + space if space else ''})")
+            raise ValueError(
+                f"the two results were scored on different test sets ({n} vs {n_units(b[in_space[0]])} "
+                f"units{' in ' + space if space else ''})"
+            )
         for m in in_space:
             diffs[m] = []
         for W in _count_blocks(n, resamples, seed + 1000 * i):
@@ -261,8 +274,12 @@ def paired(a, b, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float
     alpha = (1 - level) / 2
     for m in names:
         lo, hi = np.quantile(np.concatenate(diffs[m]), [alpha, 1 - alpha])
-        out[m] = {"difference": a[m].point() - b[m].point(), "low": float(lo), "high": float(hi),
-                  "p_value": _sign_flip_p(a[m].unit_terms() - b[m].unit_terms(), resamples, g)}
+        out[m] = {
+            "difference": a[m].point() - b[m].point(),
+            "low": float(lo),
+            "high": float(hi),
+            "p_value": _sign_flip_p(a[m].unit_terms() - b[m].unit_terms(), resamples, g),
+        }
     return out
 
 
@@ -287,7 +304,7 @@ def _paired_repeats(a: list, b: list, resamples: int, seed: int, level: float) -
     R = len(a)
     rng = np.random.default_rng(seed + 1)
     diffs: dict[str, list] = {}
-    for i, (space, in_space) in enumerate(sorted(_by_space({m: a[0][m] for m in names}).items())):
+    for i, (_space, in_space) in enumerate(sorted(_by_space({m: a[0][m] for m in names}).items())):
         n = n_units(a[0][in_space[0]])
         for m in in_space:
             diffs[m] = []
@@ -302,8 +319,12 @@ def _paired_repeats(a: list, b: list, resamples: int, seed: int, level: float) -
     for m in names:
         terms = np.concatenate([a[r][m].unit_terms() - b[r][m].unit_terms() for r in range(R)]) / R
         lo, hi = np.quantile(np.concatenate(diffs[m]), [alpha, 1 - alpha])
-        out[m] = {"difference": float(np.mean([a[r][m].point() - b[r][m].point() for r in range(R)])),
-                  "low": float(lo), "high": float(hi), "p_value": _sign_flip_p(terms, resamples, g)}
+        out[m] = {
+            "difference": float(np.mean([a[r][m].point() - b[r][m].point() for r in range(R)])),
+            "low": float(lo),
+            "high": float(hi),
+            "p_value": _sign_flip_p(terms, resamples, g),
+        }
     return out
 
 

@@ -5,6 +5,7 @@ transformer blocks, each through the tower's final LayerNorm and output projecti
 lives in the joint embedding space. The last point is the model's own ``encode_image`` /
 ``encode_text`` output, taken from the same forward pass: exact by construction.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,7 @@ class BackboneSpec:
     pretrained: str | None
 
     @classmethod
-    def parse(cls, text: str) -> "BackboneSpec":
+    def parse(cls, text: str) -> BackboneSpec:
         model, sep, pretrained = text.partition(":") if not Path(text).exists() else (text, "", "")
         if not model:
             raise BackboneError(f"--backbone {text!r}: expected NAME[:PRETRAINED], e.g. ViT-B-32:openai.")
@@ -62,21 +63,29 @@ def weights_identity(spec: BackboneSpec, seed: int) -> dict:
     if spec.model.endswith(".json"):
         path = Path(spec.model)
         if not path.is_file():
-            raise BackboneError(f"--backbone: model config {spec.model!r} does not exist; pass an existing open_clip "
-                                "model-config JSON, or an open_clip model name (see open_clip.list_models()).")
+            raise BackboneError(
+                f"--backbone: model config {spec.model!r} does not exist; pass an existing open_clip "
+                "model-config JSON, or an open_clip model name (see open_clip.list_models())."
+            )
         config_sha = file_sha256(path)
     pretrained = spec.pretrained
     if pretrained and Path(pretrained).is_file():
         weights = f"checkpoint:{file_sha256(Path(pretrained))}"
     elif pretrained and ("/" in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES)):
-        raise BackboneError(f"--backbone: checkpoint {pretrained!r} does not exist (or is not a file). Pass the path "
-                            "of a weights file, or an open_clip pretrained tag such as 'openai'.")
+        raise BackboneError(
+            f"--backbone: checkpoint {pretrained!r} does not exist (or is not a file). Pass the path "
+            "of a weights file, or an open_clip pretrained tag such as 'openai'."
+        )
     elif pretrained:
         weights = f"tag:{pretrained}"
     else:
         weights = f"random:seed{seed}"
-    return {"model": Path(spec.model).stem if config_sha else spec.model, "model_config_sha256": config_sha,
-            "weights": weights, "open_clip": open_clip.__version__}
+    return {
+        "model": Path(spec.model).stem if config_sha else spec.model,
+        "model_config_sha256": config_sha,
+        "weights": weights,
+        "open_clip": open_clip.__version__,
+    }
 
 
 class Backbone:
@@ -97,21 +106,31 @@ class Backbone:
         pretrained = spec.pretrained
         if not pretrained:
             torch.manual_seed(seed)
-            log.warning("backbone %s has NO pretrained weights: randomly initialised from seed %d. "
-                        "Scores measure nothing about a real CLIP model.", name, seed)
+            log.warning(
+                "backbone %s has NO pretrained weights: randomly initialised from seed %d. "
+                "Scores measure nothing about a real CLIP model.",
+                name,
+                seed,
+            )
         self.model, _, self.preprocess = _create(name, pretrained)
         self.model.to(self.device).eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "visual"):
-            raise BackboneError(f"open_clip model {name!r} has no forward_intermediates; point sets need a CLIP-style model.")
-        self.embed_dim = int(self.model.text_projection.shape[-1] if not isinstance(self.model.text_projection, torch.nn.Linear)
-                             else self.model.text_projection.out_features)
+            raise BackboneError(
+                f"open_clip model {name!r} has no forward_intermediates; point sets need a CLIP-style model."
+            )
+        self.embed_dim = int(
+            self.model.text_projection.shape[-1]
+            if not isinstance(self.model.text_projection, torch.nn.Linear)
+            else self.model.text_projection.out_features
+        )
         blocks = _blocks(self.model)
         if self.layers > blocks:
-            raise BackboneError(f"layers={self.layers} asks for the pooled token at the last {self.layers} blocks, but "
-                                f"{name} has {blocks} (the fewer of its two towers); set the suite's layers to 1..{blocks}.")
-        self.identity = {**weights, "layers": self.layers,
-                         "preprocess": repr(self.preprocess)}
+            raise BackboneError(
+                f"layers={self.layers} asks for the pooled token at the last {self.layers} blocks, but "
+                f"{name} has {blocks} (the fewer of its two towers); set the suite's layers to 1..{blocks}."
+            )
+        self.identity = {**weights, "layers": self.layers, "preprocess": repr(self.preprocess)}
 
     @property
     def key(self) -> str:
@@ -121,8 +140,13 @@ class Backbone:
     def image_points(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` preprocessed images -> ``[B, L, D]`` points (last = encode_image)."""
         out = self.model.forward_intermediates(
-            image=images.to(self.device), image_indices=self.layers, normalize=False,
-            normalize_intermediates=True, image_output_fmt="NLC", image_output_extra_tokens=True)
+            image=images.to(self.device),
+            image_indices=self.layers,
+            normalize=False,
+            normalize_intermediates=True,
+            image_output_fmt="NLC",
+            image_output_extra_tokens=True,
+        )
         if "image_intermediates_prefix" not in out:
             raise BackboneError("this vision tower has no class token to read out at each block.")
         proj = self.model.visual.proj
@@ -136,7 +160,9 @@ class Backbone:
 
         tokens = tokens.to(self.device)
         m = self.model
-        out = m.forward_intermediates(text=tokens, text_indices=self.layers, normalize=False, normalize_intermediates=True)
+        out = m.forward_intermediates(
+            text=tokens, text_indices=self.layers, normalize=False, normalize_intermediates=True
+        )
         points = []
         for x in out["text_intermediates"][:-1]:
             pooled = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
@@ -152,8 +178,13 @@ class Backbone:
         """``[B, 3, H, W]`` -> every token of the last block through the final LayerNorm and projection:
         ``[B, patches + 1, D]`` (patches, then the pooled token: exactly encode_image) and an all-True mask."""
         out = self.model.forward_intermediates(
-            image=images.to(self.device), image_indices=1, normalize=False, normalize_intermediates=True,
-            image_output_fmt="NLC", image_output_extra_tokens=True)
+            image=images.to(self.device),
+            image_indices=1,
+            normalize=False,
+            normalize_intermediates=True,
+            image_output_fmt="NLC",
+            image_output_extra_tokens=True,
+        )
         patches = out["image_intermediates"][-1]
         if patches.dim() == 4:  # a tower that ignores the NLC request returns NCHW
             patches = patches.flatten(2).transpose(1, 2)
@@ -174,8 +205,10 @@ class Backbone:
         elif pool == "eos" and getattr(m, "text_eos_id", None) is not None:
             end = (tokens == m.text_eos_id).int().argmax(dim=-1)
         else:
-            raise BackboneError(f"the tokens readout needs a text tower pooled at end-of-text (argmax or eos); "
-                                f"{self.spec.model} pools with {pool!r}. Use a layers-readout head with it.")
+            raise BackboneError(
+                f"the tokens readout needs a text tower pooled at end-of-text (argmax or eos); "
+                f"{self.spec.model} pools with {pool!r}. Use a layers-readout head with it."
+            )
         out = m.forward_intermediates(text=tokens, text_indices=1, normalize=False, normalize_intermediates=True)
         x = out["text_intermediates"][-1]
         if isinstance(m.text_projection, torch.nn.Linear):
@@ -200,11 +233,15 @@ def _add_model_config(path: Path) -> None:
     try:
         cfg = _json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, _json.JSONDecodeError) as exc:
-        raise BackboneError(f"--backbone: model config {str(path)!r} is not valid JSON ({exc}); fix the file "
-                            "(open_clip's model configs are the template).") from None
+        raise BackboneError(
+            f"--backbone: model config {str(path)!r} is not valid JSON ({exc}); fix the file "
+            "(open_clip's model configs are the template)."
+        ) from None
     if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
-        raise BackboneError(f"--backbone: model config {str(path)!r} needs the keys embed_dim, vision_cfg and text_cfg "
-                            "(open_clip's model configs are the template).")
+        raise BackboneError(
+            f"--backbone: model config {str(path)!r} needs the keys embed_dim, vision_cfg and text_cfg "
+            "(open_clip's model configs are the template)."
+        )
     open_clip.add_model_config(path)
 
 
@@ -218,13 +255,15 @@ def _create(name: str, pretrained: str | None):
         what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         if pretrained and Path(pretrained).is_file():
             raise BackboneError(
-                f"--backbone: checkpoint {pretrained!r} could not be loaded into {name} ({what}). The file is truncated, "
-                f"not a checkpoint, or made for another model config; pass the matching NAME:CHECKPOINT.") from None
+                f"--backbone: checkpoint {pretrained!r} could not be loaded into {name} ({what}). The file is "
+                f"truncated, not a checkpoint, or made for another model config; pass the matching NAME:CHECKPOINT."
+            ) from None
         if pretrained:
             raise BackboneError(
-                f"--backbone: pretrained weights {pretrained!r} for {name} are not available here ({what}). Nothing can "
-                f"be downloaded offline: download the checkpoint elsewhere and pass {name}:/path/to/checkpoint, or run "
-                f"with network access once so open_clip caches it.") from None
+                f"--backbone: pretrained weights {pretrained!r} for {name} are not available here ({what}). "
+                f"Nothing can be downloaded offline: download the checkpoint elsewhere and pass "
+                f"{name}:/path/to/checkpoint, or run with network access once so open_clip caches it."
+            ) from None
         raise BackboneError(f"--backbone: open_clip could not build {name} ({what}).") from None
 
 

@@ -9,6 +9,7 @@ stale: it is rebuilt, never silently reused. A building folder is named after it
 so a later build can remove the ones a killed process (kill -9) left behind without touching a live
 writer's (another torchrun rank's).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -37,8 +39,8 @@ def cache_key(fields: dict) -> str:
 
 class CacheEntry(NamedTuple):
     points: torch.Tensor
-    cached: bool   # read from disk: no forward pass was needed
-    extra: dict    # what the builder recorded beside the points (JSON, as stored in the manifest)
+    cached: bool  # read from disk: no forward pass was needed
+    extra: dict  # what the builder recorded beside the points (JSON, as stored in the manifest)
 
 
 class FeatureCache:
@@ -59,10 +61,15 @@ class FeatureCache:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return "manifest is not valid JSON"
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list) \
-                or not isinstance(manifest.get("extra", {}), dict):
+        if (
+            not isinstance(manifest, dict)
+            or not isinstance(manifest.get("shards", []), list)
+            or not isinstance(manifest.get("extra", {}), dict)
+        ):
             return "manifest is not a cache manifest"
-        if manifest.get("schema") != CACHE_SCHEMA or manifest.get("fields") != json.loads(json.dumps(fields, default=str)):
+        if manifest.get("schema") != CACHE_SCHEMA or manifest.get("fields") != json.loads(
+            json.dumps(fields, default=str)
+        ):
             return "manifest was written for other settings"
         for shard in manifest.get("shards", []):
             if not isinstance(shard, dict) or not {"file", "bytes", "sha256"} <= set(shard):
@@ -103,8 +110,9 @@ class FeatureCache:
         distributed.barrier()
         return CacheEntry(points, False, json.loads(json.dumps(extra or {}, default=str)))
 
-    def get_or_build_tokens(self, fields: dict, n: int, stream: Callable[[TokenWriter, int, int], dict]
-                            ) -> tuple[TokenSets, bool, dict]:
+    def get_or_build_tokens(
+        self, fields: dict, n: int, stream: Callable[[TokenWriter, int, int], dict]
+    ) -> tuple[TokenSets, bool, dict]:
         """Token sets for ``fields``, or those ``stream(writer, start, stop)`` writes for items [start, stop)
         batch by batch (it returns the extra: JSON, e.g. undecodable items by global index).
 
@@ -130,8 +138,9 @@ class FeatureCache:
         world, rank = distributed.world_size(), distributed.rank()
         per = -(-n // world)
         # named like a building folder of rank 0's process, so a later build removes it if that process died
-        name = distributed.gather_objects(f".{self.path(fields).name}.{_host()}.{os.getpid()}.parts.partial"
-                                          if distributed.is_main() else None)[0]
+        name = distributed.gather_objects(
+            f".{self.path(fields).name}.{_host()}.{os.getpid()}.parts.partial" if distributed.is_main() else None
+        )[0]
         parts = self.root / name
         if distributed.is_main():
             self.root.mkdir(parents=True, exist_ok=True)
@@ -165,9 +174,16 @@ class FeatureCache:
         offsets = np.concatenate(offsets)
         np.save(tmp / OFFSETS_FILE, offsets)
         dims = [layout["dim"] for layout in layouts if layout["dim"]]
-        return {"kind": "tokens", "dtype": "float16", "rows": len(offsets) - 1, "dim": dims[0] if dims else 0,
-                "total_tokens": int(total), "max_tokens": int(np.diff(offsets).max()) if len(offsets) > 1 else 0,
-                "files": [TOKENS_FILE, OFFSETS_FILE], "extra": extra}
+        return {
+            "kind": "tokens",
+            "dtype": "float16",
+            "rows": len(offsets) - 1,
+            "dim": dims[0] if dims else 0,
+            "total_tokens": int(total),
+            "max_tokens": int(np.diff(offsets).max()) if len(offsets) > 1 else 0,
+            "files": [TOKENS_FILE, OFFSETS_FILE],
+            "extra": extra,
+        }
 
     @staticmethod
     def _write_tokens(tmp: Path, stream) -> dict:
@@ -176,8 +192,7 @@ class FeatureCache:
             extra = stream(writer) or {}
         finally:
             layout = writer.finish()
-        return {"kind": "tokens", "dtype": "float16", **layout,
-                "files": [TOKENS_FILE, OFFSETS_FILE], "extra": extra}
+        return {"kind": "tokens", "dtype": "float16", **layout, "files": [TOKENS_FILE, OFFSETS_FILE], "extra": extra}
 
     def _publish_built(self, fields: dict, write: Callable[[Path], dict]) -> None:
         """``write(tmp)`` fills a building folder and returns the manifest's content; the manifest gets the
@@ -191,8 +206,10 @@ class FeatureCache:
             content = write(tmp)
             files = content.pop("files")
             files = [f if isinstance(f, dict) else {"file": f} for f in files]  # a file may carry more (its rows)
-            shards = [{**f, "bytes": (tmp / f["file"]).stat().st_size, "sha256": hashing.file_sha256(tmp / f["file"])}
-                      for f in files]
+            shards = [
+                {**f, "bytes": (tmp / f["file"]).stat().st_size, "sha256": hashing.file_sha256(tmp / f["file"])}
+                for f in files
+            ]
             manifest = {"schema": CACHE_SCHEMA, "fields": fields, **content, "shards": shards}
             atomic.write_json(tmp / "manifest.json", json.loads(json.dumps(manifest, default=str)))
             self._publish(tmp, final, fields)
@@ -209,7 +226,7 @@ class FeatureCache:
         def write(tmp: Path) -> dict:
             files = []
             for i, start in enumerate(range(0, len(points), self.shard_rows)):
-                part = points[start:start + self.shard_rows].contiguous()
+                part = points[start : start + self.shard_rows].contiguous()
                 files.append({"file": f"shard-{i:05d}.safetensors", "rows": len(part)})
                 save_file({"points": part}, str(tmp / files[-1]["file"]))
             return {"rows": len(points), "shape": list(points.shape), "files": files, "extra": extra or {}}

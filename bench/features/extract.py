@@ -10,6 +10,7 @@ those images out, and a rerun with ``--skip-corrupt`` reuses the pass instead of
 Under torchrun each rank extracts a contiguous share of the items and the shares are gathered, so
 every rank ends with the whole tensor; rank 0 alone publishes the cache entry.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,8 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 @dataclass
 class Extracted:
-    points: "torch.Tensor | TokenSets"           # dense point sets (layers readout), or token sets on disk
-    cached: bool                                   # no forward pass was needed
+    points: torch.Tensor | TokenSets  # dense point sets (layers readout), or token sets on disk
+    cached: bool  # no forward pass was needed
     corrupt: dict[int, str] = field(default_factory=dict)  # item index -> why it could not be decoded
 
 
@@ -94,16 +95,28 @@ def loader_workers(requested: int) -> int:
     return max(0, min(int(requested), cpus))
 
 
-def image_batches(backbone: Backbone, paths, start: int = 0, stop: int | None = None, batch_size: int = 256,
-                  workers: int = 4, progress: bool = True, read=None):
+def image_batches(
+    backbone: Backbone,
+    paths,
+    start: int = 0,
+    stop: int | None = None,
+    batch_size: int = 256,
+    workers: int = 4,
+    progress: bool = True,
+    read=None,
+):
     """Yield (points, undecodable) per batch of images[start:stop]; ``undecodable`` maps a global
     index to why it could not be decoded (its row is zero). ``read`` is the readout (default the
     backbone's ``image_points``); one returning (points, mask) yields ((points, mask), undecodable)."""
     read = read or backbone.image_points
     paths = list(paths)
     stop = len(paths) if stop is None else stop
-    loader = DataLoader(ImageFiles(paths[start:stop], backbone.preprocess), batch_size=batch_size,
-                        num_workers=loader_workers(workers), pin_memory=backbone.device.type == "cuda")
+    loader = DataLoader(
+        ImageFiles(paths[start:stop], backbone.preprocess),
+        batch_size=batch_size,
+        num_workers=loader_workers(workers),
+        pin_memory=backbone.device.type == "cuda",
+    )
     done = start
     with tqdm(total=stop - start, desc="image features", unit="img", disable=None if progress else True) as bar:
         for images, errors in loader:
@@ -123,7 +136,7 @@ def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, p
     read = read or backbone.text_points
     with tqdm(total=len(texts), desc="text features", unit="txt", disable=None if progress else True) as bar:
         for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
+            chunk = texts[start : start + batch_size]
             with _autocast(backbone.device):
                 yield read(backbone.tokenize(chunk))
             bar.update(len(chunk))
@@ -132,6 +145,7 @@ def text_batches(backbone: Backbone, texts: list[str], batch_size: int = 1024, p
 def _cached_or_extracted(cache: FeatureCache, fields: dict, n: int, share) -> Extracted:
     """``share(start, stop)`` returns (points, undecodable) for items [start, stop). Under torchrun each
     rank extracts its contiguous share and the shares are gathered; one process is the case of one rank."""
+
     def build():
         world, rank = distributed.world_size(), distributed.rank()
         per_rank = -(-n // world)
@@ -153,6 +167,7 @@ def _image_share(backbone, paths, **kw):
             chunks.append(points.detach().float().cpu())
             corrupt.update(bad)
         return (torch.cat(chunks) if chunks else None), corrupt
+
     return share
 
 
@@ -160,18 +175,29 @@ def _text_share(backbone, texts, **kw):
     def share(start: int, stop: int):
         chunks = [b.detach().float().cpu() for b in text_batches(backbone, texts[start:stop], **kw)]
         return (torch.cat(chunks) if chunks else None), {}
+
     return share
 
 
 def image_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, paths, **kw) -> Extracted:
-    fields = {"backbone": backbone.identity, "dataset": dataset, "split": split,
-              "fingerprint": fingerprint_files(paths), "side": "image"}
+    fields = {
+        "backbone": backbone.identity,
+        "dataset": dataset,
+        "split": split,
+        "fingerprint": fingerprint_files(paths),
+        "side": "image",
+    }
     return _cached_or_extracted(cache, fields, len(paths), _image_share(backbone, paths, **kw))
 
 
 def text_points(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, texts: list[str], **kw) -> Extracted:
-    fields = {"backbone": backbone.identity, "dataset": dataset, "split": split,
-              "fingerprint": fingerprint_texts(texts), "side": "text"}
+    fields = {
+        "backbone": backbone.identity,
+        "dataset": dataset,
+        "split": split,
+        "fingerprint": fingerprint_texts(texts),
+        "side": "text",
+    }
     return _cached_or_extracted(cache, fields, len(texts), _text_share(backbone, texts, **kw))
 
 
@@ -180,8 +206,14 @@ def token_fields(backbone: Backbone, dataset: str, split: str, fingerprint: str,
     """The cache key of token sets: the backbone without its layer count (it does not change the last
     block's tokens), the readout, and the data."""
     identity = {k: v for k, v in backbone.identity.items() if k != "layers"}
-    return {"backbone": identity, "readout": "tokens", "dataset": dataset, "split": split,
-            "fingerprint": fingerprint, "side": side}
+    return {
+        "backbone": identity,
+        "readout": "tokens",
+        "dataset": dataset,
+        "split": split,
+        "fingerprint": fingerprint,
+        "side": side,
+    }
 
 
 def image_token_sets(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, paths, **kw) -> Extracted:
@@ -197,7 +229,9 @@ def image_token_sets(cache: FeatureCache, backbone: Backbone, dataset: str, spli
     return Extracted(sets, cached, {int(i): why for i, why in extra.get("corrupt", {}).items()})
 
 
-def text_token_sets(cache: FeatureCache, backbone: Backbone, dataset: str, split: str, texts: list[str], **kw) -> Extracted:
+def text_token_sets(
+    cache: FeatureCache, backbone: Backbone, dataset: str, split: str, texts: list[str], **kw
+) -> Extracted:
     def stream(writer, start: int, stop: int) -> dict:
         for points, mask in text_batches(backbone, texts[start:stop], read=backbone.text_tokens, **kw):
             writer.append(points, mask)

@@ -6,6 +6,7 @@ entry holds one flat ``[total real tokens, D]`` float16 file and the offsets of 
 token; ``TokenSets.rows(idx)`` gathers a batch, pads it to its own longest set and returns the points
 (float32) with a mask. Peak RAM is one batch plus the offsets (8 bytes per input), whatever the size.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,12 @@ class TokenWriter:
     def finish(self) -> dict:
         self.file.close()
         np.save(self.folder / OFFSETS_FILE, np.asarray(self.offsets, dtype=np.int64))
-        return {"rows": len(self.offsets) - 1, "dim": self.dim or 0, "total_tokens": int(self.offsets[-1]),
-                "max_tokens": int(np.diff(self.offsets).max()) if len(self.offsets) > 1 else 0}
+        return {
+            "rows": len(self.offsets) - 1,
+            "dim": self.dim or 0,
+            "total_tokens": int(self.offsets[-1]),
+            "max_tokens": int(np.diff(self.offsets).max()) if len(self.offsets) > 1 else 0,
+        }
 
 
 class TokenSets:
@@ -47,8 +52,11 @@ class TokenSets:
     def __init__(self, folder: Path, dim: int, total_tokens: int, index: np.ndarray | None = None):
         self.folder, self.dim = Path(folder), int(dim)
         self.offsets = np.load(self.folder / OFFSETS_FILE)
-        self.tokens = (np.memmap(self.folder / TOKENS_FILE, dtype=np.float16, mode="r", shape=(int(total_tokens), self.dim))
-                       if total_tokens else np.zeros((0, self.dim), dtype=np.float16))
+        self.tokens = (
+            np.memmap(self.folder / TOKENS_FILE, dtype=np.float16, mode="r", shape=(int(total_tokens), self.dim))
+            if total_tokens
+            else np.zeros((0, self.dim), dtype=np.float16)
+        )
         self.total_tokens = int(total_tokens)
         self.index = np.arange(len(self.offsets) - 1) if index is None else np.asarray(index, dtype=np.int64)
         lengths = np.diff(self.offsets)[self.index]
@@ -61,7 +69,7 @@ class TokenSets:
     def __len__(self) -> int:
         return len(self.index)
 
-    def select(self, rows) -> "TokenSets":
+    def select(self, rows) -> TokenSets:
         """The sets at ``rows`` (indices or a boolean mask) of this view, without reading any token."""
         rows = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
         picked = self.index[rows]

@@ -4,6 +4,7 @@ A table never mixes suite versions, schema versions or protocols (suite paramete
 budget, seed): per suite it shows the newest suite version and, within it, the protocol of the
 newest run; anything else is named in a note under the table rather than silently blended in.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core import atomic, records
-from bench.eval import uncertainty
 from bench.core.records import ResultRecord
+from bench.eval import uncertainty
 from bench.report import results
 from bench.report import verdicts as verdicts_mod
 
@@ -31,12 +32,17 @@ def select(records: list[ResultRecord]) -> tuple[dict[str, list[ResultRecord]], 
     chosen, notes = {}, []
     for suite, rs in sorted(by_suite.items()):
         newest = max(rs, key=lambda r: (r.suite.version, r.created_utc))
-        keep = [r for r in rs if r.suite.version == newest.suite.version
-                and r.config.protocol_hash == newest.config.protocol_hash]
+        keep = [
+            r
+            for r in rs
+            if r.suite.version == newest.suite.version and r.config.protocol_hash == newest.config.protocol_hash
+        ]
         left = [r for r in rs if r not in keep]
         if left:
-            notes.append(f"{suite}: left out {', '.join(sorted(r.head.name for r in left))} "
-                         f"(older suite version or a different protocol than the newest run; rerun them to include)")
+            notes.append(
+                f"{suite}: left out {', '.join(sorted(r.head.name for r in left))} "
+                f"(older suite version or a different protocol than the newest run; rerun them to include)"
+            )
         chosen[suite] = keep
     return chosen, notes
 
@@ -54,8 +60,11 @@ def collapse_repeats(rs: list[ResultRecord]) -> list[ResultRecord]:
             continue
         ok = [g for g in group if g.status == "ok"]
         failed = [g for g in group if g.status != "ok"]
-        row = group[0] if not failed else dataclasses.replace(
-            group[0], status="failed", error=f"repeat {failed[0].repeat}: {failed[0].error}")
+        row = (
+            group[0]
+            if not failed
+            else dataclasses.replace(group[0], status="failed", error=f"repeat {failed[0].repeat}: {failed[0].error}")
+        )
         means, sds = {}, {}
         for m in {m for g in ok for m in g.metrics}:
             values = [g.metrics[m] for g in ok if g.metrics.get(m) is not None]
@@ -89,8 +98,10 @@ def provenance_line(rs: list[ResultRecord]) -> str:
     span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     if len(commits) == 1:
         return f"Every row from commit `{commits[0]}`, computed {span}."
-    return (f"Rows come from {len(commits)} commits ({', '.join(f'`{c}`' for c in commits)}), computed {span}: "
-            "see the commit and date columns.")
+    return (
+        f"Rows come from {len(commits)} commits ({', '.join(f'`{c}`' for c in commits)}), computed {span}: "
+        "see the commit and date columns."
+    )
 
 
 def protocol_line(r: ResultRecord) -> str:
@@ -117,8 +128,12 @@ def _cell_text(value, status: str, bold: bool, interval=None) -> str:
     return f"**{text}**" if bold else text
 
 
-def markdown_table(rs: list[ResultRecord], columns: list[tuple[str, str]], provenance: bool = True,
-                   verdicts: "verdicts_mod.SuiteVerdicts | None" = None) -> str:
+def markdown_table(
+    rs: list[ResultRecord],
+    columns: list[tuple[str, str]],
+    provenance: bool = True,
+    verdicts: verdicts_mod.SuiteVerdicts | None = None,
+) -> str:
     """Heads as rows, ``(label, metric)`` columns with ↑/↓. With verdicts, each value carries ± the
     half-width of its 95% interval, and bold marks every head tied for best; without, the best value.
     Columns no row has a value for are dropped; returns "" when none is left."""
@@ -139,17 +154,21 @@ def markdown_table(rs: list[ResultRecord], columns: list[tuple[str, str]], prove
         tied = verdicts.best.get(m) if verdicts else None
         intervals = verdicts.intervals if verdicts else {}
         shown[f"{label} {'↑' if up else '↓'}"] = [
-            _cell_text(v, r.status,
-                       c and (r.head.name in tied if tied is not None else best is not None and v == best),
-                       intervals.get(r.head.name, {}).get(m))
-            for v, c, r in zip(values, contestant, ordered)]
+            _cell_text(
+                v,
+                r.status,
+                c and (r.head.name in tied if tied is not None else best is not None and v == best),
+                intervals.get(r.head.name, {}).get(m),
+            )
+            for v, c, r in zip(values, contestant, ordered)
+        ]
     if provenance and len({_commit(r) for r in rs}) > 1:
         shown["commit"] = [_commit(r) for r in ordered]
         shown["date"] = [r.created_utc[:10] for r in ordered]
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
-def _versus(v: "verdicts_mod.SuiteVerdicts | None", head: str) -> str:
+def _versus(v: verdicts_mod.SuiteVerdicts | None, head: str) -> str:
     d = v.versus_reference.get(head) if v else None
     if d is None:
         return "reference" if v and head == v.reference else ""
@@ -161,15 +180,21 @@ def _summary(chosen: dict[str, list[ResultRecord]], verdicts: dict) -> list[str]
     for suite, rs in chosen.items():
         summary = _layout(rs[0])["summary"]
         v = verdicts.get(suite)
-        table = markdown_table(rs, [(m.split("/")[0] if "/" in m else m, m) for m in summary], provenance=False, verdicts=v)
+        table = markdown_table(
+            rs, [(m.split("/")[0] if "/" in m else m, m) for m in summary], provenance=False, verdicts=v
+        )
         ordered = _order(rs)
         if any(r.repeats for r in ordered):
             main = rs[0].suite.main_metric
-            table = _append_column(table, "sd over repeats", [
-                f"{r.repeats.sd[main]:.4f}" if r.repeats and main in r.repeats.sd else "" for r in ordered])
+            table = _append_column(
+                table,
+                "sd over repeats",
+                [f"{r.repeats.sd[main]:.4f}" if r.repeats and main in r.repeats.sd else "" for r in ordered],
+            )
         if v and v.reference:
-            table = _append_column(table, f"Δ main vs {v.reference} [95% CI], p",
-                                   [_versus(v, r.head.name) for r in ordered])
+            table = _append_column(
+                table, f"Δ main vs {v.reference} [95% CI], p", [_versus(v, r.head.name) for r in ordered]
+            )
         metric = summary[0].split("/")[-1]
         per = " per dataset" if "/" in summary[0] else ""
         parts += [f"**{suite}**: `{metric}`{per}.", "", table, ""]
@@ -189,27 +214,40 @@ def _legend(verdicts: dict) -> str:
     if not any(v.intervals for v in verdicts.values()):
         return "Bold: best head per column."
     n = next(v.resamples for v in verdicts.values() if v.intervals)
-    return (f"± is the half-width of a 95% percentile bootstrap interval over test queries ({n:,} resamples; an "
-            "image is drawn with all of its captions). **Bold** marks the best head of a column and every head tied "
-            "with it: one whose paired 95% interval of the difference to the best contains 0 (not significantly "
-            "worse). Δ vs the reference head: the paired difference of the main metric, its interval and the "
-            "sign-flip randomization p-value. A value without ± has no per-query form (a correlation over all "
-            "pairs) or no outcome file; there bold marks the best value only.")
+    return (
+        f"± is the half-width of a 95% percentile bootstrap interval over test queries ({n:,} resamples; an "
+        "image is drawn with all of its captions). **Bold** marks the best head of a column and every head tied "
+        "with it: one whose paired 95% interval of the difference to the best contains 0 (not significantly "
+        "worse). Δ vs the reference head: the paired difference of the main metric, its interval and the "
+        "sign-flip randomization p-value. A value without ± has no per-query form (a correlation over all "
+        "pairs) or no outcome file; there bold marks the best value only."
+    )
 
 
-def build_markdown(chosen: dict[str, list[ResultRecord]], notes: list[str], source: str = "results",
-                   verdicts: dict | None = None) -> str:
+def build_markdown(
+    chosen: dict[str, list[ResultRecord]], notes: list[str], source: str = "results", verdicts: dict | None = None
+) -> str:
     verdicts = verdicts or {}
-    parts = ["# simbench leaderboard", "",
-             f"Built from `{source}/runs/` by `run_bench.py`; do not edit by hand. Reference rows such as `oracle` "
-             "are ceilings, not contestants. ↑ higher is better, ↓ lower; v: the head's version.", "",
-             _legend(verdicts), ""]
+    parts = [
+        "# simbench leaderboard",
+        "",
+        f"Built from `{source}/runs/` by `run_bench.py`; do not edit by hand. Reference rows such as `oracle` "
+        "are ceilings, not contestants. ↑ higher is better, ↓ lower; v: the head's version.",
+        "",
+        _legend(verdicts),
+        "",
+    ]
     parts += _summary(chosen, verdicts)
     for suite, rs in chosen.items():
         first = rs[0]
-        parts += [f"## {suite} (suite v{first.suite.version}, schema v{first.schema_version})", "",
-                  f"Main metric: `{first.suite.main_metric}`. {provenance_line(rs)}", "",
-                  protocol_line(first), ""]
+        parts += [
+            f"## {suite} (suite v{first.suite.version}, schema v{first.schema_version})",
+            "",
+            f"Main metric: `{first.suite.main_metric}`. {provenance_line(rs)}",
+            "",
+            protocol_line(first),
+            "",
+        ]
         for t in _layout(first)["tables"]:
             table = markdown_table(rs, [tuple(c) for c in t["columns"]], verdicts=verdicts.get(suite))
             if table:
@@ -231,14 +269,25 @@ def build_csv(chosen: dict[str, list[ResultRecord]], verdicts: dict | None = Non
         for r in _order(rs):
             declared = [m for m, _ in _directions(r)]  # the suite's natural order: @1, @5, @10
             extra = sorted(set(r.metrics) - set(declared))
-            rows.append({"suite": suite, "suite_version": r.suite.version, "schema_version": r.schema_version,
-                         "head": r.head.name, "head_version": r.head.version, "kind": r.head.kind,
-                         "repeat": r.repeat,
-                         "status": r.status,
-                         **{f"metric:{m}": r.metrics.get(m) for m in declared + extra if m in r.metrics},
-                         **_interval_columns(verdicts or {}, suite, r, declared),
-                         "config_hash": r.config.hash, "protocol_hash": r.config.protocol_hash,
-                         "seed": r.seed, "git_commit": r.git_commit, "created_utc": r.created_utc})
+            rows.append(
+                {
+                    "suite": suite,
+                    "suite_version": r.suite.version,
+                    "schema_version": r.schema_version,
+                    "head": r.head.name,
+                    "head_version": r.head.version,
+                    "kind": r.head.kind,
+                    "repeat": r.repeat,
+                    "status": r.status,
+                    **{f"metric:{m}": r.metrics.get(m) for m in declared + extra if m in r.metrics},
+                    **_interval_columns(verdicts or {}, suite, r, declared),
+                    "config_hash": r.config.hash,
+                    "protocol_hash": r.config.protocol_hash,
+                    "seed": r.seed,
+                    "git_commit": r.git_commit,
+                    "created_utc": r.created_utc,
+                }
+            )
     return pd.DataFrame(rows).to_csv(index=False)
 
 
@@ -274,8 +323,11 @@ def build_plot(rs: list[ResultRecord], path: Path) -> None:
     panels = 2 if headline else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 1.2 + 0.45 * len(rs)), squeeze=False)
     ax = axes[0, 0]
-    bars = ax.barh(range(len(rs)), [r.metrics.get(main) if r.metrics.get(main) is not None else float("nan")
-                                    for r in rs], color="tab:blue")
+    bars = ax.barh(
+        range(len(rs)),
+        [r.metrics.get(main) if r.metrics.get(main) is not None else float("nan") for r in rs],
+        color="tab:blue",
+    )
     ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2)
     ax.set_yticks(range(len(rs)), names)
     ax.invert_yaxis()
@@ -288,8 +340,12 @@ def build_plot(rs: list[ResultRecord], path: Path) -> None:
         height = 0.8 / len(headline)
         for i, m in enumerate(headline):
             values = [r.metrics.get(m) if r.metrics.get(m) is not None else float("nan") for r in rs]
-            ax.barh([y + i * height for y in range(len(rs))], values, height=height,
-                    label=f"{m} ({'↑' if directions.get(m, True) else '↓'})")
+            ax.barh(
+                [y + i * height for y in range(len(rs))],
+                values,
+                height=height,
+                label=f"{m} ({'↑' if directions.get(m, True) else '↓'})",
+            )
         ax.set_yticks([y + height * (len(headline) - 1) / 2 for y in range(len(rs))], names)
         ax.invert_yaxis()
         ax.set_xlabel("metric value")
@@ -302,8 +358,9 @@ def build_plot(rs: list[ResultRecord], path: Path) -> None:
     plt.close(fig)
 
 
-def build(out_dir: Path, warn=print, reference: str | None = "cosine",
-          resamples: int = uncertainty.DEFAULT_RESAMPLES) -> str:
+def build(
+    out_dir: Path, warn=print, reference: str | None = "cosine", resamples: int = uncertainty.DEFAULT_RESAMPLES
+) -> str:
     """Write leaderboard.md/.csv/.png under ``out_dir``; return the Markdown. Intervals and ties come
     from the per-query outcomes beside each result (``resamples`` 0: none)."""
     out_dir = Path(out_dir)
@@ -318,8 +375,11 @@ def build(out_dir: Path, warn=print, reference: str | None = "cosine",
             (out_dir / name).unlink(missing_ok=True)
         return "No result files yet: run `python run_bench.py` first."
     rows = {suite: collapse_repeats(rs) for suite, rs in chosen.items()}
-    verdicts = {suite: verdicts_mod.for_suite(out_dir, rs, reference, resamples, warn) for suite, rs in rows.items()} \
-        if resamples > 0 else {}
+    verdicts = (
+        {suite: verdicts_mod.for_suite(out_dir, rs, reference, resamples, warn) for suite, rs in rows.items()}
+        if resamples > 0
+        else {}
+    )
     md = build_markdown(rows, notes, source=out_dir.as_posix(), verdicts=verdicts)
     atomic.write_text(out_dir / "leaderboard.md", md)
     atomic.write_text(out_dir / "leaderboard.csv", build_csv(chosen, verdicts))

@@ -1,4 +1,5 @@
 """Where a number came from: code version, libraries, machine. Stamped into every result file."""
+
 from __future__ import annotations
 
 import platform
@@ -13,8 +14,8 @@ from pathlib import Path
 import torch
 
 import bench
-from bench.core.errors import ConfigError
 from bench.core import snapshot
+from bench.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,8 +37,11 @@ def code_version() -> dict:
 def _code_version() -> dict:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no", "--", "bench", "heads", "suites", "run_bench.py")
-    return {"package_version": bench.__version__, "git_commit": commit,
-            "git_dirty": None if status is None else bool(status)}
+    return {
+        "package_version": bench.__version__,
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+    }
 
 
 def _version(dist: str) -> str | None:
@@ -61,8 +65,11 @@ NUMERIC_LIBRARIES = ("open_clip_torch", "numpy", "clip-benchmark", "pillow")
 
 @lru_cache(maxsize=1)
 def numeric_library_versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            **{dist: _version(dist) for dist in NUMERIC_LIBRARIES}}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        **{dist: _version(dist) for dist in NUMERIC_LIBRARIES},
+    }
 
 
 def device_description(device: torch.device) -> str:
@@ -90,12 +97,18 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"--device {name!r} is not a device torch knows ({exc}); use auto, cpu, cuda or cuda:N.") from None
+        raise ConfigError(
+            f"--device {name!r} is not a device torch knows ({exc}); use auto, cpu, cuda or cuda:N."
+        ) from None
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name!r}: simbench trains and scores on cpu or cuda only; use auto, cpu, cuda or cuda:N.")
+        raise ConfigError(
+            f"--device {name!r}: simbench trains and scores on cpu or cuda only; use auto, cpu, cuda or cuda:N."
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name!r} asked for CUDA, but torch sees no GPU here; use --device cpu.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name!r}: torch sees {torch.cuda.device_count()} GPU(s) here (cuda:0.."
-                         f"cuda:{torch.cuda.device_count() - 1}).")
+        raise ConfigError(
+            f"--device {name!r}: torch sees {torch.cuda.device_count()} GPU(s) here (cuda:0.."
+            f"cuda:{torch.cuda.device_count() - 1})."
+        )
     return device

@@ -10,6 +10,7 @@ are not bit-identical, e.g. on a GPU): where the baseline keeps its heads' per-q
 metric regresses when the whole paired 95% interval of (new - baseline) is worse than its tolerance;
 metrics without per-query outcomes fall back to the exact rule.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.core.records import SCHEMA_VERSION
 from bench.core import atomic
 from bench.core.errors import UserError
+from bench.core.records import SCHEMA_VERSION, ResultRecord
 from bench.eval import uncertainty
-from bench.core.records import ResultRecord
 from bench.report import results
 
 DEFAULT_TOLERANCE = 0.02
@@ -57,26 +57,34 @@ def load(path: Path, for_update: bool = False) -> dict:
     keeps nothing from a baseline made under another protocol."""
     path = Path(path)
     if path.is_dir():
-        raise BaselineError(f"baseline {str(path)!r} is a folder; pass the baseline's JSON file "
-                            "(e.g. results/baselines/synthetic.json).")
+        raise BaselineError(
+            f"baseline {str(path)!r} is a folder; pass the baseline's JSON file "
+            "(e.g. results/baselines/synthetic.json)."
+        )
     if not path.is_file():
         raise BaselineError(f"baseline {str(path)!r} does not exist; create it with --update-baseline.")
     try:
         base = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaselineError(f"baseline {str(path)!r} is not valid JSON ({exc}); regenerate it with --update-baseline.") from None
+        raise BaselineError(
+            f"baseline {str(path)!r} is not valid JSON ({exc}); regenerate it with --update-baseline."
+        ) from None
     if not isinstance(base, dict):
-        raise BaselineError(f"baseline {str(path)!r} holds {type(base).__name__}, not a baseline; regenerate it with "
-                            "--update-baseline.")
+        raise BaselineError(
+            f"baseline {str(path)!r} holds {type(base).__name__}, not a baseline; regenerate it with --update-baseline."
+        )
     for key in ("schema_version", "suite", "suite_version", "protocol_hash", "scores", "metric_directions"):
         if key not in base:
             raise BaselineError(f"baseline {str(path)!r} lacks {key!r}; regenerate it with --update-baseline.")
     if not isinstance(base["scores"], dict) or not all(isinstance(v, dict) for v in base["scores"].values()):
-        raise BaselineError(f"baseline {str(path)!r}: 'scores' must map each head to its metrics; regenerate it with "
-                            "--update-baseline.")
+        raise BaselineError(
+            f"baseline {str(path)!r}: 'scores' must map each head to its metrics; regenerate it with --update-baseline."
+        )
     if base["schema_version"] != SCHEMA_VERSION and not for_update:
-        raise BaselineError(f"baseline {str(path)!r} has schema version {base['schema_version']} (this simbench writes "
-                            f"{SCHEMA_VERSION}); regenerate it with --update-baseline.")
+        raise BaselineError(
+            f"baseline {str(path)!r} has schema version {base['schema_version']} (this simbench writes "
+            f"{SCHEMA_VERSION}); regenerate it with --update-baseline."
+        )
     return base
 
 
@@ -87,17 +95,23 @@ def make(records: list[ResultRecord], previous: dict | None = None) -> tuple[dic
     ok = [r for r in records if r.status == "ok"]
     if not ok or len(ok) != len(records):
         failed = [r.head.name for r in records if r.status != "ok"]
-        raise BaselineError(f"refusing to write a baseline from a run with failed heads: {', '.join(failed) or 'no results'}.")
+        raise BaselineError(
+            f"refusing to write a baseline from a run with failed heads: {', '.join(failed) or 'no results'}."
+        )
     first = ok[0]
     scores = {r.head.name: r.metrics for r in ok}
     kept = sorted(set(previous["scores"]) - set(scores)) if previous else []
-    if kept and (previous["protocol_hash"] != first.config.protocol_hash
-                 or previous["suite_version"] != first.suite.version or previous["suite"] != first.suite.name):
+    if kept and (
+        previous["protocol_hash"] != first.config.protocol_hash
+        or previous["suite_version"] != first.suite.version
+        or previous["suite"] != first.suite.name
+    ):
         raise BaselineError(
             f"the baseline holds {', '.join(kept)}, which this run did not compute, under another protocol "
             f"({previous['protocol_hash']} vs this run's {first.config.protocol_hash}); keeping them would mix "
             f"protocols and dropping them would lose them. Rerun with every head it holds "
-            f"(--heads {','.join(sorted(set(previous['scores']) | set(scores)))}), or write to a new baseline file.")
+            f"(--heads {','.join(sorted(set(previous['scores']) | set(scores)))}), or write to a new baseline file."
+        )
     for head in kept:
         scores[head] = previous["scores"][head]
     tolerances = dict(previous.get("tolerances", {})) if previous else dict(METRIC_TOLERANCES)
@@ -107,8 +121,7 @@ def make(records: list[ResultRecord], previous: dict | None = None) -> tuple[dic
         "suite_version": first.suite.version,
         "protocol_hash": first.config.protocol_hash,
         "protocol": {k: v for k, v in first.config.resolved.items() if k != "head_options"},
-        "generated_by": {"git_commit": first.git_commit, "created_utc": first.created_utc,
-                         "kept_from_previous": kept},
+        "generated_by": {"git_commit": first.git_commit, "created_utc": first.created_utc, "kept_from_previous": kept},
         "default_tolerance": previous.get("default_tolerance", DEFAULT_TOLERANCE) if previous else DEFAULT_TOLERANCE,
         "tolerances": tolerances,
         "metric_directions": dict(first.suite.metric_directions),
@@ -123,11 +136,17 @@ def outcomes_folder(path: Path) -> Path:
     return path.with_name(f"{path.stem}.outcomes")
 
 
-def attach_outcomes(baseline: dict, path: Path, out_dir: Path, records: list[ResultRecord], previous: dict | None) -> None:
+def attach_outcomes(
+    baseline: dict, path: Path, out_dir: Path, records: list[ResultRecord], previous: dict | None
+) -> None:
     """Copy each run head's outcome file beside the baseline and name it there with its sha256; heads kept
     from the previous baseline keep theirs."""
     folder = outcomes_folder(path)
-    entries = {h: e for h, e in ((previous or {}).get("outcomes") or {}).items() if h in baseline["generated_by"]["kept_from_previous"]}
+    entries = {
+        h: e
+        for h, e in ((previous or {}).get("outcomes") or {}).items()
+        if h in baseline["generated_by"]["kept_from_previous"]
+    }
     for r in records:
         head = r.head.name
         entries.pop(head, None)
@@ -136,8 +155,7 @@ def attach_outcomes(baseline: dict, path: Path, out_dir: Path, records: list[Res
         source = results.outcomes_path(out_dir, r.suite.name, head, r.repeat)
         with atomic.atomic_path(folder / f"{head}.npz") as tmp:
             shutil.copyfile(source, tmp)
-        entries[head] = {"file": f"{folder.name}/{head}.npz", "sha256": r.outcomes.sha256,
-                         "spec": r.outcomes.spec}
+        entries[head] = {"file": f"{folder.name}/{head}.npz", "sha256": r.outcomes.sha256, "spec": r.outcomes.spec}
     baseline["outcomes"] = {h: entries[h] for h in sorted(entries)}
 
 
@@ -148,8 +166,10 @@ def _baseline_estimators(baseline: dict, path: Path | None, head: str):
     npz = Path(path).parent / entry["file"]
     arrays = results.load_checked_npz(npz, entry["sha256"])
     if arrays is None:
-        raise BaselineError(f"{npz} is missing or altered (checksum mismatch); regenerate the baseline with "
-                            "--update-baseline, or use --check-rule exact.")
+        raise BaselineError(
+            f"{npz} is missing or altered (checksum mismatch); regenerate the baseline with "
+            "--update-baseline, or use --check-rule exact."
+        )
     return uncertainty.estimators(arrays, entry["spec"])
 
 
@@ -157,8 +177,14 @@ def write(path: Path, baseline: dict) -> None:
     atomic.write_json(path, baseline)
 
 
-def compare(records: list[ResultRecord], baseline: dict, rule: str = "exact", out_dir: Path | None = None,
-            baseline_path: Path | None = None, resamples: int = 10_000) -> tuple[list[Regression], list[str]]:
+def compare(
+    records: list[ResultRecord],
+    baseline: dict,
+    rule: str = "exact",
+    out_dir: Path | None = None,
+    baseline_path: Path | None = None,
+    resamples: int = 10_000,
+) -> tuple[list[Regression], list[str]]:
     """Regressions of the heads this run computed (a head left out of the run is not judged), and the
     heads of the run that the baseline does not hold. ``rule``: "exact" or "interval" (see above)."""
     current = {r.head.name: r for r in records}
@@ -168,8 +194,8 @@ def compare(records: list[ResultRecord], baseline: dict, rule: str = "exact", ou
         if r.config.protocol_hash != baseline["protocol_hash"] or r.suite.version != baseline["suite_version"]:
             raise BaselineError(
                 f"the run's protocol ({r.config.protocol_hash}, suite v{r.suite.version}) differs from the "
-                f"baseline's ({baseline['protocol_hash']}, suite v{baseline['suite_version']}): scores are not comparable. "
-                f"Run with the baseline's config, or rewrite it on purpose with --update-baseline."
+                f"baseline's ({baseline['protocol_hash']}, suite v{baseline['suite_version']}): scores are not "
+                f"comparable. Run with the baseline's config, or rewrite it on purpose with --update-baseline."
             )
     found = []
     for head, base_metrics in baseline["scores"].items():
@@ -181,8 +207,7 @@ def compare(records: list[ResultRecord], baseline: dict, rule: str = "exact", ou
             base_ests = _baseline_estimators(baseline, baseline_path, head)
             arrays = results.read_outcomes(out_dir, rec) if base_ests else None
             if arrays is not None:
-                intervals = uncertainty.paired(uncertainty.estimators(arrays, rec.outcomes.spec), base_ests,
-                                               resamples)
+                intervals = uncertainty.paired(uncertainty.estimators(arrays, rec.outcomes.spec), base_ests, resamples)
         for metric, base_value in base_metrics.items():
             if base_value is None:
                 continue
@@ -205,9 +230,17 @@ def compare(records: list[ResultRecord], baseline: dict, rule: str = "exact", ou
 
 
 def report(regressions: list[Regression]) -> str:
-    rows = [{"head": r.head, "metric": r.metric, "better": r.direction, "baseline": r.baseline,
-             "current": "missing/failed" if r.current is None else r.current,
-             "change": "" if r.change is None else r.change,
-             "95% interval of change": "" if r.interval is None else f"[{r.interval[0]:+.4f}, {r.interval[1]:+.4f}]",
-             "tolerance": r.tolerance} for r in regressions]
+    rows = [
+        {
+            "head": r.head,
+            "metric": r.metric,
+            "better": r.direction,
+            "baseline": r.baseline,
+            "current": "missing/failed" if r.current is None else r.current,
+            "change": "" if r.change is None else r.change,
+            "95% interval of change": "" if r.interval is None else f"[{r.interval[0]:+.4f}, {r.interval[1]:+.4f}]",
+            "tolerance": r.tolerance,
+        }
+        for r in regressions
+    ]
     return pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f")

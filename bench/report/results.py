@@ -4,9 +4,9 @@ A leaderboard, a plot or a regression check is built from these files alone, so 
 everything needed to judge whether two numbers are comparable: schema, code and library versions,
 the resolved config and its hash, the test-set identity, seed, timings, memory and device.
 """
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,9 @@ def write(out_dir: Path, record: ResultRecord, outcomes: dict | None = None, spe
     if outcomes:
         with atomic.atomic_path(npz) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **{k: np.asarray(v) for k, v in outcomes.items()})
-        record.outcomes = records.OutcomeRef(file=npz.name, sha256=hashing.file_sha256(npz), spec=spec or {},
-                                             arrays=sorted(outcomes))
+        record.outcomes = records.OutcomeRef(
+            file=npz.name, sha256=hashing.file_sha256(npz), spec=spec or {}, arrays=sorted(outcomes)
+        )
     else:
         record.outcomes = None
         npz.unlink(missing_ok=True)

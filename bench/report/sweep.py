@@ -5,6 +5,7 @@ folder holds. Intervals: the 95% bootstrap over test units and repeats that the 
 (bench/report/verdicts.py), where the metric has per-query outcomes; otherwise, with repeats, a
 Student-t interval over the repeats' values; with one repeat and no outcomes, none.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,9 @@ from bench.report import leaderboard, verdicts
 
 @dataclass
 class Point:
-    values: dict          # config key -> value at this point
-    folder: Path          # where its runs are
-    records: list[ResultRecord]   # every record of the point (all repeats), references included
+    values: dict  # config key -> value at this point
+    folder: Path  # where its runs are
+    records: list[ResultRecord]  # every record of the point (all repeats), references included
 
 
 def _t_interval(values: list[float]) -> tuple[float, float] | None:
@@ -41,8 +42,9 @@ def table(points: list[Point], keys: list[str], resamples: int, warn=print) -> p
     rows = []
     for point in points:
         # the same order however the runs were made (reused cells and recomputed references come back in turn)
-        collapsed = sorted(leaderboard.collapse_repeats(point.records),
-                           key=lambda r: (r.head.kind == "reference", r.head.name))
+        collapsed = sorted(
+            leaderboard.collapse_repeats(point.records), key=lambda r: (r.head.kind == "reference", r.head.name)
+        )
         ests = verdicts.row_estimators(point.folder, collapsed, warn) if resamples > 0 else {}
         boot = verdicts.intervals(ests, resamples) if ests else {}
         for r in collapsed:
@@ -50,18 +52,31 @@ def table(points: list[Point], keys: list[str], resamples: int, warn=print) -> p
             per_repeat = r.repeats.records if r.repeats else [r]
             for metric, direction in r.suite.metric_directions:
                 value = r.metrics.get(metric) if r.status == "ok" else None
-                values = [x.metrics[metric] for x in per_repeat
-                          if x.status == "ok" and x.metrics.get(metric) is not None]
+                values = [
+                    x.metrics[metric] for x in per_repeat if x.status == "ok" and x.metrics.get(metric) is not None
+                ]
                 interval, kind = boot.get(head, {}).get(metric), "bootstrap"
                 if interval is None:
                     interval, kind = _t_interval(values), "t over repeats"
-                rows.append({**{k: point.values[k] for k in keys}, "head": head, "kind": r.head.kind,
-                             "metric": metric, "higher_is_better": direction == "higher",
-                             "mean": value, "sd": statistics.stdev(values) if len(values) > 1 else None,
-                             "n": len(values), "low": interval[0] if interval else None,
-                             "high": interval[1] if interval else None, "interval": kind if interval else "",
-                             "status": r.status, "code_hash": r.identity["code"]["hash"],
-                             "protocol_hash": r.config.protocol_hash, "folder": point.folder.name})
+                rows.append(
+                    {
+                        **{k: point.values[k] for k in keys},
+                        "head": head,
+                        "kind": r.head.kind,
+                        "metric": metric,
+                        "higher_is_better": direction == "higher",
+                        "mean": value,
+                        "sd": statistics.stdev(values) if len(values) > 1 else None,
+                        "n": len(values),
+                        "low": interval[0] if interval else None,
+                        "high": interval[1] if interval else None,
+                        "interval": kind if interval else "",
+                        "status": r.status,
+                        "code_hash": r.identity["code"]["hash"],
+                        "protocol_hash": r.config.protocol_hash,
+                        "folder": point.folder.name,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -86,8 +101,12 @@ def markdown(df: pd.DataFrame, keys: list[str], metrics: list[str], title: str, 
             continue
         up = bool(part.higher_is_better.iloc[0])
         heads = _heads_in_order(part)
-        lines += [f"## {metric} ({'higher' if up else 'lower'} is better)", "",
-                  "| " + " | ".join(labels + heads) + " |", "|" + "---|" * (len(labels) + len(heads))]
+        lines += [
+            f"## {metric} ({'higher' if up else 'lower'} is better)",
+            "",
+            "| " + " | ".join(labels + heads) + " |",
+            "|" + "---|" * (len(labels) + len(heads)),
+        ]
         for values, g in part.groupby(keys, sort=False):
             values = values if isinstance(values, tuple) else (values,)
             cells = []
@@ -105,7 +124,11 @@ def markdown(df: pd.DataFrame, keys: list[str], metrics: list[str], title: str, 
             lines.append("| " + " | ".join([str(v) for v in values] + cells) + " |")
         n = int(part.n.max()) if len(part) else 0
         kinds = sorted({k for k in part.interval if k})
-        lines += ["", f"n = {n} repeat(s) per cell; intervals: 95%, {' / '.join(kinds) or 'none (one repeat, no outcomes)'}.", ""]
+        lines += [
+            "",
+            f"n = {n} repeat(s) per cell; intervals: 95%, {' / '.join(kinds) or 'none (one repeat, no outcomes)'}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -129,7 +152,9 @@ def plot(df: pd.DataFrame, keys: list[str], metric: str, path: Path, title: str)
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
     log_x = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
     heads = _heads_in_order(part)
-    colours = {h: f"C{i}" for i, h in enumerate(h for h in heads if part[part["head"] == h].kind.iloc[0] != "reference")}
+    colours = {
+        h: f"C{i}" for i, h in enumerate(h for h in heads if part[part["head"] == h].kind.iloc[0] != "reference")
+    }
     up = bool(part.higher_is_better.iloc[0])
     for i, (values, g) in enumerate(panels):
         ax = axes[i // cols, i % cols]
@@ -139,8 +164,16 @@ def plot(df: pd.DataFrame, keys: list[str], metric: str, path: Path, title: str)
                 continue
             pos = x[x_key].tolist() if numeric else [xs.index(v) for v in x[x_key]]
             ref = x.kind.iloc[0] == "reference"
-            ax.plot(pos, x["mean"], marker="o", ms=3, label=h, color="black" if ref else colours[h],
-                    linestyle="--" if ref else "-", linewidth=1)
+            ax.plot(
+                pos,
+                x["mean"],
+                marker="o",
+                ms=3,
+                label=h,
+                color="black" if ref else colours[h],
+                linestyle="--" if ref else "-",
+                linewidth=1,
+            )
             band = x[x.low.notna()]
             if not band.empty and not ref:
                 bpos = band[x_key].tolist() if numeric else [xs.index(v) for v in band[x_key]]
@@ -161,8 +194,12 @@ def plot(df: pd.DataFrame, keys: list[str], metric: str, path: Path, title: str)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     n = int(part.n.max())
-    fig.suptitle(f"{title}: {metric}; bands: 95% intervals, n = {n}" if n > 1 or part.interval.any()
-                 else f"{title}: {metric} (one repeat: no bands)", fontsize=10)
+    fig.suptitle(
+        f"{title}: {metric}; bands: 95% intervals, n = {n}"
+        if n > 1 or part.interval.any()
+        else f"{title}: {metric} (one repeat: no bands)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -170,8 +207,16 @@ def plot(df: pd.DataFrame, keys: list[str], metric: str, path: Path, title: str)
     return True
 
 
-def build(out_dir: Path, points: list[Point], keys: list[str], metrics: list[str], title: str,
-          resamples: int, warn=print, provenance: str = "") -> pd.DataFrame:
+def build(
+    out_dir: Path,
+    points: list[Point],
+    keys: list[str],
+    metrics: list[str],
+    title: str,
+    resamples: int,
+    warn=print,
+    provenance: str = "",
+) -> pd.DataFrame:
     """Write sweep.csv (every metric), sweep.md and sweep-METRIC.png (the chosen metrics)."""
     out_dir = Path(out_dir)
     df = table(points, keys, resamples, warn)

@@ -1,14 +1,15 @@
 """Intervals and ties for a leaderboard, and paired comparisons for ``run_bench.py compare``, all
 from the per-query outcome files beside the results (no rerun). The statistics themselves are in
 bench/eval/uncertainty.py; this module decides what is compared with what."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.eval import uncertainty
 from bench.core.errors import UserError
 from bench.core.records import ResultRecord
+from bench.eval import uncertainty
 from bench.report import results
 
 LEVEL = 0.95
@@ -49,12 +50,19 @@ def row_estimators(out_dir: Path, rs: list[ResultRecord], warn=print) -> dict[st
 
 def intervals(ests: dict[str, list[dict]], resamples: int) -> dict[str, dict[str, tuple[float, float]]]:
     """Each head's 95% bootstrap interval per metric, over test units and, with repeats, over repeats."""
-    return {head: uncertainty.bootstrap(e[0], resamples, level=LEVEL, repeat_groups=e if len(e) > 1 else None)
-            for head, e in ests.items()}
+    return {
+        head: uncertainty.bootstrap(e[0], resamples, level=LEVEL, repeat_groups=e if len(e) > 1 else None)
+        for head, e in ests.items()
+    }
 
 
-def for_suite(out_dir: Path, rs: list[ResultRecord], reference: str | None = "cosine",
-              resamples: int = uncertainty.DEFAULT_RESAMPLES, warn=print) -> SuiteVerdicts:
+def for_suite(
+    out_dir: Path,
+    rs: list[ResultRecord],
+    reference: str | None = "cosine",
+    resamples: int = uncertainty.DEFAULT_RESAMPLES,
+    warn=print,
+) -> SuiteVerdicts:
     """Bootstrap every row with outcomes; mark as best, per metric, the top head and every head whose
     paired interval of the difference to it contains 0 (not significantly worse)."""
     v = SuiteVerdicts(resamples=resamples)
@@ -92,8 +100,9 @@ def for_suite(out_dir: Path, rs: list[ResultRecord], reference: str | None = "co
     return v
 
 
-def compare(out_dir: Path, rs: list[ResultRecord], heads: list[str], resamples: int = uncertainty.DEFAULT_RESAMPLES,
-            warn=print) -> list[dict]:
+def compare(
+    out_dir: Path, rs: list[ResultRecord], heads: list[str], resamples: int = uncertainty.DEFAULT_RESAMPLES, warn=print
+) -> list[dict]:
     """The first head against each other one: per metric, the difference, its paired 95% interval, the
     sign-flip p-value, and the p-value after Holm's correction across every metric and pair compared.
     ``rs`` are leaderboard rows (repeats collapsed): with repeats, repeat r of one head is paired with
@@ -104,10 +113,15 @@ def compare(out_dir: Path, rs: list[ResultRecord], heads: list[str], resamples: 
         raise UserError(f"no result for {', '.join(missing)} in this suite's comparable rows")
     ests = {}
     for h in heads:
-        e = [load_estimators(out_dir, x, warn) for x in (by_name[h].repeats.records if by_name[h].repeats else [by_name[h]])]
+        e = [
+            load_estimators(out_dir, x, warn)
+            for x in (by_name[h].repeats.records if by_name[h].repeats else [by_name[h]])
+        ]
         if not all(e):
-            raise UserError(f"{h}'s result has no per-query outcomes (written by an older version, or it failed); "
-                             "rerun it with --force to compare it.")
+            raise UserError(
+                f"{h}'s result has no per-query outcomes (written by an older version, or it failed); "
+                "rerun it with --force to compare it."
+            )
         ests[h] = e
     order = [m for m, _ in rs[0].suite.metric_directions]
     rows = []

@@ -8,6 +8,7 @@ of its head's module, its suite's module and the runner: every project file reac
 file path (``--head-module``) is hashed the same way, with its sibling modules. A head whose source
 cannot be found (defined interactively) gets a key that never matches, so it is always recomputed.
 """
+
 from __future__ import annotations
 
 import ast
@@ -63,7 +64,9 @@ def _imports(path: Path) -> list[Path]:
                 prefix = [] if node.module is None else node.module.split(".")
                 target = folder.joinpath(*prefix) if prefix else folder
                 candidates = [target.with_suffix(".py"), target / "__init__.py"]
-                candidates += [target / f"{a.name}.py" for a in node.names] + [target / a.name / "__init__.py" for a in node.names]
+                candidates += [target / f"{a.name}.py" for a in node.names] + [
+                    target / a.name / "__init__.py" for a in node.names
+                ]
                 out += [c for c in candidates if c.is_file()]
                 continue
             out += _module_file(node.module, here)
@@ -117,5 +120,4 @@ def code_identity(*objects) -> dict:
     h = hashlib.sha256("\n".join(f"{k}:{v}" for k, v in files.items()).encode())
     if unknown:  # no source to hash: a key that matches nothing, so the cell is always recomputed
         h.update(secrets.token_bytes(16))
-    return {"hash": h.hexdigest()[:16], "files": {k: v[:12] for k, v in files.items()},
-            "unhashable": unknown}
+    return {"hash": h.hexdigest()[:16], "files": {k: v[:12] for k, v in files.items()}, "unhashable": unknown}

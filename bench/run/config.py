@@ -4,6 +4,7 @@ Every key is checked against the defaults (or a head's constructor, or a suite's
 so a typo fails before any work with the closest valid names, instead of silently running the
 default. The hash of the resolved config is what result files and resumes are keyed by.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,15 +19,14 @@ from bench.core import hashing
 from bench.core.errors import ConfigError  # noqa: F401 (raised here, and imported from here by callers)
 from bench.core.registry import suggest
 
-
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "steps": 600,          # optimiser steps, identical for every trainable head
-    "batch_size": 256,     # pairs per step; the InfoNCE negatives are the rest of the batch
+    "steps": 600,  # optimiser steps, identical for every trainable head
+    "batch_size": 256,  # pairs per step; the InfoNCE negatives are the rest of the batch
     "lr": 2e-3,
-    "weight_decay": 0.1,   # applied to matrices only, never to scales, bandwidths or biases
+    "weight_decay": 0.1,  # applied to matrices only, never to scales, bandwidths or biases
     "warmup_steps": 50,
-    "grad_clip": 1.0,      # max global grad norm; 0 disables
-    "loss": "infonce",     # infonce | siglip (bench/run/losses.py); part of the protocol, so tables never mix losses
+    "grad_clip": 1.0,  # max global grad norm; 0 disables
+    "loss": "infonce",  # infonce | siglip (bench/run/losses.py); part of the protocol, so tables never mix losses
 }
 
 MAX_REPEATS = 100
@@ -34,10 +34,11 @@ MAX_SEED = 2**63 - 2  # torch generators take up to 2^64 - 1; the synthetic worl
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "repeats": 1,   # runs of every cell, each varying every random choice that is not the test data
+    "repeats": 1,  # runs of every cell, each varying every random choice that is not the test data
     "train": TRAIN_DEFAULTS,
-    "heads": {},    # per-head constructor options, e.g. {"kme_rff": {"num_features": 2048}}; "*": every head that has the option
-    "suites": {},   # per-suite parameters over the suite's own defaults
+    # per-head constructor options, e.g. {"kme_rff": {"num_features": 2048}}; "*": every head that has the option
+    "heads": {},
+    "suites": {},  # per-suite parameters over the suite's own defaults
 }
 
 
@@ -62,7 +63,12 @@ def _check_type(value, default, where: str):
     if isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
         if isinstance(value, float):
             _finite(value, where)
-        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and not value.is_integer():
+        if (
+            isinstance(default, int)
+            and not isinstance(default, bool)
+            and isinstance(value, float)
+            and not value.is_integer()
+        ):
             raise ConfigError(f"{where} must be an integer, got {value!r}.")
         return type(default)(value)
     if isinstance(default, str) and isinstance(value, str):
@@ -71,7 +77,9 @@ def _check_type(value, default, where: str):
         return list(value)
     if isinstance(default, dict) and isinstance(value, dict):
         return value
-    raise ConfigError(f"{where} must be of type {type(default).__name__} (like the default {default!r}), got {value!r}.")
+    raise ConfigError(
+        f"{where} must be of type {type(default).__name__} (like the default {default!r}), got {value!r}."
+    )
 
 
 def merge_checked(defaults: dict, given: dict, where: str) -> dict:
@@ -88,8 +96,11 @@ EVERY_HEAD = "*"
 
 def constructor_options(cls) -> dict:
     """A head's constructor options and their defaults (``inspect.Parameter.empty`` where none)."""
-    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-            if name not in ("self", "image_dim", "text_dim") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name not in ("self", "image_dim", "text_dim") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def shared_head_options(section: dict, chosen: dict, suite_defaults: dict | None = None) -> dict[str, dict]:
@@ -102,8 +113,10 @@ def shared_head_options(section: dict, chosen: dict, suite_defaults: dict | None
     for key in every:
         if not any(key in opts for opts in accepted.values()):
             known = sorted({k for opts in accepted.values() for k in opts})
-            raise ConfigError(f"heads.{EVERY_HEAD}.{key}: none of the heads in this run ({', '.join(chosen)}) has an "
-                              f"option {key!r}.{suggest(key, known)} Their options: {', '.join(known)}.")
+            raise ConfigError(
+                f"heads.{EVERY_HEAD}.{key}: none of the heads in this run ({', '.join(chosen)}) has an "
+                f"option {key!r}.{suggest(key, known)} Their options: {', '.join(known)}."
+            )
     merged = {**(suite_defaults or {}), **every}
     return {name: {k: v for k, v in merged.items() if k in opts} for name, opts in accepted.items()}
 
@@ -206,21 +219,32 @@ def resolve(user: dict) -> dict:
         raise ConfigError(f"seed {cfg['seed']} is out of range; use an integer from 0 to {MAX_SEED}.")
     cfg["repeats"] = _check_type(user.get("repeats", cfg["repeats"]), 1, "repeats")
     if not 1 <= cfg["repeats"] <= MAX_REPEATS:
-        raise ConfigError(f"repeats {cfg['repeats']} is out of range; use an integer from 1 to {MAX_REPEATS} "
-                          "(3 to 5 is usual: each repeat is a full run of every cell).")
+        raise ConfigError(
+            f"repeats {cfg['repeats']} is out of range; use an integer from 1 to {MAX_REPEATS} "
+            "(3 to 5 is usual: each repeat is a full run of every cell)."
+        )
     t = cfg["train"]
-    rules = [("steps", t["steps"] >= 0, ">= 0"), ("batch_size", t["batch_size"] >= 2, ">= 2 (InfoNCE needs negatives)"),
-             ("lr", t["lr"] > 0, "> 0"), ("weight_decay", t["weight_decay"] >= 0, ">= 0"),
-             ("warmup_steps", t["warmup_steps"] >= 0, ">= 0"), ("grad_clip", t["grad_clip"] >= 0, ">= 0 (0 disables clipping)")]
+    rules = [
+        ("steps", t["steps"] >= 0, ">= 0"),
+        ("batch_size", t["batch_size"] >= 2, ">= 2 (InfoNCE needs negatives)"),
+        ("lr", t["lr"] > 0, "> 0"),
+        ("weight_decay", t["weight_decay"] >= 0, ">= 0"),
+        ("warmup_steps", t["warmup_steps"] >= 0, ">= 0"),
+        ("grad_clip", t["grad_clip"] >= 0, ">= 0 (0 disables clipping)"),
+    ]
     for key, ok, allowed in rules:
         if not ok:
-            raise ConfigError(f"train.{key} = {t[key]!r} is out of range: train needs {key} {allowed}. "
-                              f"The default is {TRAIN_DEFAULTS[key]!r}.")
+            raise ConfigError(
+                f"train.{key} = {t[key]!r} is out of range: train needs {key} {allowed}. "
+                f"The default is {TRAIN_DEFAULTS[key]!r}."
+            )
     from bench.run.losses import LOSSES
 
     if t["loss"] not in LOSSES:
-        raise ConfigError(f"train.loss = {t['loss']!r} is not a loss.{suggest(t['loss'], LOSSES.names())} "
-                          f"Losses: {', '.join(LOSSES.names())} (bench/run/losses.py).")
+        raise ConfigError(
+            f"train.loss = {t['loss']!r} is not a loss.{suggest(t['loss'], LOSSES.names())} "
+            f"Losses: {', '.join(LOSSES.names())} (bench/run/losses.py)."
+        )
     return cfg
 
 

@@ -8,6 +8,7 @@ of the protocol hash, so a table never mixes heads trained under different losse
 Each loss takes the head's two direction matrices ``(i2t, t2i)`` (the same tensor for most heads;
 ``SimilarityHead.score_directions``), rows are images and the diagonal holds the positives.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,14 +19,14 @@ from torch import nn
 from bench.core.registry import Registry
 from bench.eval.metrics import symmetric_infonce
 
-LOSSES: Registry[type["ContrastiveLoss"]] = Registry("loss")
+LOSSES: Registry[type[ContrastiveLoss]] = Registry("loss")
 
 
 def register_loss(name: str):
     return LOSSES.register(name)
 
 
-def get_loss(name: str) -> type["ContrastiveLoss"]:
+def get_loss(name: str) -> type[ContrastiveLoss]:
     return LOSSES.get(name)
 
 

@@ -4,6 +4,7 @@ Everything a cell depends on is validated before the first head trains, so a typ
 head's options does not cost the time of the first ones. A head that fails (NaN loss, a bad
 score matrix) is recorded as failed and the others still run.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,22 +19,22 @@ import heads as head_registry
 import suites as suite_registry
 from bench.core import atomic, distributed
 from bench.core.records import SCHEMA_VERSION, CellConfig, HeadInfo, ResultRecord, SuiteInfo
-from bench.run import config
-from bench.report import provenance, results
-from bench.run.code_identity import code_identity
 from bench.eval.scoring import HeadContractError, ScoreError
-from suites.base import Evaluation, as_evaluation
+from bench.report import provenance, results
+from bench.run import config
+from bench.run.code_identity import code_identity
 from bench.run.train import TrainingDiverged, train_head
+from suites.base import Evaluation, as_evaluation
 
 
 @dataclass
 class Cell:
     head: str
-    options: dict      # every constructor option, defaults included
-    hash: str          # of the resolved config alone (what the user asked for)
-    key: str = ""      # of everything the number depends on; set once the data identity is known
+    options: dict  # every constructor option, defaults included
+    hash: str  # of the resolved config alone (what the user asked for)
+    key: str = ""  # of everything the number depends on; set once the data identity is known
     identity: dict = field(default_factory=dict)
-    repeat: int = 0    # which repeat (0: the first; others vary every random choice that is not test data)
+    repeat: int = 0  # which repeat (0: the first; others vary every random choice that is not test data)
 
 
 @dataclass
@@ -55,7 +56,9 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
     ``repeat_params`` + r (the synthetic world) and a head's ``seed`` option + r (random features),
     and its cells are keyed by r besides."""
     suite_cls = suite_registry.get_suite(suite_name)
-    params = config.merge_checked(suite_cls.default_params(), cfg["suites"].get(suite_name) or {}, f"suites.{suite_name}")
+    params = config.merge_checked(
+        suite_cls.default_params(), cfg["suites"].get(suite_name) or {}, f"suites.{suite_name}"
+    )
     suite_cls.check_params(params, cfg["train"])
     for name in cfg["suites"]:
         suite_registry.get_suite(name)  # unknown suite names in the config fail too
@@ -65,8 +68,13 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
     chosen = {n: head_registry.get_head(n) for n in head_names}
     shared = config.shared_head_options(cfg["heads"], chosen, suite_cls.head_defaults)
     hashed = {k: v for k, v in params.items() if k not in suite_cls.non_protocol_params}
-    protocol = {"suite": suite_name, "suite_version": suite_cls.version, "suite_params": hashed,
-                "train": cfg["train"], "seed": cfg["seed"]}
+    protocol = {
+        "suite": suite_name,
+        "suite_version": suite_cls.version,
+        "suite_params": hashed,
+        "train": cfg["train"],
+        "seed": cfg["seed"],
+    }
     params = {**params, **{k: params[k] + repeat for k in suite_cls.repeat_params}}
     cells = []
     for name in head_names:
@@ -80,12 +88,17 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
                 tiny.check_device(device)
         except (ValueError, TypeError) as exc:
             text = str(exc)
-            text = text[len(name) + 1:].lstrip() if text.startswith(f"{name}:") else text
+            text = text[len(name) + 1 :].lstrip() if text.startswith(f"{name}:") else text
             raise config.ConfigError(f"heads.{name}: {text}") from None
         except Exception:  # noqa: BLE001 (a head broken in another way fails alone, when it runs, and the others still run)
             pass
-        cell_cfg = {**protocol, "head": name, "head_version": cls.version, "head_options": options,
-                    **({"repeat": repeat} if repeat else {})}
+        cell_cfg = {
+            **protocol,
+            "head": name,
+            "head_version": cls.version,
+            "head_options": options,
+            **({"repeat": repeat} if repeat else {}),
+        }
         cells.append(Cell(name, options, config.config_hash(cell_cfg), repeat=repeat))
     return suite_cls, params, protocol, cells
 
@@ -93,17 +106,40 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
 def cell_identity(suite_cls, head_cls, data_identity: dict, device: torch.device) -> dict:
     """Everything besides the config that a number depends on: code, data, float-relevant libraries, device type."""
     code = code_identity(suite_cls) if head_cls is None else code_identity(head_cls, suite_cls)
-    return {"code": code, "data": data_identity, "libraries": provenance.numeric_library_versions(),
-            "device_type": device.type}
+    return {
+        "code": code,
+        "data": data_identity,
+        "libraries": provenance.numeric_library_versions(),
+        "device_type": device.type,
+    }
 
 
 def cell_key(config_hash: str, identity: dict) -> str:
-    return config.config_hash({"config": config_hash, "code": identity["code"]["hash"], "data": identity["data"],
-                               "libraries": identity["libraries"], "device_type": identity["device_type"]})
+    return config.config_hash(
+        {
+            "config": config_hash,
+            "code": identity["code"]["hash"],
+            "data": identity["data"],
+            "libraries": identity["libraries"],
+            "device_type": identity["device_type"],
+        }
+    )
 
 
-def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta: dict, metrics: dict, status: str,
-            error: str | None, timings: dict, device, cfg: dict) -> ResultRecord:
+def _record(
+    suite_cls,
+    data,
+    protocol,
+    cell: Cell,
+    protocol_hash: str,
+    head_meta: dict,
+    metrics: dict,
+    status: str,
+    error: str | None,
+    timings: dict,
+    device,
+    cfg: dict,
+) -> ResultRecord:
     metrics, undefined = _finite_metrics(metrics)
     return ResultRecord(
         schema_version=SCHEMA_VERSION,
@@ -111,13 +147,22 @@ def _record(suite_cls, data, protocol, cell: Cell, protocol_hash: str, head_meta
         created_utc=provenance.utc_now(),
         status=status,
         error=error,
-        suite=SuiteInfo(name=suite_cls.name, version=suite_cls.version, main_metric=suite_cls.main_metric,
-                        metric_directions=[[m, "higher" if up else "lower"] for m, up in suite_cls.metrics.items()],
-                        headline_metrics=list(suite_cls.headline_metrics), test_set=data.identity,
-                        report=report_layout(suite_cls)),
+        suite=SuiteInfo(
+            name=suite_cls.name,
+            version=suite_cls.version,
+            main_metric=suite_cls.main_metric,
+            metric_directions=[[m, "higher" if up else "lower"] for m, up in suite_cls.metrics.items()],
+            headline_metrics=list(suite_cls.headline_metrics),
+            test_set=data.identity,
+            report=report_layout(suite_cls),
+        ),
         head=HeadInfo(**head_meta),
-        config=CellConfig(resolved={**protocol, "head_options": head_meta.get("options", {})},
-                          hash=cell.hash, protocol_hash=protocol_hash, key=cell.key),
+        config=CellConfig(
+            resolved={**protocol, "head_options": head_meta.get("options", {})},
+            hash=cell.hash,
+            protocol_hash=protocol_hash,
+            key=cell.key,
+        ),
         identity=cell.identity,
         seed=repeat_seed(cfg, cell.repeat),
         repeat=cell.repeat,
@@ -152,9 +197,13 @@ def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -
 
 def report_layout(suite_cls) -> dict:
     """How leaderboards lay out this suite's metrics, stored in each result so boards need only files."""
-    return {"summary": list(suite_cls.summary_metrics or (suite_cls.main_metric,)),
-            "tables": [{"title": t.title, "columns": [list(c) for c in t.columns], "legend": t.legend}
-                       for t in suite_cls.report_tables]}
+    return {
+        "summary": list(suite_cls.summary_metrics or (suite_cls.main_metric,)),
+        "tables": [
+            {"title": t.title, "columns": [list(c) for c in t.columns], "legend": t.legend}
+            for t in suite_cls.report_tables
+        ],
+    }
 
 
 def _identify(suite, suite_cls, protocol: dict, cells: list[Cell], cfg: dict, device) -> tuple[str, dict]:
@@ -167,8 +216,13 @@ def _identify(suite, suite_cls, protocol: dict, cells: list[Cell], cfg: dict, de
     references = {}
     for name in suite_cls.reference_names:
         repeat = cells[0].repeat if cells else 0
-        ref = Cell(name, {}, config.config_hash({**protocol, "reference": name, **({"repeat": repeat} if repeat else {})}),
-                   identity=ref_identity, repeat=repeat)
+        ref = Cell(
+            name,
+            {},
+            config.config_hash({**protocol, "reference": name, **({"repeat": repeat} if repeat else {})}),
+            identity=ref_identity,
+            repeat=repeat,
+        )
         ref.key = cell_key(ref.hash, ref_identity)
         references[name] = ref
     return config.config_hash({**protocol, "data": data_identity}), references
@@ -177,7 +231,7 @@ def _identify(suite, suite_cls, protocol: dict, cells: list[Cell], cfg: dict, de
 def _reusable_references(out_dir: Path, suite: str, references: dict[str, Cell]) -> list[ResultRecord] | None:
     """The reference rows of an earlier run with these exact keys, or None if any must be made again."""
     found = []
-    for name, ref in references.items():
+    for _name, ref in references.items():
         record = _reusable(out_dir, suite, ref)
         if record is None or not record.head.is_reference:
             return None
@@ -207,8 +261,17 @@ def _finite_metrics(metrics: dict) -> tuple[dict, list[str]]:
     return out, undefined
 
 
-def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, device: torch.device,
-              force: bool = False, progress: bool = True, log=print, repeat: int = 0) -> RunSummary:
+def run_suite(
+    suite_name: str,
+    head_names: list[str],
+    cfg: dict,
+    out_dir: Path,
+    device: torch.device,
+    force: bool = False,
+    progress: bool = True,
+    log=print,
+    repeat: int = 0,
+) -> RunSummary:
     """Cells are written as they finish (a rerun resumes); reference rows only after every cell, so a
     crash never leaves references of a new protocol beside results of the old one."""
     out_dir = Path(out_dir)
@@ -217,8 +280,10 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
         log = lambda *a, **k: None  # noqa: E731 (one voice under torchrun)
     suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg, device, repeat)
     if repeat:
-        log(f"[{suite_name}] repeat {repeat}: seed {repeat_seed(cfg, repeat)}"
-            + "".join(f", {k} {params[k]}" for k in suite_cls.repeat_params))
+        log(
+            f"[{suite_name}] repeat {repeat}: seed {repeat_seed(cfg, repeat)}"
+            + "".join(f", {k} {params[k]}" for k in suite_cls.repeat_params)
+        )
     suite = suite_cls(params)
     suite.device = device
     suite.seed = repeat_seed(cfg, repeat)
@@ -241,11 +306,13 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
     build_seconds = time.perf_counter() - t0
     log(f"[{suite_name}] data ready in {build_seconds:.1f}s: {len(data.train)} training pairs, device {device}")
     _check_batch_fits(suite_name, todo, data, cfg)
-    reference_records = _reference_records(suite, suite_cls, data, protocol, protocol_hash, references,
-                                           build_seconds, device, cfg)
+    reference_records = _reference_records(
+        suite, suite_cls, data, protocol, protocol_hash, references, build_seconds, device, cfg
+    )
     for cell in todo:
-        record = _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell, cfg, device, build_seconds,
-                           out_dir, progress, log)
+        record = _run_cell(
+            suite, suite_cls, data, protocol, protocol_hash, cell, cfg, device, build_seconds, out_dir, progress, log
+        )
         if record is None:  # not rank 0
             continue
         summary.records.append(record)
@@ -258,8 +325,9 @@ def run_suite(suite_name: str, head_names: list[str], cfg: dict, out_dir: Path, 
     return summary
 
 
-def _reuse_what_matches(cells: list[Cell], out_dir: Path, suite_name: str, force: bool, summary: RunSummary,
-                        log) -> list[Cell]:
+def _reuse_what_matches(
+    cells: list[Cell], out_dir: Path, suite_name: str, force: bool, summary: RunSummary, log
+) -> list[Cell]:
     """Put the results whose key matches into ``summary``; return the cells left to compute."""
     todo = []
     for cell in cells:
@@ -267,53 +335,89 @@ def _reuse_what_matches(cells: list[Cell], out_dir: Path, suite_name: str, force
         if previous is None:
             todo.append(cell)
             continue
-        log(f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head, cell.repeat)} (same key {cell.key}: "
-            "config, code, data, libraries and device type); --force recomputes")
+        log(
+            f"[{suite_name}] {cell.head}: reused {results.run_path(out_dir, suite_name, cell.head, cell.repeat)} "
+            f"(same key {cell.key}: config, code, data, libraries and device type); --force recomputes"
+        )
         summary.records.append(previous)
         summary.reused.append(cell.head)
     return todo
 
 
 def _check_batch_fits(suite_name: str, todo: list[Cell], data, cfg: dict) -> None:
-    if any(head_registry.get_head(c.head).trainable for c in todo) and cfg["train"]["steps"] > 0 \
-            and len(data.train) < cfg["train"]["batch_size"]:
+    if (
+        any(head_registry.get_head(c.head).trainable for c in todo)
+        and cfg["train"]["steps"] > 0
+        and len(data.train) < cfg["train"]["batch_size"]
+    ):
         raise config.ConfigError(
-            f"train.batch_size={cfg['train']['batch_size']} is larger than the {len(data.train)} training pairs of suite "
-            f"{suite_name!r}; lower train.batch_size (at most {len(data.train)}) or use more training data.")
+            f"train.batch_size={cfg['train']['batch_size']} is larger than the {len(data.train)} training pairs "
+            f"of suite {suite_name!r}; lower train.batch_size (at most {len(data.train)}) or use more training data."
+        )
 
 
-def _reference_records(suite, suite_cls, data, protocol, protocol_hash, references: dict[str, Cell], build_seconds,
-                       device, cfg) -> list[dict]:
+def _reference_records(
+    suite, suite_cls, data, protocol, protocol_hash, references: dict[str, Cell], build_seconds, device, cfg
+) -> list[dict]:
     """The suite's reference rows (e.g. the oracle), made now and written only after every cell."""
     made = suite.references(data)
     if set(made) != set(references):
-        raise TypeError(f"suite {suite_cls.name!r}: references() returned {sorted(made)} but the class declares "
-                        f"reference_names = {sorted(references)}; declare every reference row in reference_names.")
+        raise TypeError(
+            f"suite {suite_cls.name!r}: references() returned {sorted(made)} but the class declares "
+            f"reference_names = {sorted(references)}; declare every reference row in reference_names."
+        )
     records = []
     for ref_name, made_ref in made.items():
         evaluation = as_evaluation(made_ref)
-        meta = {"name": ref_name, "version": suite_cls.version, "kind": "reference", "trainable": False,
-                "description": f"{suite_cls.name} reference row", "options": {}}
-        record = _record(suite_cls, data, protocol, references[ref_name], protocol_hash, meta, evaluation.metrics,
-                         "ok", None, {"build_seconds": build_seconds}, device, cfg)
+        meta = {
+            "name": ref_name,
+            "version": suite_cls.version,
+            "kind": "reference",
+            "trainable": False,
+            "description": f"{suite_cls.name} reference row",
+            "options": {},
+        }
+        record = _record(
+            suite_cls,
+            data,
+            protocol,
+            references[ref_name],
+            protocol_hash,
+            meta,
+            evaluation.metrics,
+            "ok",
+            None,
+            {"build_seconds": build_seconds},
+            device,
+            cfg,
+        )
         records.append((record, evaluation))
     return records
 
 
-def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, device, build_seconds, out_dir,
-              progress, log) -> dict | None:
+def _run_cell(
+    suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, device, build_seconds, out_dir, progress, log
+) -> dict | None:
     """Train, save, evaluate and record one head; anything the head raises fails this head only."""
     suite_name, is_main = suite_cls.name, distributed.is_main()
     cls = head_registry.get_head(cell.head)
     data = data.for_readout(cls.readout)
-    meta = {"name": cell.head, "version": cls.version, "kind": "head", "trainable": cls.trainable,
-            "description": cls.description, "options": cell.options}
+    meta = {
+        "name": cell.head,
+        "version": cls.version,
+        "kind": "head",
+        "trainable": cls.trainable,
+        "description": cls.description,
+        "options": cell.options,
+    }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timings, error, diagnostics, trained_loss = {"build_seconds": build_seconds}, None, {}, {}
     skipped = suite.skip_reason(cls)
     if skipped is not None:  # nothing to train or measure: recorded, listed with its reason, not a failure
-        record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, {}, "skipped", skipped, timings, device, cfg)
+        record = _record(
+            suite_cls, data, protocol, cell, protocol_hash, meta, {}, "skipped", skipped, timings, device, cfg
+        )
         if is_main:
             results.write(out_dir, record, {}, {})
         distributed.barrier()
@@ -326,17 +430,21 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
         stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, progress)
         loss_state = {} if stats.loss is None else {f"loss.{k}": v for k, v in stats.loss.state_dict().items()}
         trained_loss = stats.loss_parameters()
-        timings.update(train_seconds=round(stats.seconds, 3), train_steps=stats.steps,
-                       train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
-                       final_train_loss=stats.final_loss)
+        timings.update(
+            train_seconds=round(stats.seconds, 3),
+            train_steps=stats.steps,
+            train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
+            final_train_loss=stats.final_loss,
+        )
         if not is_main:  # rank 0 alone evaluates and writes; the others wait for the next cell
             distributed.barrier()
             return None
         if head.trainable:
-            atomic.save_tensors(results.weights_path(out_dir, suite_name, cell.head, cell.repeat),
-                                {**head.state_dict(), **loss_state},
-                                {"head": cell.head, "version": cls.version, "config_key": cell.key,
-                                 "loss": cfg["train"]["loss"]})
+            atomic.save_tensors(
+                results.weights_path(out_dir, suite_name, cell.head, cell.repeat),
+                {**head.state_dict(), **loss_state},
+                {"head": cell.head, "version": cls.version, "config_key": cell.key, "loss": cfg["train"]["loss"]},
+            )
         t1 = time.perf_counter()
         evaluation = as_evaluation(suite.evaluate(head, data, device))
         timings["eval_seconds"] = round(time.perf_counter() - t1, 3)
@@ -348,8 +456,20 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
         error = _describe_failure(exc)
         log(f"[{suite_name}] {cell.head}: FAILED: {error}")
         evaluation = Evaluation({})
-    record = _record(suite_cls, data, protocol, cell, protocol_hash, meta, evaluation.metrics,
-                     "failed" if error else "ok", error, timings, device, cfg)
+    record = _record(
+        suite_cls,
+        data,
+        protocol,
+        cell,
+        protocol_hash,
+        meta,
+        evaluation.metrics,
+        "failed" if error else "ok",
+        error,
+        timings,
+        device,
+        cfg,
+    )
     if diagnostics:
         record.diagnostics = {k: float(v) for k, v in diagnostics.items()}
     if not error and trained_loss:
@@ -361,9 +481,13 @@ def _run_cell(suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, 
     if not error:
         value = record.metric(suite_cls.main_metric)
         shown = "n/a (not measured in this run)" if value is None else f"{value:.4f}"
-        log(f"[{suite_name}] {cell.head}: {suite_cls.main_metric}={shown} "
-            f"(train {timings['train_seconds']:.1f}s, eval {timings['eval_seconds']:.1f}s) -> {path}")
+        log(
+            f"[{suite_name}] {cell.head}: {suite_cls.main_metric}={shown} "
+            f"(train {timings['train_seconds']:.1f}s, eval {timings['eval_seconds']:.1f}s) -> {path}"
+        )
         if record.undefined_metrics:
-            log(f"[{suite_name}] {cell.head}: undefined (NaN/inf) metrics recorded as empty: "
-                f"{', '.join(record.undefined_metrics)}")
+            log(
+                f"[{suite_name}] {cell.head}: undefined (NaN/inf) metrics recorded as empty: "
+                f"{', '.join(record.undefined_metrics)}"
+            )
     return record

@@ -4,6 +4,7 @@ A sweep point is an ordinary run with a few config keys set; it is validated, ke
 written exactly like one (each point in a folder of its own), so a sweep can report nothing that
 the same run would not. The report (tables, figures) is bench/report/sweep.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,7 +21,7 @@ MAX_POINTS = 400  # a grid bigger than this is almost surely a typo (each point 
 
 @dataclass(frozen=True)
 class Axis:
-    key: str           # dotted config path, e.g. "heads.*.out_dim" or "suites.synthetic.topics"
+    key: str  # dotted config path, e.g. "heads.*.out_dim" or "suites.synthetic.topics"
     values: tuple
 
     @property
@@ -31,22 +32,29 @@ class Axis:
 def parse_axis(spec: str) -> Axis:
     """``heads.*.out_dim=2,4,8``: each value read as YAML (so 2 is an int, 0.5 a float, null None)."""
     if "=" not in spec:
-        raise ConfigError(f"--grid {spec!r}: write KEY=V1,V2,... such as heads.*.out_dim=2,4,8 or "
-                          "suites.synthetic.topics=4,8,16.")
+        raise ConfigError(
+            f"--grid {spec!r}: write KEY=V1,V2,... such as heads.*.out_dim=2,4,8 or suites.synthetic.topics=4,8,16."
+        )
     key, _, raw = spec.partition("=")
     key = key.strip()
     parts = key.split(".")
     if not key or any(not p for p in parts) or not re.fullmatch(r"[A-Za-z0-9_.*@-]+", key):
-        raise ConfigError(f"--grid {spec!r}: {key!r} is not a dotted config key (e.g. train.steps, heads.cosine.out_dim).")
+        raise ConfigError(
+            f"--grid {spec!r}: {key!r} is not a dotted config key (e.g. train.steps, heads.cosine.out_dim)."
+        )
     if parts[0] in ("heads", "suites") and len(parts) < 3:
-        raise ConfigError(f"--grid {spec!r}: name the {parts[0][:-1]} and its option, e.g. {parts[0]}.NAME.OPTION"
-                          + (" (heads.*.OPTION: every head that has it)." if parts[0] == "heads" else "."))
+        raise ConfigError(
+            f"--grid {spec!r}: name the {parts[0][:-1]} and its option, e.g. {parts[0]}.NAME.OPTION"
+            + (" (heads.*.OPTION: every head that has it)." if parts[0] == "heads" else ".")
+        )
     if parts[0] == "repeats":
         raise ConfigError(f"--grid {spec!r}: repeats is not a grid axis; pass --repeats N (every point runs N times).")
     try:
         values = tuple(yaml.safe_load(v.strip()) for v in raw.split(","))
     except yaml.YAMLError:
-        raise ConfigError(f"--grid {spec!r}: the values must be comma-separated numbers, words, true/false or null.") from None
+        raise ConfigError(
+            f"--grid {spec!r}: the values must be comma-separated numbers, words, true/false or null."
+        ) from None
     if not raw.strip() or any(isinstance(v, (dict, list)) for v in values) or "" in [v.strip() for v in raw.split(",")]:
         raise ConfigError(f"--grid {spec!r}: give one or more comma-separated values after '=', e.g. {key}=2,4,8.")
     if len(set(map(repr, values))) != len(values):
@@ -60,13 +68,17 @@ def parse_grid(specs: list[str]) -> list[Axis]:
     axes = [parse_axis(s) for s in specs]
     keys = [a.key for a in axes]
     if len(set(keys)) != len(keys):
-        raise ConfigError(f"--grid names {sorted(k for k in keys if keys.count(k) > 1)[0]!r} twice; give each key once.")
+        raise ConfigError(
+            f"--grid names {sorted(k for k in keys if keys.count(k) > 1)[0]!r} twice; give each key once."
+        )
     n = 1
     for a in axes:
         n *= len(a.values)
     if n > MAX_POINTS:
-        raise ConfigError(f"the grid has {n} points (more than {MAX_POINTS}); each is a full run of every head. "
-                          "Sweep fewer values, or run several smaller sweeps.")
+        raise ConfigError(
+            f"the grid has {n} points (more than {MAX_POINTS}); each is a full run of every head. "
+            "Sweep fewer values, or run several smaller sweeps."
+        )
     return axes
 
 
@@ -86,7 +98,7 @@ def apply(user: dict, point: dict[str, object]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--grid {key}: {'.'.join(path[:i + 1])} is {child!r} in the config, not a section.")
+                raise ConfigError(f"--grid {key}: {'.'.join(path[: i + 1])} is {child!r} in the config, not a section.")
             node = child
         node[last] = value
     return out

@@ -3,6 +3,7 @@
 Fairness is the point: the optimiser, schedule, steps, batch size and the exact order of
 training pairs depend only on the config and the seed, never on the head.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,9 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     per_epoch = n // batch_size
     epochs = math.ceil(steps / per_epoch) if steps else 0
-    perms = [torch.randperm(n, generator=g)[: per_epoch * batch_size].view(per_epoch, batch_size) for _ in range(epochs)]
+    perms = [
+        torch.randperm(n, generator=g)[: per_epoch * batch_size].view(per_epoch, batch_size) for _ in range(epochs)
+    ]
     return torch.cat(perms)[:steps] if perms else torch.empty(0, batch_size, dtype=torch.long)
 
 
@@ -66,8 +69,9 @@ def cosine_schedule(warmup: int, total: int):
     return factor
 
 
-def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label: str | None = None,
-               progress: bool = True) -> TrainStats:
+def train_head(
+    head, data: PointSets, train_cfg: dict, seed: int, device, label: str | None = None, progress: bool = True
+) -> TrainStats:
     label = label or head.name
     params = [p for p in head.parameters() if p.requires_grad]
     if not head.trainable or not params or train_cfg["steps"] == 0:
@@ -103,7 +107,9 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
         if train_cfg["grad_clip"] > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, train_cfg["grad_clip"])
             if not torch.isfinite(norm):
-                raise TrainingDiverged(f"head {label!r}: gradient norm is {float(norm)} at step {step}; lower train.lr.")
+                raise TrainingDiverged(
+                    f"head {label!r}: gradient norm is {float(norm)} at step {step}; lower train.lr."
+                )
         opt.step()
         sched.step()
         if step % 50 == 0 or step == len(order) - 1:
@@ -112,5 +118,6 @@ def train_head(head, data: PointSets, train_cfg: dict, seed: int, device, label:
     seconds = time.perf_counter() - start
     head.eval()
     loss_fn.eval()
-    return TrainStats(len(order), loss_value, seconds, len(order) * train_cfg["batch_size"] / max(seconds, 1e-9),
-                      loss_fn)
+    return TrainStats(
+        len(order), loss_value, seconds, len(order) * train_cfg["batch_size"] / max(seconds, 1e-9), loss_fn
+    )

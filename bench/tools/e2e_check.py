@@ -8,6 +8,7 @@ on it with every head, and reports backbone feature extraction in images/s (time
 outside the cache) and each head's training throughput in pairs/s. Random weights: the scores mean
 nothing, the speeds do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,10 @@ def make_data(root: Path, n_images: int, per: int = 5, seed: int = 0) -> None:
 
 
 def main(argv=None) -> int:
-    from bench.features import extract
-    from bench.report import provenance
-    from bench.features.backbone import Backbone, BackboneSpec
     from bench.cli import main as bench_main
+    from bench.features import extract
+    from bench.features.backbone import Backbone, BackboneSpec
+    from bench.report import provenance
     from bench.report.results import load_all
 
     p = argparse.ArgumentParser(prog="python -m bench.tools.e2e_check", description=__doc__.split("\n\n")[0])
@@ -61,25 +62,57 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        n = sum(len(b) for b, _ in extract.image_batches(bb, paths, batch_size=256, workers=args.workers, progress=False))
+        n = sum(
+            len(b) for b, _ in extract.image_batches(bb, paths, batch_size=256, workers=args.workers, progress=False)
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         images_per_s = n / (time.perf_counter() - t0)
         cfg = root / "e2e.yaml"
-        cfg.write_text(f"train: {{steps: {args.steps}, batch_size: {min(args.batch, args.images * 5)}, warmup_steps: 10}}\n"
-                       f"suites: {{retrieval: {{layers: {args.layers}, workers: {args.workers}, cache_dir: '{root / 'cache'}'}}}}\n")
+        cfg.write_text(
+            f"train: {{steps: {args.steps}, batch_size: {min(args.batch, args.images * 5)}, warmup_steps: 10}}\n"
+            f"suites: {{retrieval: {{layers: {args.layers}, workers: {args.workers}, "
+            f"cache_dir: '{root / 'cache'}'}}}}\n"
+        )
         out = root / "out"
-        status = bench_main(["--suite", "retrieval", "--backbone", args.backbone, "--data-root", str(root), "--config", str(cfg),
-                             "--out", str(out), "--no-progress", "--device", str(device)])
-        rows = [{"what": f"feature extraction ({args.backbone}, {device.type})", "per_second": images_per_s, "unit": "images/s"}]
+        status = bench_main(
+            [
+                "--suite",
+                "retrieval",
+                "--backbone",
+                args.backbone,
+                "--data-root",
+                str(root),
+                "--config",
+                str(cfg),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                str(device),
+            ]
+        )
+        rows = [
+            {
+                "what": f"feature extraction ({args.backbone}, {device.type})",
+                "per_second": images_per_s,
+                "unit": "images/s",
+            }
+        ]
         for r in load_all(out):
             if r.head.kind == "head" and r.timing.get("train_pairs_per_second"):
-                rows.append({"what": f"train {r.head.name}", "per_second": r.timing["train_pairs_per_second"],
-                             "unit": "pairs/s"})
+                rows.append(
+                    {
+                        "what": f"train {r.head.name}",
+                        "per_second": r.timing["train_pairs_per_second"],
+                        "unit": "pairs/s",
+                    }
+                )
         print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))
         if args.json:
-            atomic.write_json(args.json, {"device": provenance.device_description(device), "rows": rows,
-                                          "status": status})
+            atomic.write_json(
+                args.json, {"device": provenance.device_description(device), "rows": rows, "status": status}
+            )
     return status
 
 

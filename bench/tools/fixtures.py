@@ -4,6 +4,7 @@ The tests, ``e2e_check`` and ``perf_extraction`` share them, so what the benchma
 the tests have checked the readers against. Without a generator the images are flat colours (fast
 to write and decode); with one they are random pixels, so a backbone gives them distinct features.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def _image(path: Path, i: int, g: torch.Generator | None) -> None:
         random_image(path, g)
 
 
-def make_coco(root: Path, n_images: int = 4, per: int = 5, split: str = "test", g: torch.Generator | None = None) -> None:
+def make_coco(
+    root: Path, n_images: int = 4, per: int = 5, split: str = "test", g: torch.Generator | None = None
+) -> None:
     """``root/mscoco_captions``: val2014/ (test) or train2014/ (train) and coco_SPLIT_karpathy.json.
     Image ids start at 100 and caption ids at 1000, so nothing can confuse an id with a position."""
     folder_name = "train2014" if split == "train" else "val2014"
@@ -36,13 +39,18 @@ def make_coco(root: Path, n_images: int = 4, per: int = 5, split: str = "test", 
         name = f"COCO_{folder_name}_{i:012d}.jpg"
         _image(folder / name, i, g)
         images.append({"id": 100 + i, "file_name": name})
-        anns += [{"image_id": 100 + i, "id": 1000 + i * per + j, "caption": f"image {i} caption {j}"} for j in range(per)]
-    (root / "mscoco_captions" / f"coco_{split}_karpathy.json").write_text(json.dumps({"images": images, "annotations": anns}))
+        anns += [
+            {"image_id": 100 + i, "id": 1000 + i * per + j, "caption": f"image {i} caption {j}"} for j in range(per)
+        ]
+    (root / "mscoco_captions" / f"coco_{split}_karpathy.json").write_text(
+        json.dumps({"images": images, "annotations": anns})
+    )
 
 
 def make_flickr(root: Path, n_images: int = 3, per: int = 5, g: torch.Generator | None = None) -> Path:
     """``root/flickr30k``: images and flickr30k_test_karpathy.txt, whose captions hold unquoted commas
-    (the reader splits at the first one, as clip_benchmark does) and are all distinct (no tied scores). Returns the folder."""
+    (the reader splits at the first one, as clip_benchmark does) and are all distinct (no tied scores).
+    Returns the folder."""
     folder = root / "flickr30k"
     folder.mkdir(parents=True)
     lines = ["image,caption"]

@@ -10,6 +10,7 @@ a plain matrix product with the kernel head's FLOP count ([N, m*n*d] @ [m*n*d, M
 for the hardware); and one training step per head at batch 1024. Ratios are what to read: absolute
 times depend on the machine, ratios measured side by side much less.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ import torch
 
 import heads
 from bench.core import atomic
-from bench.report import provenance
 from bench.eval.metrics import symmetric_infonce
+from bench.report import provenance
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -94,7 +95,7 @@ def unit_sets(n, m, d, device, seed):
 
 def naive_kme(img, txt, sigma: float) -> torch.Tensor:
     """Every kernel value at once: [N, m, M, n]. The reference the chunked head must beat."""
-    sq = (2 - 2 * torch.einsum("imd,jnd->imjn", img.points, txt.points))
+    sq = 2 - 2 * torch.einsum("imd,jnd->imjn", img.points, txt.points)
     k = torch.exp(-sq / (2 * sigma**2))
     inner = torch.einsum("im,imjn,jn->ij", img.weights, k, txt.weights)
     return inner.log()
@@ -109,18 +110,39 @@ def bootstrap_row(n_images: int, per_image: int = 5, resamples: int = 10_000) ->
     rng = np.random.default_rng(0)
     arrays = {"t2i/unit": np.repeat(np.arange(n_images), per_image), "t2i/n_units": n_images}
     for side, queries in (("i2t", n_images), ("t2i", n_images * per_image)):
-        arrays.update({f"{side}/rank": rng.geometric(0.05, queries) - 1, f"{side}/tied_neg": np.zeros(queries, int),
-                       f"{side}/tied_pos": np.ones(queries, int)})
+        arrays.update(
+            {
+                f"{side}/rank": rng.geometric(0.05, queries) - 1,
+                f"{side}/tied_neg": np.zeros(queries, int),
+                f"{side}/tied_pos": np.ones(queries, int),
+            }
+        )
     start = time.perf_counter()
     uncertainty.bootstrap(uncertainty.estimators(arrays, RETRIEVAL_SPEC), resamples)
     seconds = time.perf_counter() - start
-    return {"row": f"bootstrap 7 retrieval metrics, {n_images:,} images x {n_images * per_image:,} captions, "
-                   f"{resamples:,} resamples", "seconds": seconds, "peak_mb": None, "pairs_per_s": None,
-            "gflops_per_s": None}
+    return {
+        "row": f"bootstrap 7 retrieval metrics, {n_images:,} images x {n_images * per_image:,} captions, "
+        f"{resamples:,} resamples",
+        "seconds": seconds,
+        "peak_mb": None,
+        "pairs_per_s": None,
+        "gflops_per_s": None,
+    }
 
 
-def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, device: torch.device,
-        repeats: int, budget_mb: float, naive_max_gb: float, log=print) -> dict:
+def run(
+    n: int,
+    m_texts: int,
+    points: int,
+    dim: int,
+    features: int,
+    batch: int,
+    device: torch.device,
+    repeats: int,
+    budget_mb: float,
+    naive_max_gb: float,
+    log=print,
+) -> dict:
     torch.manual_seed(0)
     x, y = unit_sets(n, points, dim, device, 1), unit_sets(m_texts, points, dim, device, 2)
     made = {
@@ -136,24 +158,50 @@ def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, 
             head.to(device).eval()
             reps[name] = (head.encode_image(x), head.encode_text(y))
             seconds, peak = timed(lambda h=head, r=reps[name]: h.score(*r), device, repeats)
-            flops = 2.0 * n * m_texts * (dim if name == "cosine" else features if name == "kme_rff" else points * points * dim)
-            rows.append({"row": f"score {name}", "seconds": seconds, "peak_mb": peak / 2**20,
-                         "pairs_per_s": n * m_texts / seconds, "gflops_per_s": flops / seconds / 1e9})
+            flops = (
+                2.0
+                * n
+                * m_texts
+                * (dim if name == "cosine" else features if name == "kme_rff" else points * points * dim)
+            )
+            rows.append(
+                {
+                    "row": f"score {name}",
+                    "seconds": seconds,
+                    "peak_mb": peak / 2**20,
+                    "pairs_per_s": n * m_texts / seconds,
+                    "gflops_per_s": flops / seconds / 1e9,
+                }
+            )
             log(f"score {name}: {seconds:.3f}s")
         fused = made["kme_rbf"].last_kernel == "triton"  # what the timed score() calls above took
         if fused:  # on a GPU "score kme_rbf" is the fused Triton kernel: time its PyTorch reference beside it
             ref = heads.get_head("kme_rbf")(dim, dim, memory_budget_mb=budget_mb, kernel="torch").to(device).eval()
             ref.load_state_dict(made["kme_rbf"].state_dict())
             seconds, peak = timed(lambda: ref.score(*reps["kme_rbf"]), device, repeats)
-            rows.append({"row": "score kme_rbf pytorch reference", "seconds": seconds, "peak_mb": peak / 2**20,
-                         "pairs_per_s": n * m_texts / seconds, "gflops_per_s": kernel_flops / seconds / 1e9})
+            rows.append(
+                {
+                    "row": "score kme_rbf pytorch reference",
+                    "seconds": seconds,
+                    "peak_mb": peak / 2**20,
+                    "pairs_per_s": n * m_texts / seconds,
+                    "gflops_per_s": kernel_flops / seconds / 1e9,
+                }
+            )
             log(f"score kme_rbf pytorch reference: {seconds:.3f}s")
         need_gb = 3 * n * points * m_texts * points * 4 / 2**30
         if need_gb <= naive_max_gb:
             sigma = float(made["kme_rbf"].sigma)
             seconds, peak = timed(lambda: naive_kme(*reps["kme_rbf"], sigma), device, max(1, repeats // 2))
-            rows.append({"row": "score kme_rbf naive", "seconds": seconds, "peak_mb": peak / 2**20,
-                         "pairs_per_s": n * m_texts / seconds, "gflops_per_s": kernel_flops / seconds / 1e9})
+            rows.append(
+                {
+                    "row": "score kme_rbf naive",
+                    "seconds": seconds,
+                    "peak_mb": peak / 2**20,
+                    "pairs_per_s": n * m_texts / seconds,
+                    "gflops_per_s": kernel_flops / seconds / 1e9,
+                }
+            )
             log(f"score kme_rbf naive: {seconds:.3f}s")
         else:
             notes.append(f"naive kme_rbf skipped: it needs ~{need_gb:.1f} GB (> --naive-max-gb {naive_max_gb}).")
@@ -161,8 +209,15 @@ def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, 
         a = torch.randn(n, k, device=device)
         b = torch.randn(k, m_texts, device=device)
         seconds, peak = timed(lambda x=a, w=b: x @ w, device, repeats)
-        rows.append({"row": "matmul same FLOPs as kme_rbf", "seconds": seconds, "peak_mb": peak / 2**20,
-                     "pairs_per_s": n * m_texts / seconds, "gflops_per_s": kernel_flops / seconds / 1e9})
+        rows.append(
+            {
+                "row": "matmul same FLOPs as kme_rbf",
+                "seconds": seconds,
+                "peak_mb": peak / 2**20,
+                "pairs_per_s": n * m_texts / seconds,
+                "gflops_per_s": kernel_flops / seconds / 1e9,
+            }
+        )
         log(f"matmul: {seconds:.3f}s")
         del a, b
 
@@ -179,8 +234,15 @@ def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, 
             return loss
 
         seconds, peak = timed(step, device, repeats)
-        rows.append({"row": f"train step {name} (batch {batch})", "seconds": seconds, "peak_mb": peak / 2**20,
-                     "pairs_per_s": batch / seconds, "gflops_per_s": None})
+        rows.append(
+            {
+                "row": f"train step {name} (batch {batch})",
+                "seconds": seconds,
+                "peak_mb": peak / 2**20,
+                "pairs_per_s": batch / seconds,
+                "gflops_per_s": None,
+            }
+        )
         log(f"train {name}: {seconds:.3f}s")
 
     t = {r["row"]: r["seconds"] for r in rows}
@@ -188,13 +250,27 @@ def run(n: int, m_texts: int, points: int, dim: int, features: int, batch: int, 
     ratios = {
         "time_kme_rbf_over_matmul": t["score kme_rbf"] / t["matmul same FLOPs as kme_rbf"],
         "time_kme_rff_over_cosine": t["score kme_rff"] / t["score cosine"],
-        "time_naive_over_kme_rbf": (t["score kme_rbf naive"] / t["score kme_rbf"]) if "score kme_rbf naive" in t else None,
+        "time_naive_over_kme_rbf": (t["score kme_rbf naive"] / t["score kme_rbf"])
+        if "score kme_rbf naive" in t
+        else None,
     }
     if "score kme_rbf pytorch reference" in t:
         ratios["time_reference_over_fused_kme_rbf"] = t["score kme_rbf pytorch reference"] / t["score kme_rbf"]
-    return {"sizes": {"n_images": n, "n_texts": m_texts, "points": points, "dim": dim, "rff_features": features,
-                      "train_batch": batch, "memory_budget_mb": budget_mb, "kme_rbf_kernel": "triton" if fused else "torch"},
-            "rows": rows, "ratios": ratios, "notes": notes}
+    return {
+        "sizes": {
+            "n_images": n,
+            "n_texts": m_texts,
+            "points": points,
+            "dim": dim,
+            "rff_features": features,
+            "train_batch": batch,
+            "memory_budget_mb": budget_mb,
+            "kme_rbf_kernel": "triton" if fused else "torch",
+        },
+        "rows": rows,
+        "ratios": ratios,
+        "notes": notes,
+    }
 
 
 def main(argv=None) -> int:
@@ -212,24 +288,46 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budget-mb", type=float, default=256.0, help="kernel heads' scoring memory budget")
     p.add_argument("--naive-max-gb", type=float, default=4.0)
-    p.add_argument("--bootstrap-images", type=int, default=5000, help="test images of the bootstrap timing (COCO: 5,000)")
+    p.add_argument(
+        "--bootstrap-images", type=int, default=5000, help="test images of the bootstrap timing (COCO: 5,000)"
+    )
     args = p.parse_args(argv)
     device = provenance.resolve_device(args.device)
     gpu = device.type == "cuda"
     n = args.n or (500 if args.quick else 5000 if gpu else 2000)
     m = args.m or (2000 if args.quick else 25000 if gpu else 10000)
     batch = min(args.batch, 256) if args.quick and args.batch == 1024 else args.batch
-    report = run(n, m, args.points, args.dim, args.features, batch, device, args.repeats, args.budget_mb,
-                 args.naive_max_gb, log=lambda s: print(s, file=sys.stderr))
+    report = run(
+        n,
+        m,
+        args.points,
+        args.dim,
+        args.features,
+        batch,
+        device,
+        args.repeats,
+        args.budget_mb,
+        args.naive_max_gb,
+        log=lambda s: print(s, file=sys.stderr),
+    )
     report["rows"].append(bootstrap_row(args.bootstrap_images))
-    record = {"created_utc": provenance.utc_now(), **provenance.code_version(), "device": provenance.device_description(device),
-              "libraries": provenance.library_versions(), **report}
+    record = {
+        "created_utc": provenance.utc_now(),
+        **provenance.code_version(),
+        "device": provenance.device_description(device),
+        "libraries": provenance.library_versions(),
+        **report,
+    }
     s = report["sizes"]
-    print(f"sizes: {s['n_images']:,} image sets x {s['n_texts']:,} text sets, {s['points']} points of dim {s['dim']}; "
-          f"kme_rff D = {s['rff_features']}; train batch {s['train_batch']}; memory budget {s['memory_budget_mb']:g} MB; "
-          f"kme_rbf kernel: {s['kme_rbf_kernel']}; device: {record['device']}")
-    shown = [{k: ("n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}
-             for row in report["rows"]]  # training rows have no FLOP count: n/a, not nan
+    print(
+        f"sizes: {s['n_images']:,} image sets x {s['n_texts']:,} text sets, {s['points']} points of dim {s['dim']}; "
+        f"kme_rff D = {s['rff_features']}; train batch {s['train_batch']}; memory budget {s['memory_budget_mb']:g} MB; "
+        f"kme_rbf kernel: {s['kme_rbf_kernel']}; device: {record['device']}"
+    )
+    shown = [
+        {k: ("n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()}
+        for row in report["rows"]
+    ]  # training rows have no FLOP count: n/a, not nan
     print(pd.DataFrame(shown).to_markdown(index=False, disable_numparse=True))
     print("\nratios (time of A / time of B; above 1, A is slower):")
     for k, v in report["ratios"].items():

@@ -9,6 +9,7 @@ embedding each), and simbench's extraction (``image_batches`` + ``text_batches``
 The runs alternate and each side keeps its best time, so a warm cache or a noisy neighbour favours
 neither. ``time_clip_benchmark_over_ours`` > 1 means simbench is faster.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,8 @@ def measure(backbone, folder: Path, batch: int, workers: int, rounds: int = 2) -
     from clip_benchmark.datasets.flickr import Flickr
     from clip_benchmark.metrics import zeroshot_retrieval
 
-    from bench.features import extract
     from bench.data import retrieval_data
+    from bench.features import extract
 
     ds = retrieval_data.read_flickr(folder, "test")
     device = backbone.device
@@ -41,10 +42,12 @@ def measure(backbone, folder: Path, batch: int, workers: int, rounds: int = 2) -
 
     def theirs():
         data = Flickr(str(folder), str(folder / "flickr30k_test_karpathy.txt"), transform=backbone.preprocess)
-        loader = torch.utils.data.DataLoader(data, batch_size=batch, num_workers=workers,
-                                             collate_fn=get_dataset_collate_fn("flickr30k"))
-        zeroshot_retrieval.evaluate(backbone.model, loader, backbone.tokenizer, device.type, amp=device.type == "cuda",
-                                    recall_k_list=[1])
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch, num_workers=workers, collate_fn=get_dataset_collate_fn("flickr30k")
+        )
+        zeroshot_retrieval.evaluate(
+            backbone.model, loader, backbone.tokenizer, device.type, amp=device.type == "cuda", recall_k_list=[1]
+        )
 
     def ours():
         for _ in extract.image_batches(backbone, ds.image_paths, batch_size=batch, workers=workers, progress=False):
@@ -62,16 +65,23 @@ def measure(backbone, folder: Path, batch: int, workers: int, rounds: int = 2) -
                 _sync(device)
                 best[name] = min(best[name], time.perf_counter() - start)
     n = len(ds.image_paths)
-    return {"images": n, "captions": len(ds.captions), "batch": batch, "workers": workers,
-            "clip_benchmark_seconds": best["clip_benchmark"], "simbench_seconds": best["simbench"],
-            "clip_benchmark_images_per_s": n / best["clip_benchmark"], "simbench_images_per_s": n / best["simbench"],
-            "time_clip_benchmark_over_ours": best["clip_benchmark"] / best["simbench"]}
+    return {
+        "images": n,
+        "captions": len(ds.captions),
+        "batch": batch,
+        "workers": workers,
+        "clip_benchmark_seconds": best["clip_benchmark"],
+        "simbench_seconds": best["simbench"],
+        "clip_benchmark_images_per_s": n / best["clip_benchmark"],
+        "simbench_images_per_s": n / best["simbench"],
+        "time_clip_benchmark_over_ours": best["clip_benchmark"] / best["simbench"],
+    }
 
 
 def main(argv=None) -> int:
     from bench.core import atomic
-    from bench.report import provenance
     from bench.features.backbone import Backbone, BackboneSpec
+    from bench.report import provenance
 
     p = argparse.ArgumentParser(prog="python -m bench.tools.perf_extraction", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="ViT-B-32")
@@ -88,12 +98,21 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_flickr(Path(tmp), args.images, g=torch.Generator().manual_seed(0))
         row = measure(backbone, folder, args.batch, args.workers, args.rounds)
-    record = {"created_utc": provenance.utc_now(), **provenance.code_version(), "backbone": args.backbone,
-              "layers": args.layers, "device": provenance.device_description(device),
-              "libraries": provenance.library_versions(), **row}
-    print(f"{row['images']} images + {row['captions']} captions, batch {row['batch']}, {device.type}: "
-          f"clip_benchmark {row['clip_benchmark_images_per_s']:.1f} images/s, simbench "
-          f"{row['simbench_images_per_s']:.1f} images/s; time_clip_benchmark_over_ours = {row['time_clip_benchmark_over_ours']:.3f}")
+    record = {
+        "created_utc": provenance.utc_now(),
+        **provenance.code_version(),
+        "backbone": args.backbone,
+        "layers": args.layers,
+        "device": provenance.device_description(device),
+        "libraries": provenance.library_versions(),
+        **row,
+    }
+    print(
+        f"{row['images']} images + {row['captions']} captions, batch {row['batch']}, {device.type}: "
+        f"clip_benchmark {row['clip_benchmark_images_per_s']:.1f} images/s, simbench "
+        f"{row['simbench_images_per_s']:.1f} images/s; "
+        f"time_clip_benchmark_over_ours = {row['time_clip_benchmark_over_ours']:.3f}"
+    )
     if args.json:
         atomic.write_json(args.json, record)
     return 0

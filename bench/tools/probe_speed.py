@@ -6,6 +6,7 @@ not depend on how many rows there are) on random features of that shape, and ext
 fit and to the whole sweep (20 fits: 7 coarse, 12 refining, the final one). On a GPU pass
 ``--device cuda`` (and ``--rows 1281167`` to hold the real size in memory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,15 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
     per_step = (time.perf_counter() - start) / len(loader)
     steps_per_fit = 20 * math.ceil(IMAGENET_TRAIN * 0.9 / args.batch_size)  # train after a 10% validation carve
-    figures = {"device": args.device, "threads": torch.get_num_threads(), "measured_steps": args.steps,
-               "seconds_per_step": round(per_step, 5), "steps_per_fit": steps_per_fit,
-               "one_fit_minutes": round(per_step * steps_per_fit / 60, 1),
-               "sweep_of_20_fits_hours": round(per_step * steps_per_fit * 20 / 3600, 2)}
+    figures = {
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "measured_steps": args.steps,
+        "seconds_per_step": round(per_step, 5),
+        "steps_per_fit": steps_per_fit,
+        "one_fit_minutes": round(per_step * steps_per_fit / 60, 1),
+        "sweep_of_20_fits_hours": round(per_step * steps_per_fit * 20 / 3600, 2),
+    }
     print(json.dumps(figures, indent=2))
     return 0
 

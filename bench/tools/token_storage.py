@@ -6,6 +6,7 @@ nothing can be downloaded here), extracts token sets for generated images and th
 at a time. Prints bytes per image and per caption, the extrapolation to COCO's Karpathy train split,
 and the peak resident memory of each phase.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,13 +112,21 @@ def main(argv=None) -> int:
         per_image, per_caption = stored(images) / len(paths), stored(texts) / len(captions)
         tokens_per_caption = texts.points.total_tokens / len(captions)
         figures = {
-            "backbone": args.backbone, "images": len(paths), "captions": len(captions),
-            "tokens_per_image": images.points.total_tokens / len(paths), "tokens_per_caption": tokens_per_caption,
-            "bytes_per_image": per_image, "bytes_per_caption": per_caption,
-            "coco_karpathy_train_gb": (per_image * KARPATHY_TRAIN["images"] + per_caption * KARPATHY_TRAIN["captions"]) / 1e9,
-            "coco_padded_to_context_gb": (per_image * KARPATHY_TRAIN["images"]
-                                          + 77 * bb.embed_dim * 2 * KARPATHY_TRAIN["captions"]) / 1e9,
-            "extract_seconds": round(extract_s, 1), "peak_rss_mb_before": round(base),
+            "backbone": args.backbone,
+            "images": len(paths),
+            "captions": len(captions),
+            "tokens_per_image": images.points.total_tokens / len(paths),
+            "tokens_per_caption": tokens_per_caption,
+            "bytes_per_image": per_image,
+            "bytes_per_caption": per_caption,
+            "coco_karpathy_train_gb": (per_image * KARPATHY_TRAIN["images"] + per_caption * KARPATHY_TRAIN["captions"])
+            / 1e9,
+            "coco_padded_to_context_gb": (
+                per_image * KARPATHY_TRAIN["images"] + 77 * bb.embed_dim * 2 * KARPATHY_TRAIN["captions"]
+            )
+            / 1e9,
+            "extract_seconds": round(extract_s, 1),
+            "peak_rss_mb_before": round(base),
             "peak_rss_mb_after_extract_and_read": round(after_extract),
         }
         figures["score_seconds"] = score_times(images.points, texts.points, args.score_images, args.score_captions)
