@@ -11,10 +11,9 @@ path, which is also the reference this kernel is tested against (on CPU, in Trit
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from bench.core import environment
 from heads.kme_rbf_reference import NO_WEIGHT, augment
 from heads.pointsets import PointSetRep
 
@@ -33,7 +32,7 @@ def available(device: torch.device) -> bool:
 
 
 def interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return environment.triton_interpret()
 
 
 def supports(m: int, n: int) -> bool:

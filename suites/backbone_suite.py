@@ -7,13 +7,12 @@ classification differ only in how they test.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from bench.core import atomic, distributed
+from bench.core import atomic, distributed, environment
 from bench.core.errors import ConfigError, DataError
 from bench.core.registry import suggest
 from bench.data import default_root, image_source, retrieval_data
@@ -125,7 +124,7 @@ class BackboneSuite(Suite):
         where = (
             "suite option cache_dir"
             if self.params["cache_dir"]
-            else ("$SIMBENCH_CACHE" if os.environ.get("SIMBENCH_CACHE") else "the default cache folder")
+            else ("$SIMBENCH_CACHE" if environment.feature_cache() else "the default cache folder")
         )
         problem = atomic.folder_problem(cache, create=True)
         if problem:
@@ -135,7 +134,7 @@ class BackboneSuite(Suite):
     def roots(self) -> tuple[Path, Path]:
         p = self.params
         root = default_root(p["data_root"])
-        cache = p["cache_dir"] or os.environ.get("SIMBENCH_CACHE") or Path.home() / ".cache" / "simbench" / "features"
+        cache = p["cache_dir"] or environment.feature_cache() or Path.home() / ".cache" / "simbench" / "features"
         return root, Path(cache)  # never inside the data root, which may be read-only or shared
 
     def backbone(self, seed: int) -> Backbone:

@@ -102,6 +102,9 @@ def test_hf_sources_give_exactly_the_folder_metrics(data, tmp_path):
     assert disk["cosine"].suite.test_set["train"]["dataset"].startswith("hf:")
 
 
+ENV_BEFORE = os.environ.get("HF_DATASETS_OFFLINE")
+
+
 def test_spec_parsing_and_offline():
     assert hf_source.parse("hf:/data/coco:test") == ("/data/coco", "test")
     assert hf_source.parse("hf:/data/coco") == ("/data/coco", None)
@@ -109,7 +112,12 @@ def test_spec_parsing_and_offline():
     assert hf_source.parse("hf:cifar10") == ("cifar10", None)
     with pytest.raises(DataError, match="offline"):
         hf_source.open_dataset("hf:no-such-user/no-such-dataset-xyz:test")
-    assert os.environ["HF_DATASETS_OFFLINE"] == "1"
+    import datasets
+    import huggingface_hub.constants
+
+    # the libraries' own switches say offline; the process environment is left as the user set it
+    assert datasets.config.HF_DATASETS_OFFLINE is True and huggingface_hub.constants.HF_HUB_OFFLINE is True
+    assert "HF_DATASETS_OFFLINE" not in os.environ or os.environ["HF_DATASETS_OFFLINE"] == ENV_BEFORE
 
 
 def test_a_changed_caption_changes_the_fingerprint_and_columns_are_checked(data, tmp_path):

@@ -184,3 +184,14 @@ def test_no_import_circle_anywhere_inside_a_room_or_across():
 def test_the_circle_check_finds_a_circle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_environment_variables_are_read_in_one_place_and_never_written():
+    wrong = [
+        f"{path.relative_to(REPO)}:{i}"
+        for _, path in project_modules()
+        if path.name != "environment.py"
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "os.environ" in line or "os.getenv" in line or "putenv" in line
+    ]
+    assert not wrong, f"environment read or written outside bench/core/environment.py: {wrong}"

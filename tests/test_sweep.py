@@ -63,7 +63,7 @@ def test_too_big_or_repeated_grids_are_refused():
 # -- shared head options ---------------------------------------------------------------------------
 def options_of(user: dict, heads: list[str]) -> dict:
     cfg = config.resolve(user)
-    return {c.head: c.options for c in runner.plan("synthetic", heads, cfg)[3]}
+    return {c.head: c.options for c in runner.plan("synthetic", heads, cfg).cells}
 
 
 def test_every_head_option_reaches_the_heads_that_have_it_and_a_head_section_wins():
@@ -77,8 +77,8 @@ def test_the_synthetic_suite_runs_heads_at_its_out_dim_unless_told_otherwise():
     assert options_of({"heads": {"cosine": {"out_dim": None}}}, ["cosine"])["cosine"]["out_dim"] is None
     # the option is part of the cell's config, so another value is another cell
     cfg = config.resolve({})
-    a = runner.plan("synthetic", ["cosine"], cfg)[3][0].hash
-    b = runner.plan("synthetic", ["cosine"], config.resolve({"heads": {"*": {"out_dim": 8}}}))[3][0].hash
+    a = runner.plan("synthetic", ["cosine"], cfg).cells[0].hash
+    b = runner.plan("synthetic", ["cosine"], config.resolve({"heads": {"*": {"out_dim": 8}}})).cells[0].hash
     assert a != b
 
 

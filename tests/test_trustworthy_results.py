@@ -326,8 +326,9 @@ def test_published_results_come_from_this_code():
             }
         )
         names = [r.head.name for r in rs if r.head.kind == "head"]
-        suite_cls, params, protocol, cells = runner.plan(suite, names, cfg)
-        suite_obj = suite_cls(params)
+        sp = runner.plan(suite, names, cfg)
+        suite_cls, protocol, cells = sp.suite_cls, sp.protocol, sp.cells
+        suite_obj = suite_cls(sp.params)
         device = resolve_device(rs[0].identity["device_type"])
         protocol_hash, refs = runner._identify(suite_obj, suite_cls, protocol, cells, cfg, device)
         expected = {c.head: c.key for c in cells} | {n: c.key for n, c in refs.items()}

@@ -9,24 +9,24 @@ Rank 0 alone evaluates and writes files.
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields, is_dataclass
 
 import torch
 import torch.distributed as dist
 
+from bench.core import environment
 from bench.core.errors import ConfigError
 
 
 def launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return environment.world_size() > 1
 
 
 def init(device_name: str | None) -> torch.device | None:
     """Start the process group when run under torchrun; return this rank's device (None if not)."""
     if not launched() or dist.is_initialized():
         return None
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = environment.local_rank()
     use_cuda = torch.cuda.is_available() and (device_name in (None, "", "auto") or str(device_name).startswith("cuda"))
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -11,7 +11,6 @@ and modification times of its Arrow files, so an edited copy gets new features a
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +45,15 @@ def parse(spec: str) -> tuple[str, str | None]:
 
 
 def _datasets():
-    os.environ["HF_DATASETS_OFFLINE"] = "1"  # never a download, whatever the caller's environment says
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Never a download, whatever the caller's environment says: the libraries' own offline switches are set,
+    # not the process environment (which simbench never writes).
     import datasets
+    import huggingface_hub.constants
 
-    if hasattr(datasets.config, "HF_DATASETS_OFFLINE"):
-        datasets.config.HF_DATASETS_OFFLINE = True
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        if hasattr(datasets.config, name):
+            setattr(datasets.config, name, True)
     datasets.disable_progress_bars()
     return datasets
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,45 @@ def repeat_seed(cfg: dict, repeat: int) -> int:
     return cfg["seed"] + repeat
 
 
-def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device | None = None, repeat: int = 0):
+@dataclass
+class SuitePlan:
+    """One suite at one repeat, resolved and checked: what ``run_planned`` executes without planning again."""
+
+    suite_cls: type
+    params: dict  # the suite's parameters for this repeat (repeat_params already shifted)
+    protocol: dict  # what every cell shares: suite, version, hashed parameters, train, seed
+    cells: list[Cell]
+    cfg: dict
+    device: torch.device | None
+    repeat: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.suite_cls.name
+
+    @property
+    def seed(self) -> int:
+        """The seed of this repeat's random choices (initialisation, data order); cfg["seed"] is the protocol's."""
+        return repeat_seed(self.cfg, self.repeat)
+
+
+@dataclass
+class CellContext:
+    """What every cell of one planned suite shares once its data is built."""
+
+    plan: SuitePlan
+    suite: object  # the suite instance
+    data: object  # SuiteData
+    protocol_hash: str
+    build_seconds: float
+    out_dir: Path
+    progress: bool
+    log: Callable
+
+
+def plan(
+    suite_name: str, head_names: list[str], cfg: dict, device: torch.device | None = None, repeat: int = 0
+) -> SuitePlan:
     """Resolve the suite, its parameters and every head's options; raises before any work.
 
     The protocol is that of the first repeat, shared by all: repeat r runs with seed + r, the suite's
@@ -100,7 +139,7 @@ def plan(suite_name: str, head_names: list[str], cfg: dict, device: torch.device
             **({"repeat": repeat} if repeat else {}),
         }
         cells.append(Cell(name, options, config.config_hash(cell_cfg), repeat=repeat))
-    return suite_cls, params, protocol, cells
+    return SuitePlan(suite_cls, params, protocol, cells, cfg, device, repeat)
 
 
 def cell_identity(suite_cls, head_cls, data_identity: dict, device: torch.device) -> dict:
@@ -126,27 +165,25 @@ def cell_key(config_hash: str, identity: dict) -> str:
     )
 
 
-def _record(
-    suite_cls,
-    data,
-    protocol,
-    cell: Cell,
-    protocol_hash: str,
-    head_meta: dict,
-    metrics: dict,
-    status: str,
-    error: str | None,
-    timings: dict,
-    device,
-    cfg: dict,
-) -> ResultRecord:
-    metrics, undefined = _finite_metrics(metrics)
+@dataclass
+class Outcome:
+    """How one cell ended: what a record says beyond its identity."""
+
+    status: str  # ok | failed | skipped
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def _record(ctx: CellContext, cell: Cell, data, head_meta: dict, outcome: Outcome) -> ResultRecord:
+    suite_cls, device = ctx.plan.suite_cls, ctx.plan.device
+    metrics, undefined = _finite_metrics(outcome.metrics)
     return ResultRecord(
         schema_version=SCHEMA_VERSION,
         **provenance.code_version(),
         created_utc=provenance.utc_now(),
-        status=status,
-        error=error,
+        status=outcome.status,
+        error=outcome.error,
         suite=SuiteInfo(
             name=suite_cls.name,
             version=suite_cls.version,
@@ -158,17 +195,17 @@ def _record(
         ),
         head=HeadInfo(**head_meta),
         config=CellConfig(
-            resolved={**protocol, "head_options": head_meta.get("options", {})},
+            resolved={**ctx.plan.protocol, "head_options": head_meta.get("options", {})},
             hash=cell.hash,
-            protocol_hash=protocol_hash,
+            protocol_hash=ctx.protocol_hash,
             key=cell.key,
         ),
         identity=cell.identity,
-        seed=repeat_seed(cfg, cell.repeat),
+        seed=repeat_seed(ctx.plan.cfg, cell.repeat),
         repeat=cell.repeat,
         metrics=metrics,
         undefined_metrics=undefined,
-        timing=timings,
+        timing=outcome.timings,
         memory=provenance.peak_memory_mb(device),
         device=provenance.device_description(device),
         libraries=provenance.library_versions(),
@@ -272,47 +309,48 @@ def run_suite(
     log=print,
     repeat: int = 0,
 ) -> RunSummary:
+    """Plan and run one suite at one repeat (for callers that have not planned; the CLI plans once)."""
+    return run_planned(plan(suite_name, head_names, cfg, device, repeat), out_dir, force, progress, log)
+
+
+def run_planned(sp: SuitePlan, out_dir: Path, force: bool = False, progress: bool = True, log=print) -> RunSummary:
     """Cells are written as they finish (a rerun resumes); reference rows only after every cell, so a
     crash never leaves references of a new protocol beside results of the old one."""
     out_dir = Path(out_dir)
     is_main = distributed.is_main()
     if not is_main:
         log = lambda *a, **k: None  # noqa: E731 (one voice under torchrun)
-    suite_cls, params, protocol, cells = plan(suite_name, head_names, cfg, device, repeat)
-    if repeat:
+    suite_cls, cfg, device = sp.suite_cls, sp.cfg, sp.device
+    if sp.repeat:
         log(
-            f"[{suite_name}] repeat {repeat}: seed {repeat_seed(cfg, repeat)}"
-            + "".join(f", {k} {params[k]}" for k in suite_cls.repeat_params)
+            f"[{sp.name}] repeat {sp.repeat}: seed {sp.seed}"
+            + "".join(f", {k} {sp.params[k]}" for k in suite_cls.repeat_params)
         )
-    suite = suite_cls(params)
+    suite = suite_cls(sp.params)
     suite.device = device
-    suite.seed = repeat_seed(cfg, repeat)
-    protocol_hash, references = _identify(suite, suite_cls, protocol, cells, cfg, device)
+    suite.seed = sp.seed
+    protocol_hash, references = _identify(suite, suite_cls, sp.protocol, sp.cells, cfg, device)
     if is_main and out_dir.exists():
         for stale in atomic.sweep_stale(out_dir):
             log(f"removed {stale} (left by an interrupted write)")
-    summary = RunSummary(suite_name)
-    todo = _reuse_what_matches(cells, out_dir, suite_name, force, summary, log)
+    summary = RunSummary(sp.name)
+    todo = _reuse_what_matches(sp.cells, out_dir, sp.name, force, summary, log)
     distributed.barrier()  # every rank has decided what to reuse before rank 0 writes anything
     if not todo:
-        reused_refs = None if force else _reusable_references(out_dir, suite_name, references)
+        reused_refs = None if force else _reusable_references(out_dir, sp.name, references)
         if reused_refs is not None:  # nothing to compute: no data, backbone or cache is touched
-            log(f"[{suite_name}] every cell reused; nothing to compute")
+            log(f"[{sp.name}] every cell reused; nothing to compute")
             summary.records.extend(reused_refs)
             return summary
     suite.readouts = {head_registry.get_head(c.head).readout for c in todo} or {"layers"}  # extract only what is read
     t0 = time.perf_counter()
     data = suite.build(cfg["seed"])
-    build_seconds = time.perf_counter() - t0
-    log(f"[{suite_name}] data ready in {build_seconds:.1f}s: {len(data.train)} training pairs, device {device}")
-    _check_batch_fits(suite_name, todo, data, cfg)
-    reference_records = _reference_records(
-        suite, suite_cls, data, protocol, protocol_hash, references, build_seconds, device, cfg
-    )
+    ctx = CellContext(sp, suite, data, protocol_hash, time.perf_counter() - t0, out_dir, progress, log)
+    log(f"[{sp.name}] data ready in {ctx.build_seconds:.1f}s: {len(data.train)} training pairs, device {device}")
+    _check_batch_fits(sp.name, todo, data, cfg)
+    reference_records = _reference_records(ctx, references)
     for cell in todo:
-        record = _run_cell(
-            suite, suite_cls, data, protocol, protocol_hash, cell, cfg, device, build_seconds, out_dir, progress, log
-        )
+        record = _run_cell(ctx, cell)
         if record is None:  # not rank 0
             continue
         summary.records.append(record)
@@ -356,11 +394,10 @@ def _check_batch_fits(suite_name: str, todo: list[Cell], data, cfg: dict) -> Non
         )
 
 
-def _reference_records(
-    suite, suite_cls, data, protocol, protocol_hash, references: dict[str, Cell], build_seconds, device, cfg
-) -> list[dict]:
+def _reference_records(ctx: CellContext, references: dict[str, Cell]) -> list[tuple[ResultRecord, Evaluation]]:
     """The suite's reference rows (e.g. the oracle), made now and written only after every cell."""
-    made = suite.references(data)
+    suite_cls = ctx.plan.suite_cls
+    made = ctx.suite.references(ctx.data)
     if set(made) != set(references):
         raise TypeError(
             f"suite {suite_cls.name!r}: references() returned {sorted(made)} but the class declares "
@@ -377,31 +414,17 @@ def _reference_records(
             "description": f"{suite_cls.name} reference row",
             "options": {},
         }
-        record = _record(
-            suite_cls,
-            data,
-            protocol,
-            references[ref_name],
-            protocol_hash,
-            meta,
-            evaluation.metrics,
-            "ok",
-            None,
-            {"build_seconds": build_seconds},
-            device,
-            cfg,
-        )
-        records.append((record, evaluation))
+        outcome = Outcome("ok", evaluation.metrics, timings={"build_seconds": ctx.build_seconds})
+        records.append((_record(ctx, references[ref_name], ctx.data, meta, outcome), evaluation))
     return records
 
 
-def _run_cell(
-    suite, suite_cls, data, protocol, protocol_hash, cell: Cell, cfg, device, build_seconds, out_dir, progress, log
-) -> dict | None:
+def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
     """Train, save, evaluate and record one head; anything the head raises fails this head only."""
-    suite_name, is_main = suite_cls.name, distributed.is_main()
+    suite, suite_cls, cfg, device = ctx.suite, ctx.plan.suite_cls, ctx.plan.cfg, ctx.plan.device
+    out_dir, log, suite_name, is_main = ctx.out_dir, ctx.log, suite_cls.name, distributed.is_main()
     cls = head_registry.get_head(cell.head)
-    data = data.for_readout(cls.readout)
+    data = ctx.data.for_readout(cls.readout)
     meta = {
         "name": cell.head,
         "version": cls.version,
@@ -412,12 +435,10 @@ def _run_cell(
     }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timings, error, diagnostics, trained_loss = {"build_seconds": build_seconds}, None, {}, {}
+    timings, error, diagnostics, trained_loss = {"build_seconds": ctx.build_seconds}, None, {}, {}
     skipped = suite.skip_reason(cls)
     if skipped is not None:  # nothing to train or measure: recorded, listed with its reason, not a failure
-        record = _record(
-            suite_cls, data, protocol, cell, protocol_hash, meta, {}, "skipped", skipped, timings, device, cfg
-        )
+        record = _record(ctx, cell, data, meta, Outcome("skipped", error=skipped, timings=timings))
         if is_main:
             results.write(out_dir, record, {}, {})
         distributed.barrier()
@@ -427,7 +448,7 @@ def _run_cell(
         seed = repeat_seed(cfg, cell.repeat)
         torch.manual_seed(seed)  # same initialisation stream for every head
         head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
-        stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, progress)
+        stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, ctx.progress)
         loss_state = {} if stats.loss is None else {f"loss.{k}": v for k, v in stats.loss.state_dict().items()}
         trained_loss = stats.loss_parameters()
         timings.update(
@@ -456,20 +477,7 @@ def _run_cell(
         error = _describe_failure(exc)
         log(f"[{suite_name}] {cell.head}: FAILED: {error}")
         evaluation = Evaluation({})
-    record = _record(
-        suite_cls,
-        data,
-        protocol,
-        cell,
-        protocol_hash,
-        meta,
-        evaluation.metrics,
-        "failed" if error else "ok",
-        error,
-        timings,
-        device,
-        cfg,
-    )
+    record = _record(ctx, cell, data, meta, Outcome("failed" if error else "ok", evaluation.metrics, error, timings))
     if diagnostics:
         record.diagnostics = {k: float(v) for k, v in diagnostics.items()}
     if not error and trained_loss:
