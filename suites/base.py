@@ -160,10 +160,17 @@ class Suite:
     def default_params(cls) -> dict:
         if cls.defaults_file is None:
             return {}
+        import copy
         import importlib
 
-        module_dir = Path(importlib.import_module(cls.__module__).__file__).parent
-        return yaml.safe_load((module_dir / cls.defaults_file).read_text()) or {}
+        from bench.core import snapshot
+
+        def read() -> dict:
+            module_dir = Path(importlib.import_module(cls.__module__).__file__).parent
+            return yaml.safe_load((module_dir / cls.defaults_file).read_text()) or {}
+
+        # read once per run (a frozen snapshot), like the code the run is keyed by; a copy, since callers merge into it
+        return copy.deepcopy(snapshot.memo(f"suite_defaults:{cls.__module__}:{cls.defaults_file}", read))
 
     @classmethod
     def check_params(cls, params: dict, train: dict) -> None:

@@ -24,6 +24,7 @@ LAYERS = {
     "suites": 4,
     "bench.run": 5,
     "bench.cli": 6,
+    "bench.api": 6,  # the Python API: the command line without argv
     "bench.tools": 7,  # benchmarks and end-to-end checks drive the command line
 }
 # Sibling rooms of one layer that may use each other, and why.

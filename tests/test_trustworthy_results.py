@@ -361,7 +361,7 @@ def test_readme_first_command_computes_on_a_fresh_clone_and_leaves_tracked_files
 def test_the_default_output_folder_is_not_the_published_one():
     from bench.cli import DEFAULT_OUT, parser
 
-    assert parser().parse_args([]).out == DEFAULT_OUT != "results"
+    assert parser().parse_args(["run"]).out == DEFAULT_OUT != "results"
     ignored = subprocess.run(
         ["git", "-C", str(REPO), "check-ignore", f"{DEFAULT_OUT}/runs/synthetic/cosine.json"], capture_output=True
     )

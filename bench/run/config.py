@@ -1,4 +1,17 @@
-"""The resolved configuration of a run: defaults, a YAML file, then command-line overrides.
+"""The resolved configuration of a run, and the one place where its layers are merged.
+
+Precedence, lowest first (each layer overrides the ones before it, key by key):
+
+1. ``DEFAULTS`` here (seed, repeats, train) and each head's constructor defaults;
+2. the suite's YAML (``suites/NAME.yaml``: its parameters);
+3. the suite's ``head_defaults`` (options it gives every head that has them, e.g. synthetic's out_dim 4);
+4. the ``--config`` file (``seed``, ``repeats``, ``train``, ``heads``, ``suites``);
+5. command-line flags: ``--seed``, ``--repeats`` and, for every suite that has the parameter,
+   ``--backbone``, ``--data-root``, ``--skip-corrupt``.
+
+Environment variables ($SIMBENCH_DATA, $SIMBENCH_CACHE) are defaults below all of these, read in
+bench/core/environment.py. ``with_flags`` applies layer 5 over layer 4; ``merge_checked``,
+``shared_head_options`` and ``head_options`` apply layers 1-3 beneath them, per suite and head.
 
 Every key is checked against the defaults (or a head's constructor, or a suite's parameters),
 so a typo fails before any work with the closest valid names, instead of silently running the
@@ -251,3 +264,41 @@ def resolve(user: dict) -> dict:
 def config_hash(obj: Any) -> str:
     """Stable hash of a JSON-able object (key order does not matter)."""
     return hashing.json_sha256(obj, 16, compact=True)
+
+
+RUN_FLAGS = ("seed", "repeats")  # top-level keys a flag may set
+SUITE_FLAGS = ("backbone", "data_root", "skip_corrupt")  # suite parameters a flag sets in every suite that has it
+
+
+def with_flags(file_config: dict, flags: dict, suite_params: dict[str, dict], suite_arg: str) -> dict:
+    """Layer 5 over layer 4: the --config file's content with the flags that were given (None: not given).
+
+    ``suite_params`` maps each suite of the run to its parameters, so a suite flag goes to every suite
+    that has the parameter; a flag no suite of the run has is an error, not silently dropped. ``suite_arg``
+    is what the user named (a suite, or "all"), for messages."""
+    from bench.data import default_root
+
+    unknown = sorted(set(flags) - set(RUN_FLAGS) - set(SUITE_FLAGS))
+    if unknown:
+        raise ConfigError(f"unknown flag(s) {', '.join(unknown)}; flags that set config are {RUN_FLAGS + SUITE_FLAGS}.")
+    user = copy.deepcopy(file_config)
+    for key in RUN_FLAGS:
+        if flags.get(key) is not None:
+            user[key] = flags[key]
+    for key in SUITE_FLAGS:
+        value = flags.get(key)
+        if value is None or value is False:
+            continue
+        takers = [name for name, params in suite_params.items() if key in params]
+        if not takers:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to suite {suite_arg!r} (it has no {key!r} parameter).")
+        suites = user.setdefault("suites", {})
+        if not isinstance(suites, dict):
+            raise ConfigError(f"suites must be a mapping, got {type(suites).__name__}: {suites!r}.")
+        if key == "data_root":
+            value = str(default_root(value))
+        for name in takers:
+            section = suites.get(name) or {}
+            suites[name] = {**section, key: value}
+    return user
