@@ -18,7 +18,6 @@ from bench.cli.common import (
     import_head_module,
     log,
 )
-from bench.core.errors import UserError
 
 DESCRIPTION = (
     "Run a suite over a grid of config values and draw each metric against them, one line per head. "
@@ -86,59 +85,35 @@ def command(args) -> int:
     for spec in args.head_module:
         import_head_module(spec)
     out = Path(args.out)
-    try:
-        axes = sweep.parse_grid(args.grid)
-        suite_cls = suites.get_suite(args.suite)
-        head_names = head_list(args.heads) or (heads.list_heads() if args.heads is None else [])
-        if not head_names or len(set(head_names)) != len(head_names):
-            raise UsageError(f"--heads {args.heads!r}: name each head once (see --list-heads).")
-        for h in head_names:
-            heads.get_head(h)
-        for a in axes:  # a key the run would ignore would make every point the same run
-            parts = a.key.split(".")
-            if parts[0] == "suites" and parts[1] != args.suite:
-                raise UsageError(
-                    f"--grid {a.key}: this sweep runs suite {args.suite!r}, so suites.{parts[1]} would "
-                    f"change nothing; write suites.{args.suite}.{parts[2]}."
-                )
-            if parts[0] == "heads" and parts[1] != config.EVERY_HEAD and parts[1] not in head_names:
-                raise UsageError(
-                    f"--grid {a.key}: head {parts[1]!r} is not in this sweep's heads "
-                    f"({', '.join(head_names)}); add it to --heads or use heads.*.{parts[2]}."
-                )
-        if args.resamples != 0 and args.resamples < 100:
-            raise UsageError(f"--resamples {args.resamples}: use 0 or at least 100 (10,000 by default).")
-        user = config.with_flags(file_config(args), {"seed": args.seed, "repeats": args.repeats}, {}, args.suite)
-        device = distributed.init(args.device) or provenance.resolve_device(args.device)
-        planned = []
-        for i, point in enumerate(sweep.points(axes)):
-            folder = out / "points" / sweep.point_name(axes, point, i)
-            req = Request(
-                args.suite,
-                head_names,
-                sweep.apply(user, point),
-                {**flags(args), "seed": None, "repeats": None},
-                folder,
-                args.device,
-                args.force,
-                not args.no_progress,
-            )
-            planned.append((point, folder, planning.plan(req, device)))
-        metrics = (
-            [m.strip() for m in args.metrics.split(",") if m.strip()]
-            if args.metrics
-            else list(dict.fromkeys([suite_cls.main_metric, *suite_cls.headline_metrics]))
+    axes = sweep.parse_grid(args.grid)
+    suite_cls = suites.get_suite(args.suite)
+    head_names = head_list(args.heads) or (heads.list_heads() if args.heads is None else [])
+    if not head_names or len(set(head_names)) != len(head_names):
+        raise UsageError(f"--heads {args.heads!r}: name each head once (see --list-heads).")
+    for h in head_names:
+        heads.get_head(h)
+    _check_axes(args, axes, head_names)
+    if args.resamples != 0 and args.resamples < 100:
+        raise UsageError(f"--resamples {args.resamples}: use 0 or at least 100 (10,000 by default).")
+    user = config.with_flags(file_config(args), {"seed": args.seed, "repeats": args.repeats}, {}, args.suite)
+    device = distributed.init(args.device) or provenance.resolve_device(args.device)
+    planned = []
+    for i, point in enumerate(sweep.points(axes)):
+        folder = out / "points" / sweep.point_name(axes, point, i)
+        shared = {**flags(args), "seed": None, "repeats": None}  # seed and repeats are in ``user`` already
+        req = Request(
+            args.suite,
+            head_names,
+            sweep.apply(user, point),
+            shared,
+            folder,
+            args.device,
+            args.force,
+            not args.no_progress,
         )
-        for m in metrics:
-            if m not in suite_cls.metrics:
-                from bench.core.registry import suggest
-
-                raise UsageError(
-                    f"--metrics: suite {args.suite!r} has no metric {m!r}.{suggest(m, list(suite_cls.metrics))}"
-                )
-        planning.check_out_dir(out)
-    except UserError as exc:
-        raise UsageError(exc.args[0] if exc.args else str(exc)) from None
+        planned.append((point, folder, planning.plan(req, device)))
+    metrics = _metrics(args, suite_cls)
+    planning.check_out_dir(out)
     version = provenance.code_version()  # read now: edits or commits made while the sweep runs change nothing
     for h in head_names:
         code_identity(heads.get_head(h), suite_cls)
@@ -185,3 +160,37 @@ def command(args) -> int:
         log.warning(f"\n{len(failed)} cell(s) failed: {', '.join(failed)} (see their result files).")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _check_axes(args, axes, head_names: list[str]) -> None:
+    """A key the run would ignore would make every point the same run."""
+    from bench.run import config
+
+    for a in axes:
+        parts = a.key.split(".")
+        if parts[0] == "suites" and parts[1] != args.suite:
+            raise UsageError(
+                f"--grid {a.key}: this sweep runs suite {args.suite!r}, so suites.{parts[1]} would "
+                f"change nothing; write suites.{args.suite}.{parts[2]}."
+            )
+        if parts[0] == "heads" and parts[1] != config.EVERY_HEAD and parts[1] not in head_names:
+            raise UsageError(
+                f"--grid {a.key}: head {parts[1]!r} is not in this sweep's heads "
+                f"({', '.join(head_names)}); add it to --heads or use heads.*.{parts[2]}."
+            )
+
+
+def _metrics(args, suite_cls) -> list[str]:
+    from bench.core.registry import suggest
+
+    metrics = (
+        [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if args.metrics
+        else list(dict.fromkeys([suite_cls.main_metric, *suite_cls.headline_metrics]))
+    )
+    for m in metrics:
+        if m not in suite_cls.metrics:
+            raise UsageError(
+                f"--metrics: suite {args.suite!r} has no metric {m!r}.{suggest(m, list(suite_cls.metrics))}"
+            )
+    return metrics
