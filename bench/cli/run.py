@@ -171,6 +171,7 @@ def command(args) -> int:
         return EXIT_USAGE
     print()
     print(board)
+    print(f"\nwritten to {out}/: leaderboard.md, leaderboard.csv, leaderboard-SUITE.png, runs/SUITE/HEAD.json")
     failed = [h for s in summaries for h in s.failed]
     status = EXIT_FAILED if failed else EXIT_OK
     if failed:
