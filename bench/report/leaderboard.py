@@ -305,8 +305,11 @@ def plot_path(out_dir: Path, suite: str) -> Path:
     return Path(out_dir) / f"leaderboard-{suite}.png"
 
 
-def build_plot(rs: list[ResultRecord], path: Path) -> None:
-    """One figure per suite: the main metric first, then the headline metrics, axes labelled."""
+def build_plot(rs: list[ResultRecord], path: Path, verdicts: verdicts_mod.SuiteVerdicts | None = None) -> None:
+    """One figure per suite. Left: the main metric of the contestants on their own axis, with 95% intervals
+    as error bars and the heads tied for best in a colour of their own; reference rows (oracle,
+    clip_frozen) are named in the panel's note, not drawn, so a far-off reference cannot squeeze the
+    contestants into a few pixels. Right: the headline metrics."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,38 +321,61 @@ def build_plot(rs: list[ResultRecord], path: Path) -> None:
     suite = rs[0].suite
     directions = dict(_directions(rs[0]))
     main = suite.main_metric
+    up = directions.get(main, True)
+    # references: the suite's rows (oracle) and heads that train nothing (clip_frozen: the backbone as it is)
+    refs = [r for r in rs if r.head.is_reference or not r.head.trainable]
+    rows = [r for r in rs if r not in refs] or refs
     headline = [m for m in suite.headline_metrics if m != main]
-    names = [r.head.name for r in rs]
+    names = [r.head.name for r in rows]
+    intervals = verdicts.intervals if verdicts else {}
+    tied = (verdicts.best.get(main) if verdicts else None) or set()
     panels = 2 if headline else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 1.2 + 0.45 * len(rs)), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 1.6 + 0.45 * len(rows)), squeeze=False)
     ax = axes[0, 0]
-    bars = ax.barh(
-        range(len(rs)),
-        [r.metrics.get(main) if r.metrics.get(main) is not None else float("nan") for r in rs],
-        color="tab:blue",
-    )
-    ax.bar_label(bars, fmt="%.4f", fontsize=7, padding=2)
-    ax.set_yticks(range(len(rs)), names)
+    values = [r.metrics.get(main) if r.metrics.get(main) is not None else float("nan") for r in rows]
+    errors = [[0.0] * len(rows), [0.0] * len(rows)]
+    for i, r in enumerate(rows):
+        ci = intervals.get(r.head.name, {}).get(main)
+        if ci is not None and values[i] == values[i]:
+            errors[0][i], errors[1][i] = max(values[i] - ci[0], 0.0), max(ci[1] - values[i], 0.0)
+    colours = ["tab:orange" if r.head.name in tied else "tab:blue" for r in rows]
+    ax.barh(range(len(rows)), values, xerr=errors, color=colours, error_kw={"elinewidth": 1, "capsize": 3})
+    for i, v in enumerate(values):
+        if v == v:
+            ax.annotate(
+                f"{v:.4f}", (v + errors[1][i], i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7
+            )
+    ax.set_yticks(range(len(rows)), names)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{main} ({'higher' if directions.get(main, True) else 'lower'} is better)")
+
     ax.set_ylabel("head")
     ax.set_title(f"{suite.name}: main metric")
     ax.grid(axis="x", alpha=0.3)
+    ax.margins(x=0.15)
+    notes = []
+    if tied:
+        notes.append("orange: the best head and every head tied with it")
+    if refs and rows is not refs:
+        notes.append(
+            "references (not drawn): "
+            + ", ".join(f"{r.head.name} {r.metrics.get(main):.4f}" for r in refs if r.metrics.get(main) is not None)
+        )
+    ax.set_xlabel("\n".join([f"{main} ({'higher' if up else 'lower'} is better; bars: 95% interval)", *notes]))
     if headline:
         ax = axes[0, 1]
         height = 0.8 / len(headline)
         for i, m in enumerate(headline):
-            values = [r.metrics.get(m) if r.metrics.get(m) is not None else float("nan") for r in rs]
+            vals = [r.metrics.get(m) if r.metrics.get(m) is not None else float("nan") for r in rs]
             ax.barh(
                 [y + i * height for y in range(len(rs))],
-                values,
+                vals,
                 height=height,
                 label=f"{m} ({'↑' if directions.get(m, True) else '↓'})",
             )
-        ax.set_yticks([y + height * (len(headline) - 1) / 2 for y in range(len(rs))], names)
+        ax.set_yticks([y + height * (len(headline) - 1) / 2 for y in range(len(rs))], [r.head.name for r in rs])
         ax.invert_yaxis()
         ax.set_xlabel("metric value")
-        ax.set_title("headline metrics")
+        ax.set_title("headline metrics (references included)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -384,5 +410,5 @@ def build(
     atomic.write_text(out_dir / "leaderboard.md", md)
     atomic.write_text(out_dir / "leaderboard.csv", build_csv(chosen, verdicts))
     for suite, rs in rows.items():
-        build_plot(rs, plot_path(out_dir, suite))
+        build_plot(rs, plot_path(out_dir, suite), verdicts.get(suite))
     return md
