@@ -5,13 +5,10 @@ import json
 import pytest
 import torch
 
+from bench.data.fixtures import TINY_BACKBONE
 from bench.features.backbone import Backbone, BackboneError, BackboneSpec
 
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
-}
+TINY = TINY_BACKBONE
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from test_backbone import TINY
 
 import heads
 from bench.cli import main
+from bench.data.fixtures import make_coco, make_flickr
 from bench.report import results
-from bench.tools.fixtures import make_coco, make_flickr
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 

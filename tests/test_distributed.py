@@ -193,7 +193,7 @@ def test_torchrun_retrieval_suite_shares_one_cache_and_rank0_writes(tmp_path):
     from test_backbone import TINY
     from test_retrieval_suite import make_coco_train, noisy_images
 
-    from bench.tools.fixtures import make_flickr
+    from bench.data.fixtures import make_flickr
 
     root = tmp_path / "data"
     make_coco_train(root)

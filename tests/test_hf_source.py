@@ -14,8 +14,8 @@ from test_retrieval_suite import make_coco_train
 from bench.cli import main
 from bench.core.errors import DataError
 from bench.data import hf_source, retrieval_data
+from bench.data.fixtures import make_coco
 from bench.report import results
-from bench.tools.fixtures import make_coco
 
 
 def coco_as_hf(root, split: str):

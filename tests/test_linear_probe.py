@@ -121,8 +121,8 @@ def test_fewshot_needs_k_of_every_class_and_the_split_is_seeded():
 import json  # noqa: E402 (after the tests above, which need none of these)
 
 from bench.cli import main  # noqa: E402 (after the tests above, which need none of these)
+from bench.data.fixtures import make_cifar10  # noqa: E402 (after the tests above, which need none of these)
 from bench.report import results  # noqa: E402 (after the tests above, which need none of these)
-from bench.tools.fixtures import make_cifar10  # noqa: E402 (after the tests above, which need none of these)
 
 
 @pytest.fixture(scope="module")

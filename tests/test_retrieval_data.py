@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from bench.data import retrieval_data
+from bench.data.fixtures import make_coco, make_flickr
 from bench.data.retrieval_data import DataError
-from bench.tools.fixtures import make_coco, make_flickr
 
 
 def test_coco_and_flickr_are_read_with_every_caption(tmp_path):

@@ -10,8 +10,8 @@ from PIL import Image
 from test_backbone import TINY
 
 from bench.cli import main
+from bench.data.fixtures import make_coco, make_flickr
 from bench.report import results
-from bench.tools.fixtures import make_coco, make_flickr
 
 
 def noisy_images(folder, names, seed):

@@ -100,3 +100,16 @@ def test_quiet_keeps_the_board_and_drops_progress_lines(tmp_path, capsys):
     assert "# simbench leaderboard" in quiet and "[synthetic]" not in quiet
     assert main(args) == 0
     assert "[synthetic] cosine: reused" in capsys.readouterr().out
+
+
+def test_the_demo_runs_the_real_data_path_end_to_end_and_reuses_its_cells(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", out, "--no-progress", "--heads", "clip_frozen,cosine"]) == 0
+    recs = {r.head.name: r for r in results.load_all(out / "run")}
+    assert set(recs) == {"clip_frozen", "cosine"} and all(r.status == "ok" for r in recs.values())
+    assert recs["cosine"].suite.name == "retrieval" and recs["cosine"].timing["train_steps"] == 60
+    assert recs["cosine"].suite.test_set["datasets"]["mscoco_captions"]["images"] == 12
+    assert (out / "data" / "cache").is_dir() and (out / "run" / "leaderboard.md").is_file()
+    capsys.readouterr()
+    assert main(["demo", "--out", out, "--no-progress", "--heads", "clip_frozen,cosine"]) == 0
+    assert "every cell reused" in capsys.readouterr().out

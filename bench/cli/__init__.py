@@ -5,6 +5,7 @@
     run_bench.py sweep --grid K=V,...    bench/cli/sweep.py
     run_bench.py data                    bench/cli/data.py
     run_bench.py list heads|suites       bench/cli/listing.py
+    run_bench.py demo                    bench/cli/demo.py
 
 Exit codes: 0 success; 1 a regression against the baseline, a head failed, or a bug in simbench (its
 traceback is printed); 2 bad input (unknown name, bad config, missing file), reported in one message that
@@ -17,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli import compare, data, listing, run, sweep
+from bench.cli import compare, data, demo, listing, run, sweep
 from bench.cli.common import DEFAULT_OUT, EXIT_USAGE, UsageError, configure_logging, import_head_module, log
 from bench.core.errors import UserError
 
@@ -29,6 +30,7 @@ COMMANDS = {
     "sweep": (sweep, sweep.DESCRIPTION),
     "data": (data, "which datasets are ready under the data root, and the layout of the rest"),
     "list": (listing, "list the registered heads (with every option) or suites"),
+    "demo": (demo, "the real-data path end to end on generated data and a random tiny backbone (about a minute)"),
 }
 EXAMPLES = """examples:
   run_bench.py                                          the synthetic suite, every head
@@ -36,6 +38,7 @@ EXAMPLES = """examples:
   run_bench.py compare --suite synthetic --heads kme_rbf,cosine
   run_bench.py sweep --grid train.lr=0.0005,0.002,0.008
   run_bench.py list heads
+  run_bench.py demo                                     the real-data path on generated data, about a minute
 Without a command, the arguments are the run command's: `run_bench.py run --help` lists them.
 """
 BUG_REPORT = (

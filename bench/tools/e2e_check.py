@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from bench.core import atomic
-from bench.tools.fixtures import make_coco, make_flickr
+from bench.data.fixtures import make_coco, make_flickr
 
 
 def make_data(root: Path, n_images: int, per: int = 5, seed: int = 0) -> None:

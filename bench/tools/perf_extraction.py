@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench.tools.fixtures import make_flickr
+from bench.data.fixtures import make_flickr
 
 
 def _sync(device):

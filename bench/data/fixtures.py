@@ -88,3 +88,11 @@ def make_cifar10(root: Path, n_train: int = 60, n_test: int = 30, g: torch.Gener
     with open(folder / "batches.meta", "wb") as fh:
         pickle.dump({"label_names": [f"class{c}" for c in range(10)]}, fh)
     return folder
+
+
+# A tiny open_clip model config (random weights): what the tests and the demo run the real-data path on.
+TINY_BACKBONE = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+}
