@@ -557,3 +557,30 @@ def test_repeats_vary_seed_world_and_features_and_are_cells_of_their_own(small_r
     assert capsys.readouterr().out.count(": reused") == 4  # two heads x two repeats, each its own cell
     assert run("--config", cfg, "--out", out, "--repeats", 2, "--check", REPO / "results/baselines/synthetic.json") == 2
     assert "--repeats 1" in capsys.readouterr().err
+
+
+def test_a_rebuilt_board_reads_stored_intervals_keyed_by_outcomes_and_code(small_run, monkeypatch):
+    """The board's bootstrap is stored under OUT/.verdicts by the outcome files' checksums, the resamples and
+    the statistics' code: a rebuild computes nothing and gives the same board; other code is a new key."""
+    import shutil as sh
+
+    from bench.eval import uncertainty
+    from bench.report import verdicts
+
+    tmp, _ = small_run
+    out = tmp / "memo"
+    sh.copytree(tmp / "a", out)
+    first = leaderboard.build(out, resamples=500)
+    assert list((out / ".verdicts").glob("*.json"))
+
+    def refuse(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(uncertainty, "bootstrap", refuse)
+    monkeypatch.setattr(uncertainty, "paired", refuse)
+    assert leaderboard.build(out, resamples=500) == first
+    with pytest.raises(AssertionError, match="recomputed"):
+        leaderboard.build(out, resamples=600)  # other resamples: another key
+    monkeypatch.setattr(verdicts.Memo, "code", staticmethod(lambda: "other code"))
+    with pytest.raises(AssertionError, match="recomputed"):
+        leaderboard.build(out, resamples=500)

@@ -4,15 +4,21 @@ bench/eval/uncertainty.py; this module decides what is compared with what."""
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.core import atomic, hashing
 from bench.core.errors import UserError
 from bench.core.records import ResultRecord
 from bench.eval import uncertainty
 from bench.report import results
 
 LEVEL = 0.95
+log = logging.getLogger("simbench")
 
 
 @dataclass
@@ -48,12 +54,63 @@ def row_estimators(out_dir: Path, rs: list[ResultRecord], warn=print) -> dict[st
     return ests
 
 
-def intervals(ests: dict[str, list[dict]], resamples: int) -> dict[str, dict[str, tuple[float, float]]]:
+class Memo:
+    """Intervals and paired results stored beside the runs (``OUT/.verdicts/``), keyed by everything they
+    are computed from: the outcome files' checksums and specs, the resamples, the level and the code of
+    this module and bench/eval/uncertainty.py. A rebuilt board then costs seconds, not minutes of
+    bootstrap; anything changed is a new key, so a stored value is never served for other inputs."""
+
+    def __init__(self, out_dir: Path | None):
+        self.folder = None if out_dir is None else Path(out_dir) / ".verdicts"
+        self.hits = self.misses = 0
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def code() -> str:
+        return hashing.json_sha256(
+            [hashing.file_sha256(Path(m.__file__)) for m in (uncertainty, sys.modules[__name__])]
+        )
+
+    def get(self, kind: str, inputs: list, compute):
+        if self.folder is None:
+            return compute()
+        key = hashing.json_sha256({"kind": kind, "inputs": inputs, "code": self.code(), "level": LEVEL}, 32)
+        path = self.folder / f"{key}.json"
+        if path.is_file():
+            try:
+                self.hits += 1
+                return json.loads(path.read_text())["value"]
+            except (OSError, ValueError, KeyError):
+                self.hits -= 1  # a damaged entry is computed again and rewritten
+        self.misses += 1
+        value = compute()
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):  # NaN or a type JSON cannot hold: not stored, computed again next time
+            return value
+        atomic.write_json(path, {"kind": kind, "value": value})
+        return json.loads(text)  # what a later hit returns, so both paths give the same types
+
+
+def _identity(r: ResultRecord) -> list:
+    """What a row's estimators are made of: each repeat's outcome file (by checksum) and spec."""
+    return [[x.outcomes.sha256, x.outcomes.spec] for x in (r.repeats.records if r.repeats else [r]) if x.outcomes]
+
+
+def intervals(
+    ests: dict[str, list[dict]], resamples: int, memo: Memo | None = None, identity: dict | None = None
+) -> dict[str, dict[str, tuple[float, float]]]:
     """Each head's 95% bootstrap interval per metric, over test units and, with repeats, over repeats."""
-    return {
-        head: uncertainty.bootstrap(e[0], resamples, level=LEVEL, repeat_groups=e if len(e) > 1 else None)
-        for head, e in ests.items()
-    }
+    memo = memo or Memo(None)
+
+    def one(e):
+        return uncertainty.bootstrap(e[0], resamples, level=LEVEL, repeat_groups=e if len(e) > 1 else None)
+
+    found = {}
+    for head, e in ests.items():
+        value = memo.get("bootstrap", [identity[head], resamples], lambda e=e: one(e)) if identity else one(e)
+        found[head] = {m: tuple(ci) for m, ci in value.items()}
+    return found
 
 
 def for_suite(
@@ -67,14 +124,20 @@ def for_suite(
     paired interval of the difference to it contains 0 (not significantly worse)."""
     v = SuiteVerdicts(resamples=resamples)
     ests = row_estimators(out_dir, rs, warn)
-    v.intervals = intervals(ests, resamples)
+    memo, identity = Memo(out_dir), {r.head.name: _identity(r) for r in rs}
+    log.info(f"intervals and ties for {len(ests)} head(s), {resamples:,} resamples (stored under {out_dir}/.verdicts)")
+    v.intervals = intervals(ests, resamples, memo, identity)
     contestants = [r for r in rs if r.status == "ok" and r.head.kind != "reference"]
     directions = rs[0].directions
     pairs: dict[tuple[str, str], dict] = {}
 
     def pair(a: str, b: str) -> dict:
         if (a, b) not in pairs:
-            pairs[(a, b)] = uncertainty.paired(ests[a], ests[b], resamples, level=LEVEL)
+            pairs[(a, b)] = memo.get(
+                "paired",
+                [identity[a], identity[b], resamples],
+                lambda: uncertainty.paired(ests[a], ests[b], resamples, level=LEVEL),
+            )
         return pairs[(a, b)]
 
     for metric, up in directions.items():
