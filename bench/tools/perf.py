@@ -335,9 +335,11 @@ def main(argv=None) -> int:
     for note in report["notes"]:
         print(f"note: {note}")
     stamp = record["created_utc"].replace(":", "").replace("-", "")
-    atomic.write_json(Path(args.out) / f"perf-{device.type}-{stamp}.json", record)
+    written = Path(args.out) / f"perf-{device.type}-{stamp}.json"
+    atomic.write_json(written, record)
     if args.json:
         atomic.write_json(args.json, record)
+    print(f"\nrecord written to {written}" + (f" and {args.json}" if args.json else "") + " (--out changes the folder)")
     return 0
 
 
