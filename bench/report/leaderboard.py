@@ -8,6 +8,7 @@ newest run; anything else is named in a note under the table rather than silentl
 from __future__ import annotations
 
 import dataclasses
+import logging
 import statistics
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from bench.core.records import ResultRecord
 from bench.eval import uncertainty
 from bench.report import results
 from bench.report import verdicts as verdicts_mod
+
+_warn = logging.getLogger("simbench").warning  # the CLI configures where it goes (bench/cli/common.py)
 
 
 def _directions(record) -> list[tuple[str, bool]]:
@@ -385,7 +388,7 @@ def build_plot(rs: list[ResultRecord], path: Path, verdicts: verdicts_mod.SuiteV
 
 
 def build(
-    out_dir: Path, warn=print, reference: str | None = "cosine", resamples: int = uncertainty.DEFAULT_RESAMPLES
+    out_dir: Path, warn=_warn, reference: str | None = "cosine", resamples: int = uncertainty.DEFAULT_RESAMPLES
 ) -> str:
     """Write leaderboard.md/.csv/.png under ``out_dir``; return the Markdown. Intervals and ties come
     from the per-query outcomes beside each result (``resamples`` 0: none)."""

@@ -7,12 +7,15 @@ the resolved config and its hash, the test-set identity, seed, timings, memory a
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from bench.core import atomic, hashing, records
 from bench.core.records import ResultFileError, ResultRecord, load_checked_npz, read  # noqa: F401 (re-exported)
+
+_warn = logging.getLogger("simbench").warning  # the CLI configures where it goes (bench/cli/common.py)
 
 
 def suite_dir(out_dir: Path, suite: str) -> Path:
@@ -62,7 +65,7 @@ def read_outcomes(out_dir: Path, record: ResultRecord) -> dict | None:
     return records.outcome_arrays(suite_dir(out_dir, record.suite.name), record)
 
 
-def load_all(out_dir: Path, warn=print) -> list[ResultRecord]:
+def load_all(out_dir: Path, warn=_warn) -> list[ResultRecord]:
     """Every valid result file under ``out_dir/runs``; the others are named and left out."""
     found = []
     for path in sorted((Path(out_dir) / "runs").glob("*/*.json")):

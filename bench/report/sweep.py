@@ -8,6 +8,7 @@ Student-t interval over the repeats' values; with one repeat and no outcomes, no
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import pandas as pd
 from bench.core import atomic
 from bench.core.records import ResultRecord
 from bench.report import leaderboard, verdicts
+
+_warn = logging.getLogger("simbench").warning  # the CLI configures where it goes (bench/cli/common.py)
 
 
 @dataclass
@@ -37,7 +40,7 @@ def _t_interval(values: list[float]) -> tuple[float, float] | None:
     return m - half, m + half
 
 
-def table(points: list[Point], keys: list[str], resamples: int, warn=print) -> pd.DataFrame:
+def table(points: list[Point], keys: list[str], resamples: int, warn=_warn) -> pd.DataFrame:
     """Long form: one row per point, head and metric, with mean, sd, n, interval and its kind."""
     rows = []
     for point in points:
@@ -214,7 +217,7 @@ def build(
     metrics: list[str],
     title: str,
     resamples: int,
-    warn=print,
+    warn=_warn,
     provenance: str = "",
 ) -> pd.DataFrame:
     """Write sweep.csv (every metric), sweep.md and sweep-METRIC.png (the chosen metrics)."""

@@ -20,6 +20,8 @@ from bench.report import results
 LEVEL = 0.95
 log = logging.getLogger("simbench")
 
+_warn = logging.getLogger("simbench").warning  # the CLI configures where it goes (bench/cli/common.py)
+
 
 @dataclass
 class SuiteVerdicts:
@@ -32,7 +34,7 @@ class SuiteVerdicts:
     resamples: int = uncertainty.DEFAULT_RESAMPLES
 
 
-def load_estimators(out_dir: Path, record: ResultRecord, warn=print) -> dict | None:
+def load_estimators(out_dir: Path, record: ResultRecord, warn=_warn) -> dict | None:
     try:
         arrays = results.read_outcomes(out_dir, record)
     except results.ResultFileError as exc:
@@ -43,7 +45,7 @@ def load_estimators(out_dir: Path, record: ResultRecord, warn=print) -> dict | N
     return uncertainty.estimators(arrays, record.outcomes.spec)
 
 
-def row_estimators(out_dir: Path, rs: list[ResultRecord], warn=print) -> dict[str, list[dict]]:
+def row_estimators(out_dir: Path, rs: list[ResultRecord], warn=_warn) -> dict[str, list[dict]]:
     """Head -> one estimator dict per repeat, for the rows (repeats collapsed) whose outcomes all load."""
     ests = {}
     for r in rs:
@@ -118,7 +120,7 @@ def for_suite(
     rs: list[ResultRecord],
     reference: str | None = "cosine",
     resamples: int = uncertainty.DEFAULT_RESAMPLES,
-    warn=print,
+    warn=_warn,
 ) -> SuiteVerdicts:
     """Bootstrap every row with outcomes; mark as best, per metric, the top head and every head whose
     paired interval of the difference to it contains 0 (not significantly worse)."""
@@ -164,7 +166,7 @@ def for_suite(
 
 
 def compare(
-    out_dir: Path, rs: list[ResultRecord], heads: list[str], resamples: int = uncertainty.DEFAULT_RESAMPLES, warn=print
+    out_dir: Path, rs: list[ResultRecord], heads: list[str], resamples: int = uncertainty.DEFAULT_RESAMPLES, warn=_warn
 ) -> list[dict]:
     """The first head against each other one: per metric, the difference, its paired 95% interval, the
     sign-flip p-value, and the p-value after Holm's correction across every metric and pair compared.

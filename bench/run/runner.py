@@ -7,6 +7,7 @@ score matrix) is recorded as failed and the others still run.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import traceback
@@ -26,6 +27,8 @@ from bench.run import config
 from bench.run.code_identity import code_identity
 from bench.run.train import TrainingDiverged, train_head
 from suites.base import Evaluation, as_evaluation
+
+_info = logging.getLogger("simbench").info  # the CLI configures where it goes (bench/cli/common.py)
 
 
 @dataclass
@@ -306,14 +309,14 @@ def run_suite(
     device: torch.device,
     force: bool = False,
     progress: bool = True,
-    log=print,
+    log=_info,
     repeat: int = 0,
 ) -> RunSummary:
     """Plan and run one suite at one repeat (for callers that have not planned; the CLI plans once)."""
     return run_planned(plan(suite_name, head_names, cfg, device, repeat), out_dir, force, progress, log)
 
 
-def run_planned(sp: SuitePlan, out_dir: Path, force: bool = False, progress: bool = True, log=print) -> RunSummary:
+def run_planned(sp: SuitePlan, out_dir: Path, force: bool = False, progress: bool = True, log=_info) -> RunSummary:
     """Cells are written as they finish (a rerun resumes); reference rows only after every cell, so a
     crash never leaves references of a new protocol beside results of the old one."""
     out_dir = Path(out_dir)
