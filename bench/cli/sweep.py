@@ -11,6 +11,8 @@ from bench.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     UsageError,
+    add_config_flags,
+    add_head_flags,
     add_output_flags,
     file_config,
     flags,
@@ -36,29 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "option) or suites.synthetic.topics=4,8,16; repeatable. The first is the x axis, the others "
         "make panels",
     )
-    p.add_argument("--heads", default=None, help="comma-separated heads (default: every registered head)")
-    p.add_argument(
-        "--head-module",
-        action="append",
-        default=[],
-        metavar="FILE_OR_MODULE",
-        help="import this .py file or dotted module first (repeatable)",
-    )
-    p.add_argument("--config", default=None, help="YAML file with the settings every point shares")
+    add_head_flags(p)
+    add_config_flags(p)  # --config holds the settings every point shares
     p.add_argument("--out", default=f"{DEFAULT_OUT}/sweep", help=f"the sweep's folder (default: {DEFAULT_OUT}/sweep)")
-    p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
-    p.add_argument("--repeats", type=int, default=None, help="runs of every cell at every point (bands need 2 or more)")
     p.add_argument(
         "--metrics",
         default=None,
         help="comma-separated metrics to draw and tabulate (default: the suite's main and headline metrics); "
         "sweep.csv always holds every metric",
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--backbone", default=None, metavar="NAME[:PRETRAINED]", help="as for a run (real-data suites)")
-    p.add_argument("--data-root", default=None, help="as for a run (real-data suites)")
-    p.add_argument("--skip-corrupt", action="store_true", help="as for a run")
-    p.add_argument("--force", action="store_true", help="recompute cells whose results already exist")
     p.add_argument(
         "--resamples",
         type=int,
