@@ -68,8 +68,8 @@ def test_torchrun_field_heads_and_siglip_match_one_process(tmp_path):
     one, two, _ = one_and_two_processes(tmp_path, cfg, heads)
     for head in heads.split(","):
         assert one[head].config.resolved["train"]["loss"] == "siglip"
-        for name, value in one[head]["trained_loss"]["parameters"].items():
-            assert two[head]["trained_loss"]["parameters"][name] == pytest.approx(value, abs=1e-4), (head, name)
+        for name, value in one[head].trained_loss["parameters"].items():
+            assert two[head].trained_loss["parameters"][name] == pytest.approx(value, abs=1e-4), (head, name)
         for metric, value in one[head].metrics.items():
             # float order differs across ranks: a rank may flip one near-tie of 150 items, so counts get 1/150
             tol = 1 / 150 if ("recall" in metric or "zeroshot" in metric) else 1e-3
