@@ -103,6 +103,16 @@ class LinearProbeSuite(BackboneSuite):
         for key, ok, allowed in rules:
             if not ok:
                 raise ConfigError(f"{where}.{key} = {p[key]!r} is out of range: it must be {allowed}.")
+        if p["val_split"] in ("test", "train"):
+            chosen_on = (
+                "the test split, and the final fit would train on it"
+                if p["val_split"] == "test"
+                else "the training data itself"
+            )
+            raise ConfigError(
+                f"{where}.val_split = {p['val_split']!r}: weight decay would be chosen on {chosen_on}; name a "
+                "held-out split (e.g. validation), or leave val_split empty to carve val_proportion from train."
+            )
         if p["val_split"] and p["val_proportion"]:
             raise ConfigError(
                 f"{where}: val_split {p['val_split']!r} and val_proportion {p['val_proportion']} are both "

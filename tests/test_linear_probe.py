@@ -324,3 +324,36 @@ def test_batched_loader_gives_the_plain_dataloaders_order():
 
     a, b = epochs(plain), epochs(ours)
     assert a == b and a[0] != a[1]
+
+
+def test_a_head_whose_probe_vector_is_nan_fails_instead_of_scoring_one(probe_data_root, tmp_path, capsys):
+    """NaN logits used to rank every sample's true class first (`s > true` is False for NaN): lp_acc1 = 1.0,
+    status ok, shown bold as the best. Now the head fails with the reason, and the others still run."""
+    import heads as registry
+
+    cosine = registry.get_head("cosine")
+
+    @registry.register_head("nan_probe")
+    class NanProbe(cosine):
+        def embed_image(self, points, mask=None):
+            return super().embed_image(points, mask) * float("nan")
+
+    try:
+        root, cfg = probe_data_root
+        args = ["--suite", "linear_probe", "--backbone", cfg, "--data-root", root, "--heads", "nan_probe,cosine"]
+        args += ["--config", probe_config(tmp_path, root), "--out", tmp_path / "o", "--no-progress"]
+        assert main(args) == 1
+        recs = {r.head.name: r for r in results.load_all(tmp_path / "o")}
+        assert recs["nan_probe"].status == "failed" and "NaN or infinite" in recs["nan_probe"].error
+        assert recs["nan_probe"].metrics == {} and recs["cosine"].status == "ok"
+    finally:
+        registry.HEADS.unregister("nan_probe")
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_validation_split_that_is_the_test_or_train_split_is_refused(probe_data_root, tmp_path, capsys, split):
+    root, cfg = probe_data_root
+    config = probe_config(tmp_path, root, extra=f", val_split: {split}, val_proportion: 0")
+    args = ["--suite", "linear_probe", "--backbone", cfg, "--data-root", root, "--config", config]
+    assert main([*args, "--out", tmp_path / "o", "--no-progress"]) == 2
+    assert f"val_split = '{split}'" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -230,3 +230,22 @@ def test_per_item_infonce_and_row_kl_against_scipy_loops():
     assert torch.allclose(got, torch.tensor(kl, dtype=torch.float64), atol=1e-12)
     assert math.isclose(metrics.row_kl(t, s), sum(kl) / 6, rel_tol=1e-12)
     assert not torch.allclose(metrics.row_kl_terms(s, t), got)  # KL is not symmetric: the argument order matters
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_every_ranking_rule_refuses_non_finite_scores(bad):
+    """NaN compares False, so `s > true` would count a NaN row as a hit at rank 0."""
+    from bench.eval import uncertainty
+
+    logits = torch.randn(6, 4)
+    logits[2, 1] = bad
+    targets = torch.tensor([0, 1, 2, 3, 0, 1])
+    with pytest.raises(metrics.NonFiniteScores, match="NaN or infinite"):
+        metrics.topk_accuracy(logits, targets)
+    with pytest.raises(metrics.NonFiniteScores):
+        metrics.mean_per_class_recall(logits, targets, 4)
+    positives = torch.nn.functional.one_hot(targets, 4).bool()
+    with pytest.raises(metrics.NonFiniteScores):
+        metrics.recall_at_k(logits, positives)
+    with pytest.raises(metrics.NonFiniteScores):
+        uncertainty.rank_outcomes(logits, positives)

@@ -11,6 +11,17 @@ from __future__ import annotations
 import torch
 
 
+class NonFiniteScores(ValueError):
+    """A score or logit that is NaN or infinite: a failure of the head, never a hit (``s > true`` is False for
+    NaN, so a ranking rule that let it through would count every query as won)."""
+
+
+def require_finite(scores: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(scores).all()):
+        bad = int((~torch.isfinite(scores)).sum())
+        raise NonFiniteScores(f"{what}: {bad} of {scores.numel()} values are NaN or infinite; nothing is ranked.")
+
+
 def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10), block: int = 4096) -> dict[int, float]:
     """Fraction of query rows with at least one positive among their top-k candidates.
 
@@ -25,6 +36,7 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10), bl
         raise ValueError(f"scores {tuple(scores.shape)} and positives {tuple(positives.shape)} differ in shape.")
     if not bool(positives.any(dim=1).all()):
         raise ValueError("every query needs at least one positive candidate.")
+    require_finite(scores, "retrieval scores")
     hits = {k: 0.0 for k in ks}
     for start in range(0, scores.shape[0], block):
         s = scores[start : start + block].double()
@@ -117,6 +129,7 @@ def row_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> float:
 def _true_class_hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
     """Per sample, P(the true class is in the top k), ties broken uniformly at random (as recall@k)."""
     s = logits.double()
+    require_finite(s, "classification logits")
     true = s.gather(1, targets.view(-1, 1).to(s.device))
     above = (s > true).sum(dim=1).double()
     tied = (s == true).sum(dim=1).double() - 1

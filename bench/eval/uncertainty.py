@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.eval.metrics import hit_probability
+from bench.eval.metrics import hit_probability, require_finite
 
 DEFAULT_RESAMPLES = 10_000
 CHUNK_CELLS = 4_000_000  # draws x units per block: bounds memory (~32 MB) whatever the test set
@@ -42,6 +42,7 @@ CHUNK_CELLS = 4_000_000  # draws x units per block: bounds memory (~32 MB) whate
 def rank_outcomes(scores: torch.Tensor, positives: torch.Tensor, block: int = 4096) -> dict[str, np.ndarray]:
     """Per query row: negatives strictly above its best positive (its 0-based rank when nothing ties),
     negatives tied with it, positives tied with it."""
+    require_finite(scores, "scores ranked for per-query outcomes")
     out = {"rank": [], "tied_neg": [], "tied_pos": []}
     for start in range(0, scores.shape[0], block):
         s = scores[start : start + block].double()
