@@ -64,7 +64,6 @@ class Memo:
 
     def __init__(self, out_dir: Path | None):
         self.folder = None if out_dir is None else Path(out_dir) / ".verdicts"
-        self.hits = self.misses = 0
 
     @staticmethod
     @functools.lru_cache(maxsize=1)
@@ -80,11 +79,9 @@ class Memo:
         path = self.folder / f"{key}.json"
         if path.is_file():
             try:
-                self.hits += 1
                 return json.loads(path.read_text())["value"]
             except (OSError, ValueError, KeyError):
-                self.hits -= 1  # a damaged entry is computed again and rewritten
-        self.misses += 1
+                pass  # a damaged entry is computed again and rewritten
         value = compute()
         try:
             text = json.dumps(value, allow_nan=False)

@@ -16,7 +16,7 @@ import torch
 import heads as head_registry
 import suites as suite_registry
 from bench.core import atomic, distributed
-from bench.core.errors import ConfigError, DataError, UserError
+from bench.core.errors import ConfigError, DataError
 from bench.report import provenance
 from bench.run import config, runner
 
@@ -128,4 +128,4 @@ def execute(plan: Plan) -> tuple[list[runner.RunSummary], list[Skipped]]:
     return summaries, skipped
 
 
-__all__ = ["Plan", "Request", "Skipped", "UserError", "check_out_dir", "execute", "plan"]
+__all__ = ["Plan", "Request", "Skipped", "check_out_dir", "execute", "plan"]
