@@ -67,6 +67,9 @@ class SimilarityHead(nn.Module):
     # option users can set; on out-of-memory, evaluation halves it and retries (bench/eval/scoring.py).
     memory_budget_mb: float | None = None
     readout: str = "layers"  # one of READOUTS
+    # Options ``run_bench.py tune`` searches besides the shared training settings: option -> range
+    # ({"low", "high", "log"}; the option's type comes from its default). Metadata, not code.
+    tunable: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         """Record every constructor option, defaults included, as ``self.options`` (shown in the head's

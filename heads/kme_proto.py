@@ -82,6 +82,8 @@ def proto_log_inner(a: ProtoRep, b: ProtoRep, inverse_sigma2: torch.Tensor) -> t
 
 
 class _PrototypeHead(SimilarityHead):
+    tunable = {"prototypes": {"low": 4, "high": 64, "log": True}}
+
     def __init__(self, image_dim: int, text_dim: int, prototypes: int, out_dim: int | None):
         if int(prototypes) < 1:
             raise ValueError(f"{self.name}: prototypes must be a positive integer, got {prototypes!r}.")

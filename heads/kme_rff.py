@@ -64,6 +64,7 @@ def orthogonal_gaussian(rows: int, dim: int, generator: torch.Generator) -> torc
 
 @register_head("kme_rff")
 class KmeRffHead(KernelMeanHead):
+    tunable = {"num_features": {"low": 256, "high": 4096, "log": True}}
     version = 2  # 2: 1/sigma^2 parametrised as cosine's logit scale; per-position weight bias; out_dim
     description = (
         "KME-CLIP with explicit random features (positive orthogonal by default): mean embeddings are D-vectors."

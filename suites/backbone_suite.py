@@ -16,11 +16,22 @@ from bench.core import atomic, distributed, environment
 from bench.core.errors import ConfigError, DataError
 from bench.core.registry import suggest
 from bench.data import default_root, image_source, retrieval_data
-from bench.eval.scoring import encode
+from bench.eval.scoring import encode, rows_of
 from bench.features import extract
 from bench.features.backbone import Backbone, BackboneSpec, weights_identity
 from bench.features.cache import FeatureCache
-from suites.base import Evaluation, PointSets, Suite, SuiteData, as_evaluation
+from suites.base import (
+    Evaluation,
+    PairsValidation,
+    PointSets,
+    SealedTest,
+    Suite,
+    SuiteData,
+    ValidationSpec,
+    as_evaluation,
+)
+
+VALIDATION_SOURCES = ("auto", "karpathy", "holdout")
 
 
 class CorruptImages(DataError):
@@ -44,6 +55,9 @@ class BackboneSuite(Suite):
     non_protocol_params = ("data_root", "cache_dir", "batch_size", "text_batch_size", "workers")
     COLUMN_OPTIONS = ("image_column", "caption_column", "label_column")
     known_datasets: tuple[str, ...] = ()
+    # Heads train on pairs, so every real suite selects (early stopping, tuning) on held-out pairs:
+    # recall@1/5/10 both ways, summed (0 to 6), on COCO Karpathy val or held-out training images.
+    validation = ValidationSpec("recall_sum", higher_is_better=True, tolerance=0.01)
 
     @classmethod
     def check_params(cls, params: dict, train: dict) -> None:
@@ -77,6 +91,8 @@ class BackboneSuite(Suite):
             ("batch_size", p["batch_size"] >= 1, "an integer >= 1"),
             ("text_batch_size", p["text_batch_size"] >= 1, "an integer >= 1"),
             ("workers", p["workers"] >= 0, "an integer >= 0 (0 decodes images in the main process)"),
+            ("validation", p["validation"] in VALIDATION_SOURCES, f"one of {', '.join(VALIDATION_SOURCES)}"),
+            ("validation_images", p["validation_images"] >= 1, "an integer >= 1"),
             ("backbone", bool(str(p["backbone"]).strip()), "NAME[:PRETRAINED], e.g. ViT-B-32:openai"),
             (
                 "train_dataset",
@@ -92,19 +108,42 @@ class BackboneSuite(Suite):
         super().__init__(params)
         self.corrupt: dict[str, dict] = {}  # "dataset/split" -> the images left out as undecodable
         self._loaded = None
+        self._val_set = None
+        self._validation: dict[str, PairsValidation] = {}  # readout -> its validation pairs, made with the train pairs
         self.readouts: set[str] = {"layers"}  # set by the runner: what the heads of this run read (heads/base.py)
 
     def load_test_set(self, root: Path, name: str):
         raise NotImplementedError
 
     def loaded(self) -> tuple[dict, retrieval_data.RetrievalSet]:
-        """Every test set, then the training set, read and validated once (no images decoded)."""
+        """Every test set (none when the test set is sealed), then the training set, read and validated
+        once (no images decoded)."""
         if self._loaded is None:
             image_source.reset()  # read the data as it is now, not as an earlier run in this process saw it
             root = self.roots()[0]
-            tests = {d: self.load_test_set(root, d) for d in self.params["datasets"]}
+            tests = {d: self.load_test_set(root, d) for d in self.params["datasets"]} if self.with_test else {}
             self._loaded = tests, self.train_set()
         return self._loaded
+
+    def karpathy_val(self) -> retrieval_data.RetrievalSet | None:
+        """COCO Karpathy val (clip_benchmark's layout) when the pairs are COCO train and it is there (or asked
+        for); None: validation is held out of the training images."""
+        p = self.params
+        if p["validation"] == "holdout":
+            return None
+        coco_train = p["train_dataset"] == "mscoco_captions" and p["train_split"] == "train"
+        present = (self.roots()[0] / "mscoco_captions" / "coco_val_karpathy.json").is_file()
+        if p["validation"] == "karpathy" and not (coco_train and present):
+            raise DataError(
+                f"suites.{self.name}.validation = karpathy needs train_dataset mscoco_captions (split train) and "
+                f"{self.roots()[0] / 'mscoco_captions' / 'coco_val_karpathy.json'}; set validation: holdout to "
+                "hold images out of the training pairs instead."
+            )
+        if not (coco_train and present):
+            return None
+        if self._val_set is None:
+            self._val_set = retrieval_data.load(self.roots()[0], "mscoco_captions", "val", columns=self.columns())
+        return self._val_set
 
     def data_identity(self, seed: int) -> dict:
         """Backbone weights by content; every image list by names, sizes and modification times; the
@@ -116,6 +155,7 @@ class BackboneSuite(Suite):
             "backbone": weights_identity(BackboneSpec.parse(self.params["backbone"]), seed),
             "test": {name: stamp(ds) for name, ds in tests.items()},
             "train": stamp(train),
+            **({"validation": stamp(val)} if (val := self.karpathy_val()) is not None else {}),
         }
 
     def check_cache_dir(self) -> None:
@@ -180,11 +220,17 @@ class BackboneSuite(Suite):
             self.roots()[0], self.params["train_dataset"], self.params["train_split"], columns=self.columns()
         )
 
-    def build(self, seed: int) -> SuiteData:
+    def build(self, seed: int, with_test: bool = True) -> SuiteData:
         """The data of every readout the run's heads need, each from its own cache entries."""
+        self.with_test = self.with_test and with_test
         tests, train = self.loaded()  # every dataset validated before any backbone work
         backbone, cache = self.backbone(seed), self.cache()
         views = {r: self.build_readout(backbone, cache, tests, train, r) for r in sorted(self.readouts)}
+        for readout, view in views.items():
+            view.validation = self._validation[readout]
+            view.identity["validation"] = self._validation_identity
+            if not self.with_test:
+                view.test = SealedTest(self.name)
         main = views.get("layers") or next(iter(views.values()))
         main.views = views
         return main
@@ -193,10 +239,37 @@ class BackboneSuite(Suite):
         raise NotImplementedError
 
     def train_pairs(self, train: retrieval_data.RetrievalSet, backbone, cache, readout: str = "layers") -> PointSets:
+        """The training pairs, and (kept for ``build``) the validation pairs: COCO Karpathy val, or the
+        captions of held-out training images (seeded, image-disjoint from the pairs trained on)."""
         img, keep = self.image_points(backbone, cache, train.name, train.split, train.image_paths, readout)
         txt = self.text_points(backbone, cache, train.name, train.split, train.captions, readout)
         image_of_pair = torch.tensor(train.caption_image, dtype=torch.long)
-        pairs = keep[image_of_pair]  # a left-out image takes its captions with it
+        val_set = self.karpathy_val()
+        if val_set is not None:
+            v_img, v_keep = self.image_points(backbone, cache, val_set.name, "val", val_set.image_paths, readout)
+            v_txt = self.text_points(backbone, cache, val_set.name, "val", val_set.captions, readout)
+            self._validation[readout] = _validation_pairs(v_img, v_txt, torch.tensor(val_set.caption_image), v_keep)
+            self._validation_identity = {
+                "source": "mscoco_captions val (Karpathy)",
+                "fingerprint": val_set.fingerprint(),
+                "images": int(v_keep.sum()),
+                "captions": len(val_set.captions),
+            }
+        else:
+            n = len(train.image_paths)
+            held = torch.zeros(n, dtype=torch.bool)
+            count = min(self.params["validation_images"], max(1, n // 10))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+            held[order[:count]] = True  # seeded by the data alone: the same images for every run and head
+            self._validation[readout] = _validation_pairs(img, txt, image_of_pair, keep & held)
+            self._validation_identity = {
+                "source": f"held-out {train.name}/{train.split} images",
+                "images": count,
+                "captions": len(self._validation[readout].texts),
+                "seed": 0,
+            }
+            keep = keep & ~held
+        pairs = keep[image_of_pair]  # a left-out (or held-out) image takes its captions with it
         return PointSets(img, txt[pairs], image_of_pair=image_of_pair[pairs])
 
     def suite_data(self, backbone, train, pairs: PointSets, test: dict, datasets: dict) -> SuiteData:
@@ -208,6 +281,9 @@ class BackboneSuite(Suite):
             "corrupt_images_skipped": self.corrupt,
         }
         return SuiteData(pairs, pairs.images.shape[-1], pairs.texts.shape[-1], test, identity)
+
+    def validate(self, head, data: SuiteData, device) -> float:
+        return data.validation.recall_sum(head, device)
 
     def evaluate(self, head, data: SuiteData, device) -> Evaluation:
         """Every test set in turn; a suite says what one dataset's metrics are (``evaluate_dataset``)."""
@@ -232,3 +308,13 @@ class BackboneSuite(Suite):
     @staticmethod
     def train_identity(train: retrieval_data.RetrievalSet, pairs: PointSets) -> dict:
         return {"dataset": train.name, "split": train.split, "pairs": len(pairs), "fingerprint": train.fingerprint()}
+
+
+def _validation_pairs(images, texts, caption_image: torch.Tensor, chosen: torch.Tensor) -> PairsValidation:
+    """The chosen images (a bool mask over ``images``) with all their captions, renumbered."""
+    rows = chosen.nonzero().flatten()
+    caps = chosen[caption_image].nonzero().flatten()
+    new_index = torch.cumsum(chosen, 0) - 1
+    img, img_mask = rows_of(images, None, rows, "cpu")
+    txt, txt_mask = rows_of(texts, None, caps, "cpu")
+    return PairsValidation(img, img_mask, txt, txt_mask, new_index[caption_image[caps]])

@@ -117,6 +117,63 @@ class PointSets:
         return rows_of(self.texts, self.text_mask, idx, device)
 
 
+@dataclass(frozen=True)
+class ValidationSpec:
+    """What a suite selects and early-stops on: a metric measured on validation data (never the test set)."""
+
+    metric: str
+    higher_is_better: bool
+    tolerance: float  # an improvement larger than this over the last 20% of training steps: "not converged"
+
+
+@dataclass
+class PairsValidation:
+    """Held-out image-caption pairs (image-disjoint from training): recall both ways, summed."""
+
+    images: torch.Tensor
+    image_mask: torch.Tensor | None
+    texts: torch.Tensor
+    text_mask: torch.Tensor | None
+    caption_image: torch.Tensor  # [captions] index of each caption's image
+
+    def recall_sum(self, head, device) -> float:
+        from bench.eval import metrics
+        from bench.eval.scoring import encode, score_matrices
+
+        img = encode(head, "image", self.images, self.image_mask, device)
+        txt = encode(head, "text", self.texts, self.text_mask, device)
+        i2t, t2i = (m.cpu() for m in score_matrices(head, img, txt, len(self.images), len(self.texts)))
+        positives = torch.zeros_like(i2t, dtype=torch.bool)
+        positives[self.caption_image, torch.arange(len(self.texts))] = True
+        return float(sum(metrics.retrieval_recalls(i2t, positives, (1, 5, 10), t2i=t2i).values()))
+
+
+class SealedTestError(RuntimeError):
+    """Something read the test set of a run that must not (a bug in the suite or the runner, not a head's)."""
+
+
+class SealedTest:
+    """The test data of a run that must not read it (tuning trials): any use is an error."""
+
+    def __init__(self, suite: str):
+        object.__setattr__(self, "_suite", suite)
+
+    def __getattr__(self, name):
+        raise SealedTestError(
+            f"suite {self._suite!r}: the test set is sealed in this run (a tuning trial selects on validation "
+            f"data only), yet something asked for test.{name}."
+        )
+
+    def __iter__(self):
+        self.__getattr__("__iter__")
+
+    def __len__(self):
+        self.__getattr__("__len__")
+
+    def __bool__(self):
+        self.__getattr__("__bool__")
+
+
 @dataclass
 class SuiteData:
     train: PointSets
@@ -124,6 +181,7 @@ class SuiteData:
     text_dim: int
     test: Any  # suite-specific test data
     identity: dict = field(default_factory=dict)  # what identifies the test set in result files
+    validation: Any = None  # suite-specific validation data, disjoint from train and test (None: none)
     # The same data as another readout gives it (heads/base.py READOUTS), when the run has heads of several.
     views: dict[str, SuiteData] = field(default_factory=dict)
 
@@ -151,7 +209,9 @@ class Suite:
     repeat_params: tuple[str, ...] = ()
     device: torch.device = torch.device("cpu")  # set by the runner before build()
     seed: int = 0  # the cell's seed (run seed + repeat), set by the runner before build()
+    with_test: bool = True  # False in tuning trials: test data is neither identified nor read (set by the runner)
     reference_names: tuple[str, ...] = ()  # the rows references() returns (ceilings, not contestants)
+    validation: ValidationSpec | None = None  # what validate() measures; None: no curves, no early stopping
     # Head options this suite runs with unless the config sets them, for every head that has the option
     # (e.g. the synthetic suite's out_dim below its topics' count); resolved into each cell's options.
     head_defaults: dict = {}
@@ -185,12 +245,18 @@ class Suite:
         Generated data is identified by the parameters and the code, which the key holds already."""
         return {}
 
-    def build(self, seed: int) -> SuiteData:
+    def build(self, seed: int, with_test: bool = True) -> SuiteData:
+        """Training and validation data, and the test data unless ``with_test`` is False: then ``test`` is a
+        ``SealedTest`` and no test file or test sample is read (tuning trials)."""
         raise NotImplementedError
 
     def skip_reason(self, head_cls) -> str | None:
         """Why this suite cannot measure heads of this class (recorded as skipped, not failed), or None."""
         return None
+
+    def validate(self, head, data: SuiteData, device: torch.device) -> float:
+        """The validation metric (``validation.metric``) of ``head`` on ``data.validation``; never reads test."""
+        raise NotImplementedError
 
     def evaluate(self, head, data: SuiteData, device: torch.device) -> Evaluation | dict[str, float]:
         """The metrics of ``head`` on the test data: a dict, or an ``Evaluation`` with per-query outcomes."""

@@ -55,7 +55,9 @@ class ClassificationTest:
 
 @register_suite("classification")
 class ClassificationSuite(BackboneSuite):
-    version = 1
+    version = (
+        2  # 2: heads train on pairs minus a validation hold-out (or beside COCO Karpathy val), early-stopped on it
+    )
     description = "Zero-shot ImageNet / V2 / R / A / Sketch / ObjectNet on cached open_clip point sets."
     main_metric = "imagenet1k/acc1"
     metrics = {f"{d}/{m}": True for d in DATASETS for m in ("acc1", "acc5", "mean_per_class_recall")}

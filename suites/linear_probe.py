@@ -58,7 +58,9 @@ class ProbeTest:
 
 @register_suite("linear_probe")
 class LinearProbeSuite(BackboneSuite):
-    version = 1
+    version = (
+        2  # 2: heads train on pairs minus a validation hold-out (or beside COCO Karpathy val), early-stopped on it
+    )
     description = "CLIP_benchmark's linear probe (weight-decay sweep) on each head's image vector."
     main_metric = "imagenet1k/lp_acc1"
     metrics = {f"{d}/{m}": True for d in DATASETS for m in ("lp_acc1", "lp_acc5", "lp_mean_per_class_recall")}

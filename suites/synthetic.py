@@ -28,7 +28,16 @@ import torch
 from bench.core.errors import ConfigError
 from bench.eval import metrics, uncertainty
 from bench.eval.scoring import encode, score_matrices, score_matrix
-from suites.base import Evaluation, PointSets, ReportTable, Suite, SuiteData, register_suite
+from suites.base import (
+    Evaluation,
+    PointSets,
+    ReportTable,
+    SealedTest,
+    Suite,
+    SuiteData,
+    ValidationSpec,
+    register_suite,
+)
 from suites.synthetic_world import MODES, World
 
 RETRIEVAL = {f"{d}_retrieval_recall@{k}": True for d in ("image", "text") for k in (1, 5, 10)}
@@ -46,9 +55,19 @@ class SyntheticTest:
     prompts_per_class: int
 
 
+@dataclass
+class SyntheticValidation:
+    pairs: PointSets
+    optimum: float  # the true PMI's symmetric InfoNCE on these pairs: validation excess = head's - this
+
+
+VALIDATION_STREAM = 2**62  # the validation sample's generator is seeded world_seed + this: its own stream
+
+
 @register_suite("synthetic")
 class SyntheticSuite(Suite):
-    version = 2  # 2: world modes, posterior by default, heads at out_dim 4
+    version = 3  # 2: world modes, posterior by default, heads at out_dim 4; 3: a validation sample
+    validation = ValidationSpec("infonce_excess", higher_is_better=False, tolerance=0.01)
     description = "Generated topic world with known PMI; seconds on a CPU; the suite CI regresses on."
     main_metric = "infonce_excess"
     metrics = {
@@ -113,6 +132,7 @@ class SyntheticSuite(Suite):
             ("bend", 0 <= p["bend"] < 1, "a number in [0, 1) (the bend must stay invertible)"),
             ("test_pairs", p["test_pairs"] >= 10, "an integer >= 10 (recall@10 needs ten candidates)"),
             ("prompts_per_class", p["prompts_per_class"] >= 1, "an integer >= 1"),
+            ("validation_pairs", p["validation_pairs"] >= 10, "an integer >= 10"),
             ("world_seed", 0 <= p["world_seed"] < 2**63 - 1, "an integer in [0, 2^63 - 1)"),
             (
                 "train_pairs",
@@ -143,13 +163,17 @@ class SyntheticSuite(Suite):
             p["mode"],
         )
 
-    def build(self, seed: int) -> SuiteData:
+    def build(self, seed: int, with_test: bool = True) -> SuiteData:
         p, world = self.params, self.world()
         # The world's own seed, not the run seed, draws the data: every head and every run sees
         # the same training pairs and the same test set.
         g = torch.Generator().manual_seed(int(p["world_seed"]) + 1)
         z = world.sample_topics(p["train_pairs"], g)
         train = PointSets(world.sample(z, "image", g).points, world.sample(z, "text", g).points)
+        validation = self.validation_sample(world)
+        if not with_test:  # the test sample is drawn after the training pairs, from the same stream: not drawn
+            identity = {"world_seed": p["world_seed"], "mode": p["mode"], "validation_pairs": p["validation_pairs"]}
+            return SuiteData(train, world.point_dim, world.point_dim, SealedTest(self.name), identity, validation)
         zt = world.sample_topics(p["test_pairs"], g)
         img, txt = world.sample(zt, "image", g), world.sample(zt, "text", g)
         post_img = world.log_posterior(img.raw, "image")
@@ -171,8 +195,24 @@ class SyntheticSuite(Suite):
             "mode": p["mode"],
             "test_pairs": p["test_pairs"],
             "bayes_accuracy": test.bayes_accuracy,
+            "validation_pairs": p["validation_pairs"],
         }
-        return SuiteData(train=train, image_dim=world.point_dim, text_dim=world.point_dim, test=test, identity=identity)
+        return SuiteData(train, world.point_dim, world.point_dim, test, identity, validation)
+
+    def validation_sample(self, world: World) -> SyntheticValidation:
+        """Pairs of the same world from a stream of their own, so drawing them moves no training or test draw."""
+        g = torch.Generator().manual_seed(int(self.params["world_seed"]) + VALIDATION_STREAM)
+        z = world.sample_topics(self.params["validation_pairs"], g)
+        img, txt = world.sample(z, "image", g), world.sample(z, "text", g)
+        pmi = world.pmi(world.log_posterior(img.raw, "image"), world.log_posterior(txt.raw, "text"))
+        return SyntheticValidation(PointSets(img.points, txt.points), float(metrics.symmetric_infonce(pmi.double())))
+
+    def validate(self, head, data: SuiteData, device) -> float:
+        v: SyntheticValidation = data.validation
+        img = encode(head, "image", v.pairs.images, None, device)
+        txt = encode(head, "text", v.pairs.texts, None, device)
+        i2t, t2i = score_matrices(head, img, txt, len(v.pairs), len(v.pairs))
+        return float(metrics.symmetric_infonce(i2t.double(), t2i.double())) - v.optimum
 
     def _metrics(
         self, scores: torch.Tensor, class_scores: torch.Tensor, test: SyntheticTest, t2i: torch.Tensor | None = None

@@ -7,7 +7,7 @@ import yaml
 SMALL = {
     "seed": 0,
     "train": {"steps": 20, "batch_size": 64, "warmup_steps": 5},
-    "suites": {"synthetic": {"train_pairs": 1000, "test_pairs": 150, "prompts_per_class": 3}},
+    "suites": {"synthetic": {"train_pairs": 1000, "test_pairs": 150, "validation_pairs": 150, "prompts_per_class": 3}},
     "heads": {"kme_rff": {"num_features": 256}},
 }
 

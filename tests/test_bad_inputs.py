@@ -642,7 +642,7 @@ def test_batch_larger_than_real_training_set(realdata, tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "train.batch_size=64 is larger than the 8 training pairs" in err, err
+    assert code == 2 and "train.batch_size=64 is larger than the 6 training pairs" in err, err
     assert not (out / "runs").exists()
 
 

@@ -124,7 +124,9 @@ def test_corrupt_training_image_drops_its_pairs(data, tmp_path):
     assert main_skip(root, cfg, small, tmp_path / "out", heads="cosine") == 0
     rec = results.read(results.run_path(tmp_path / "out", "retrieval", "cosine"))
     ident = rec.suite.test_set
-    assert ident["train"]["pairs"] == 27 and ident["corrupt_images_skipped"]["mscoco_captions/train"]["count"] == 1
+    # 30 captions: 3 go with the corrupt image, the held-out validation image's go to validation
+    assert ident["train"]["pairs"] + ident["validation"]["captions"] == 27
+    assert ident["corrupt_images_skipped"]["mscoco_captions/train"]["count"] == 1
 
 
 def test_skip_corrupt_does_not_apply_to_the_synthetic_suite(capsys):

@@ -2,6 +2,7 @@
 cross-checked against clip_benchmark's own retrieval evaluation."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -102,7 +103,11 @@ def test_retrieval_suite_runs_every_head_and_reuses_the_cache(data, tmp_path):
         == 0
     )
     ident = recs["cosine"].suite.test_set
-    assert ident["backbone"]["weights"] == "random:seed0" and ident["train"]["pairs"] == 30
+    assert ident["backbone"]["weights"] == "random:seed0"
+    assert ident["train"]["pairs"] + ident["validation"]["captions"] == 30  # validation: held-out training images
+    assert (
+        ident["validation"]["source"] == "held-out mscoco_captions/train images" and ident["validation"]["images"] == 1
+    )
     assert ident["datasets"]["flickr30k"]["captions"] == 40
     shards = list((root / "cache").rglob("shard-*.safetensors"))
     assert len(shards) == 6  # train, coco test, flickr test; images and texts
@@ -186,7 +191,8 @@ def test_heads_train_on_webdataset_shards(data, tmp_path):
     )
     assert run_retrieval(root, cfg, conf, tmp_path / "o", heads="cosine") == 0
     record = results.read(results.run_path(tmp_path / "o", "retrieval", "cosine"))
-    assert record.suite.test_set["train"]["pairs"] == 20 and record.timing["train_steps"] == 3
+    v = record.suite.test_set["validation"]
+    assert record.suite.test_set["train"]["pairs"] + v["captions"] == 20 and record.timing["train_steps"] == 3
 
 
 @pytest.mark.parametrize("loss", ["infonce", "siglip"])
@@ -227,3 +233,61 @@ def test_token_and_field_heads_run_end_to_end_under_either_loss(data, tmp_path, 
     want, want_mask = bb.text_tokens(bb.tokenize(ds.captions[:3]))
     assert torch.equal(m, want_mask[:, : m.shape[1]]) and not bool(want_mask[:, m.shape[1] :].any())
     assert torch.allclose(p[m], want[want_mask], atol=1e-3, rtol=1e-3)  # float16 storage
+
+
+def test_validation_is_coco_karpathy_val_when_present_and_trials_never_load_a_test_set(data, tmp_path, monkeypatch):
+    root, cfg, small = data
+    local = tmp_path / "data"
+    shutil.copytree(root, local)
+    folder = local / "mscoco_captions" / "val2014"
+    names = [f"COCO_val2014_{50 + i:012d}.jpg" for i in range(3)]
+    noisy_images(folder, names, 9)
+    images = [{"id": 500 + i, "file_name": n} for i, n in enumerate(names)]
+    anns = [
+        {"image_id": 500 + i, "id": 9000 + 2 * i + j, "caption": f"val image {i} text {j}"}
+        for i in range(3)
+        for j in range(2)
+    ]
+    (local / "mscoco_captions" / "coco_val_karpathy.json").write_text(
+        json.dumps({"images": images, "annotations": anns})
+    )
+    assert run_retrieval(local, cfg, small, tmp_path / "o", heads="cosine") == 0
+    rec = results.read(results.run_path(tmp_path / "o", "retrieval", "cosine"))
+    v = rec.suite.test_set["validation"]
+    assert v["source"] == "mscoco_captions val (Karpathy)" and v["images"] == 3 and v["captions"] == 6
+    assert rec.suite.test_set["train"]["pairs"] == 30  # nothing held out of training
+    assert rec.curve and rec.convergence["metric"] == "validation/recall_sum"
+    # a tuning trial on this suite: no test set is even listed
+    from suites.retrieval import RetrievalSuite
+
+    def no_test(*a, **k):
+        raise AssertionError("a trial loaded a test set")
+
+    monkeypatch.setattr(RetrievalSuite, "load_test_set", no_test)
+    code = main(
+        [
+            "tune",
+            "--suite",
+            "retrieval",
+            "--heads",
+            "cosine",
+            "--trials",
+            "1",
+            "--join",
+            "--backbone",
+            str(cfg),
+            "--data-root",
+            str(local),
+            "--config",
+            str(small),
+            "--out",
+            str(tmp_path / "t"),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    trial = results.read(next((tmp_path / "t" / "tuning").rglob("runs/retrieval/cosine.json")))
+    assert list(trial.metrics) == ["validation/recall_sum"] and trial.suite.test_set["datasets"] == {}

@@ -483,7 +483,9 @@ def test_leaderboard_states_provenance_per_row_and_the_protocol(four_heads, tmp_
     board = leaderboard.build(out)
     assert f"Built from `{out.as_posix()}/runs/`" in board and "Every row from commit" in board
     assert (
-        "train: batch_size 64, grad_clip 1.0, loss infonce, lr 0.002, steps 20, warmup_steps 5" in board
+        "train: batch_size 64, eval_points 15, grad_clip 1.0, loss infonce, lr 0.01, patience 4, steps 20, "
+        "warmup_steps 5"
+        in board
         and "test_pairs 150" in board
     )
     path = out / "runs/synthetic/kme_rff.json"

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli import compare, data, demo, listing, run, sweep
+from bench.cli import compare, data, demo, listing, run, sweep, tune
 from bench.cli.common import DEFAULT_OUT, EXIT_USAGE, UsageError, configure_logging, import_head_module, log
 from bench.core.errors import UserError
 
@@ -28,6 +28,7 @@ COMMANDS = {
     "run": (run, "train and score heads on a suite, then rebuild the leaderboard (the default command)"),
     "compare": (compare, "paired comparison of heads from their saved per-query outcomes (no rerun)"),
     "sweep": (sweep, sweep.DESCRIPTION),
+    "tune": (tune, tune.DESCRIPTION),
     "data": (data, "which datasets are ready under the data root, and the layout of the rest"),
     "list": (listing, "list the registered heads (with every option) or suites"),
     "demo": (demo, "the real-data path end to end on generated data and a random tiny backbone (about a minute)"),
@@ -37,6 +38,7 @@ EXAMPLES = """examples:
   run_bench.py --suite retrieval --backbone ViT-B-32:openai --data-root /data
   run_bench.py compare --suite synthetic --heads kme_rbf,cosine
   run_bench.py sweep --grid train.lr=0.0005,0.002,0.008
+  run_bench.py tune --heads cosine,kme_proto --trials 8   equal-budget tuning on validation data
   run_bench.py list heads
   run_bench.py demo                                     the real-data path on generated data, about a minute
 Without a command, the arguments are the run command's: `run_bench.py run --help` lists them.

@@ -46,6 +46,17 @@ def command(args) -> int:
     except UserError as exc:
         raise UsageError(f"compare --suite {args.suite}: {exc.args[0]}.") from None
     directions = chosen[args.suite][0].directions
+    rows_by_head = {r.head.name: r for r in leaderboard.collapse_repeats(chosen[args.suite])}
+    for head in heads:
+        bad = leaderboard.not_converged(rows_by_head[head]) if head in rows_by_head else []
+        for record in bad:
+            c = record.convergence
+            log.warning(
+                f"warning: {head} (repeat {record.repeat}) is NOT CONVERGED: its {c['metric']} still improved by "
+                f"{c['improvement_in_last_fraction']:.4g} (> {c['tolerance']}) over the last 20% of its "
+                f"{c['steps_run']} steps, so a verdict about it may reflect the budget, not the head. Raise "
+                "train.steps or tune it (run_bench.py tune)."
+            )
     print(
         f"{args.suite}: {heads[0]} against {', '.join(heads[1:])}; differences A - B with paired 95% bootstrap "
         f"intervals over test queries, sign-flip p-values ({args.resamples:,} draws each), Holm-adjusted "

@@ -31,3 +31,20 @@ def local_rank() -> int:
 def triton_interpret() -> bool:
     """TRITON_INTERPRET=1: Triton kernels run in its CPU interpreter (tests of the fused kernel)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def worker_env(index: int, device_type: str) -> dict[str, str]:
+    """The environment of tuning worker ``index`` (a copy; this process's own is not changed): one GPU
+    each, round robin, when the run is on CUDA."""
+    env = dict(os.environ)
+    if device_type == "cuda":
+        import torch
+
+        env["CUDA_VISIBLE_DEVICES"] = str(index % max(1, torch.cuda.device_count()))
+    return env
+
+
+def child_env(**values: str) -> dict[str, str]:
+    """A copy of this process's environment with ``values`` set, for a subprocess (benchmarks that vary
+    ATEN_CPU_CAPABILITY or the thread count); this process's own environment is not changed."""
+    return {**os.environ, **values}

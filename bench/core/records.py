@@ -108,6 +108,8 @@ class ResultRecord:
     trained_loss: dict | None = None
     evaluation_details: dict | None = None
     outcomes: OutcomeRef | None = None
+    curve: list | None = None  # [{step, train_loss, val}]: the learning curve at each evaluation point
+    convergence: dict | None = None  # validation metric, best step, early stop, converged (bench/run/train.py)
     repeats: RepeatGroup | None = None  # board rows only; never written
 
     def to_dict(self) -> dict:
@@ -115,7 +117,7 @@ class ResultRecord:
         out.pop("repeats")
         if out["suite"]["report"] is None:
             out["suite"].pop("report")
-        for optional in ("diagnostics", "trained_loss", "evaluation_details", "outcomes"):
+        for optional in ("diagnostics", "trained_loss", "evaluation_details", "outcomes", "curve", "convergence"):
             if out[optional] is None:
                 out.pop(optional)
         return out
@@ -123,6 +125,11 @@ class ResultRecord:
     @property
     def directions(self) -> dict[str, bool]:
         return self.suite.higher_is_better
+
+    @property
+    def not_converged(self) -> bool:
+        """True when the validation metric still improved by more than the suite's tolerance at the end."""
+        return bool(self.convergence) and self.convergence.get("converged") is False
 
     @property
     def ok(self) -> bool:

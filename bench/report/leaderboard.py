@@ -131,6 +131,23 @@ def _cell_text(value, status: str, bold: bool, interval=None) -> str:
     return f"**{text}**" if bold else text
 
 
+def not_converged(r: ResultRecord) -> list[ResultRecord]:
+    """The records (repeats) of a row whose validation metric still improved at the end of training."""
+    group = r.repeats.records if r.repeats else [r]
+    return [g for g in group if g.not_converged]
+
+
+def convergence_text(r: ResultRecord) -> str:
+    """'yes', 'NOT CONVERGED' (with how many repeats), or '' where the cell has no learning curve."""
+    group = r.repeats.records if r.repeats else [r]
+    if not any(g.convergence for g in group):
+        return ""
+    bad = not_converged(r)
+    if not bad:
+        return "yes"
+    return "NOT CONVERGED" + (f" ({len(bad)} of {len(group)} repeats)" if len(group) > 1 else "")
+
+
 def markdown_table(
     rs: list[ResultRecord],
     columns: list[tuple[str, str]],
@@ -165,6 +182,8 @@ def markdown_table(
             )
             for v, c, r in zip(values, contestant, ordered)
         ]
+    if any(convergence_text(r) for r in ordered):
+        shown["converged"] = [convergence_text(r) for r in ordered]
     if provenance and len({_commit(r) for r in rs}) > 1:
         shown["commit"] = [_commit(r) for r in ordered]
         shown["date"] = [r.created_utc[:10] for r in ordered]
@@ -223,7 +242,9 @@ def _legend(verdicts: dict) -> str:
         "with it: one whose paired 95% interval of the difference to the best contains 0 (not significantly "
         "worse). Δ vs the reference head: the paired difference of the main metric, its interval and the "
         "sign-flip randomization p-value. A value without ± has no per-query form (a correlation over all "
-        "pairs) or no outcome file; there bold marks the best value only."
+        "pairs) or no outcome file; there bold marks the best value only. converged: NOT CONVERGED marks a "
+        "cell whose validation metric (data disjoint from training and test) still improved by more than the "
+        "suite's tolerance over the last 20% of its training steps; its verdicts may reflect the budget."
     )
 
 

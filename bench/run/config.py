@@ -33,12 +33,17 @@ from bench.core.errors import ConfigError  # noqa: F401 (raised here, and import
 from bench.core.registry import suggest
 
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "steps": 600,  # optimiser steps, identical for every trainable head
+    "steps": 1500,  # at most this many optimiser steps, identical for every trainable head
     "batch_size": 256,  # pairs per step; the InfoNCE negatives are the rest of the batch
-    "lr": 2e-3,
+    "lr": 1e-2,
     "weight_decay": 0.1,  # applied to matrices only, never to scales, bandwidths or biases
     "warmup_steps": 50,
     "grad_clip": 1.0,  # max global grad norm; 0 disables
+    # Validation: the suite's validation metric at this many evenly spaced steps (the learning curve);
+    # patience > 0 stops a head once that many points in a row have not improved on its best, and keeps
+    # the best point's weights. The same rule for every head.
+    "eval_points": 15,
+    "patience": 4,
     "loss": "infonce",  # infonce | siglip (bench/run/losses.py); part of the protocol, so tables never mix losses
 }
 
@@ -244,6 +249,8 @@ def resolve(user: dict) -> dict:
         ("weight_decay", t["weight_decay"] >= 0, ">= 0"),
         ("warmup_steps", t["warmup_steps"] >= 0, ">= 0"),
         ("grad_clip", t["grad_clip"] >= 0, ">= 0 (0 disables clipping)"),
+        ("eval_points", t["eval_points"] >= 0, ">= 0 (0: no curve; more than steps: every step)"),
+        ("patience", t["patience"] >= 0, ">= 0 (0: never stop early)"),
     ]
     for key, ok, allowed in rules:
         if not ok:
@@ -253,6 +260,11 @@ def resolve(user: dict) -> dict:
             )
     from bench.run.losses import LOSSES
 
+    if t["patience"] and not t["eval_points"]:
+        raise ConfigError(
+            f"train.patience = {t['patience']} needs validation points to count: set train.eval_points > 0 "
+            "or train.patience: 0."
+        )
     if t["loss"] not in LOSSES:
         raise ConfigError(
             f"train.loss = {t['loss']!r} is not a loss.{suggest(t['loss'], LOSSES.names())} "

@@ -25,8 +25,8 @@ from bench.eval.scoring import HeadContractError, ScoreError
 from bench.report import provenance, results
 from bench.run import config
 from bench.run.code_identity import code_identity
-from bench.run.train import TrainingDiverged, train_head
-from suites.base import Evaluation, as_evaluation
+from bench.run.train import TrainingDiverged, Validator, train_head
+from suites.base import Evaluation, SealedTestError, as_evaluation
 
 _info = logging.getLogger("simbench").info  # the CLI configures where it goes (bench/cli/common.py)
 
@@ -64,6 +64,7 @@ class SuitePlan:
     cfg: dict
     device: torch.device | None
     repeat: int = 0
+    validation_only: bool = False  # a tuning trial: the test set is sealed, the record holds validation metrics
 
     @property
     def name(self) -> str:
@@ -90,7 +91,12 @@ class CellContext:
 
 
 def plan(
-    suite_name: str, head_names: list[str], cfg: dict, device: torch.device | None = None, repeat: int = 0
+    suite_name: str,
+    head_names: list[str],
+    cfg: dict,
+    device: torch.device | None = None,
+    repeat: int = 0,
+    validation_only: bool = False,
 ) -> SuitePlan:
     """Resolve the suite, its parameters and every head's options; raises before any work.
 
@@ -116,7 +122,10 @@ def plan(
         "suite_params": hashed,
         "train": cfg["train"],
         "seed": cfg["seed"],
+        **({"selection": "validation only"} if validation_only else {}),
     }
+    if validation_only and suite_cls.validation is None:
+        raise config.ConfigError(f"suite {suite_name!r} has no validation data, so it cannot be tuned.")
     params = {**params, **{k: params[k] + repeat for k in suite_cls.repeat_params}}
     cells = []
     for name in head_names:
@@ -142,7 +151,7 @@ def plan(
             **({"repeat": repeat} if repeat else {}),
         }
         cells.append(Cell(name, options, config.config_hash(cell_cfg), repeat=repeat))
-    return SuitePlan(suite_cls, params, protocol, cells, cfg, device, repeat)
+    return SuitePlan(suite_cls, params, protocol, cells, cfg, device, repeat, validation_only)
 
 
 def cell_identity(suite_cls, head_cls, data_identity: dict, device: torch.device) -> dict:
@@ -153,6 +162,8 @@ def cell_identity(suite_cls, head_cls, data_identity: dict, device: torch.device
         "data": data_identity,
         "libraries": provenance.numeric_library_versions(),
         "device_type": device.type,
+        # torch's CPU kernels differ by instruction set (AVX-512, AVX2, none) and round differently
+        **({"cpu_capability": torch.backends.cpu.get_cpu_capability()} if device.type == "cpu" else {}),
     }
 
 
@@ -181,6 +192,13 @@ class Outcome:
 def _record(ctx: CellContext, cell: Cell, data, head_meta: dict, outcome: Outcome) -> ResultRecord:
     suite_cls, device = ctx.plan.suite_cls, ctx.plan.device
     metrics, undefined = _finite_metrics(outcome.metrics)
+    main, directions = suite_cls.main_metric, [[m, "higher" if up else "lower"] for m, up in suite_cls.metrics.items()]
+    if ctx.plan.validation_only:  # a trial's record says what it holds: validation values, never test ones
+        v = suite_cls.validation
+        main, directions = (
+            f"validation/{v.metric}",
+            [[f"validation/{v.metric}", "higher" if v.higher_is_better else "lower"]],
+        )
     return ResultRecord(
         schema_version=SCHEMA_VERSION,
         **provenance.code_version(),
@@ -190,9 +208,9 @@ def _record(ctx: CellContext, cell: Cell, data, head_meta: dict, outcome: Outcom
         suite=SuiteInfo(
             name=suite_cls.name,
             version=suite_cls.version,
-            main_metric=suite_cls.main_metric,
-            metric_directions=[[m, "higher" if up else "lower"] for m, up in suite_cls.metrics.items()],
-            headline_metrics=list(suite_cls.headline_metrics),
+            main_metric=main,
+            metric_directions=directions,
+            headline_metrics=[] if ctx.plan.validation_only else list(suite_cls.headline_metrics),
             test_set=data.identity,
             report=report_layout(suite_cls),
         ),
@@ -332,7 +350,10 @@ def run_planned(sp: SuitePlan, out_dir: Path, force: bool = False, progress: boo
     suite = suite_cls(sp.params)
     suite.device = device
     suite.seed = sp.seed
+    suite.with_test = not sp.validation_only
     protocol_hash, references = _identify(suite, suite_cls, sp.protocol, sp.cells, cfg, device)
+    if sp.validation_only:
+        references = {}  # reference rows are measured on test
     if is_main and out_dir.exists():
         for stale in atomic.sweep_stale(out_dir):
             log(f"removed {stale} (left by an interrupted write)")
@@ -347,11 +368,11 @@ def run_planned(sp: SuitePlan, out_dir: Path, force: bool = False, progress: boo
             return summary
     suite.readouts = {head_registry.get_head(c.head).readout for c in todo} or {"layers"}  # extract only what is read
     t0 = time.perf_counter()
-    data = suite.build(cfg["seed"])
+    data = suite.build(cfg["seed"], with_test=not sp.validation_only)
     ctx = CellContext(sp, suite, data, protocol_hash, time.perf_counter() - t0, out_dir, progress, log)
     log(f"[{sp.name}] data ready in {ctx.build_seconds:.1f}s: {len(data.train)} training pairs, device {device}")
     _check_batch_fits(sp.name, todo, data, cfg)
-    reference_records = _reference_records(ctx, references)
+    reference_records = [] if sp.validation_only else _reference_records(ctx, references)
     for cell in todo:
         record = _run_cell(ctx, cell)
         if record is None:  # not rank 0
@@ -422,6 +443,32 @@ def _reference_records(ctx: CellContext, references: dict[str, Cell]) -> list[tu
     return records
 
 
+def _validator(suite, data, device) -> Validator | None:
+    spec = type(suite).validation
+    if spec is None or data.validation is None:
+        return None
+    return Validator(
+        spec.metric, spec.higher_is_better, spec.tolerance, lambda head: suite.validate(head, data, device)
+    )
+
+
+def _convergence(stats, validator: Validator | None) -> tuple[list | None, dict | None]:
+    """The learning curve and what it says, for the result file (None without validation)."""
+    if validator is None or not stats.curve:
+        return None, None
+    return stats.curve, {
+        "metric": f"validation/{validator.metric}",
+        "higher_is_better": validator.higher_is_better,
+        "tolerance": validator.tolerance,
+        "last_fraction": 0.2,
+        "improvement_in_last_fraction": stats.val_improvement,
+        "converged": stats.converged,
+        "best_step": stats.best_step,
+        "steps_run": stats.steps,
+        "stopped_early": stats.stopped_early,
+    }
+
+
 def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
     """Train, save, evaluate and record one head; anything the head raises fails this head only."""
     suite, suite_cls, cfg, device = ctx.suite, ctx.plan.suite_cls, ctx.plan.cfg, ctx.plan.device
@@ -439,6 +486,7 @@ def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timings, error, diagnostics, trained_loss = {"build_seconds": ctx.build_seconds}, None, {}, {}
+    curve, convergence = None, None
     skipped = suite.skip_reason(cls)
     if skipped is not None:  # nothing to train or measure: recorded, listed with its reason, not a failure
         record = _record(ctx, cell, data, meta, Outcome("skipped", error=skipped, timings=timings))
@@ -451,7 +499,9 @@ def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
         seed = repeat_seed(cfg, cell.repeat)
         torch.manual_seed(seed)  # same initialisation stream for every head
         head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
-        stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, ctx.progress)
+        validator = _validator(suite, data, device)
+        stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, ctx.progress, validator)
+        curve, convergence = _convergence(stats, validator)
         loss_state = {} if stats.loss is None else {f"loss.{k}": v for k, v in stats.loss.state_dict().items()}
         trained_loss = stats.loss_parameters()
         timings.update(
@@ -459,6 +509,7 @@ def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
             train_steps=stats.steps,
             train_pairs_per_second=stats.pairs_per_second and round(stats.pairs_per_second, 1),
             final_train_loss=stats.final_loss,
+            **({"validation_seconds": round(stats.eval_seconds, 3)} if stats.curve else {}),
         )
         if not is_main:  # rank 0 alone evaluates and writes; the others wait for the next cell
             distributed.barrier()
@@ -470,12 +521,21 @@ def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
                 {"head": cell.head, "version": cls.version, "config_key": cell.key, "loss": cfg["train"]["loss"]},
             )
         t1 = time.perf_counter()
-        evaluation = as_evaluation(suite.evaluate(head, data, device))
+        if ctx.plan.validation_only:  # the value of the weights kept: the best point's, else measured now
+            kept = [p["val"] for p in stats.curve if p["step"] == stats.best_step]
+            if not kept:
+                with torch.no_grad():
+                    kept = [suite.validate(head.eval(), data, device)]
+            evaluation = Evaluation({f"validation/{suite_cls.validation.metric}": kept[0]})
+        else:
+            evaluation = as_evaluation(suite.evaluate(head, data, device))
         timings["eval_seconds"] = round(time.perf_counter() - t1, 3)
-        sample = suite.diagnostic_points(data)
+        sample = None if ctx.plan.validation_only else suite.diagnostic_points(data)
         if sample is not None:
             with torch.no_grad():
                 diagnostics = head.diagnostics(sample[0].to(device), sample[1].to(device))
+    except SealedTestError:
+        raise  # the runner or suite read a sealed test set: a bug to show, never a head's failure
     except Exception as exc:  # noqa: BLE001 (a head's code can raise anything; it fails that head, not the run)
         error = _describe_failure(exc)
         log(f"[{suite_name}] {cell.head}: FAILED: {error}")
@@ -487,6 +547,8 @@ def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
         record.trained_loss = {"name": cfg["train"]["loss"], "parameters": trained_loss}
     if evaluation.details:
         record.evaluation_details = evaluation.details
+    if not error and curve:
+        record.curve, record.convergence = curve, convergence
     path = results.write(out_dir, record, evaluation.outcomes, evaluation.spec) if is_main else None
     distributed.barrier()
     if not error:

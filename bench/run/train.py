@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +32,12 @@ class TrainStats:
     seconds: float
     pairs_per_second: float | None
     loss: torch.nn.Module | None = None  # the loss module, with its trained parameters (SigLIP's t and b)
+    curve: list[dict] = field(default_factory=list)  # [{step, train_loss, val}] at each evaluation point
+    eval_seconds: float = 0.0  # of ``seconds``, spent measuring the validation metric
+    best_step: int | None = None  # the step whose weights were kept (early stopping restores the best)
+    stopped_early: bool = False
+    converged: bool | None = None  # None: no validation, or too few evaluation points to tell
+    val_improvement: float | None = None  # over the last 20% of steps, in the metric's good direction
 
     def loss_parameters(self) -> dict[str, float]:
         """The loss's own scalar parameters as trained, for the result file."""
@@ -52,6 +59,41 @@ def batch_order(n: int, batch_size: int, steps: int, seed: int) -> torch.Tensor:
     return torch.cat(perms)[:steps] if perms else torch.empty(0, batch_size, dtype=torch.long)
 
 
+@dataclass
+class Validator:
+    """The validation main metric of a suite, measured on data disjoint from training and test."""
+
+    metric: str
+    higher_is_better: bool
+    tolerance: float  # an improvement larger than this over the last 20% of steps: "not converged"
+    measure: Callable  # head -> float (the head is in eval mode, gradients off)
+
+
+LAST_FRACTION = 0.2  # the tail of training over which a converged head's validation metric stays flat
+
+
+def convergence(curve: list[dict], higher_is_better: bool, tolerance: float) -> tuple[bool | None, float | None]:
+    """(converged, improvement): how much the best validation value improved over the last 20% of the steps
+    run; None when no evaluation point lies at or before 80% of them (too few points to tell)."""
+    if len(curve) < 2:
+        return None, None
+    sign = 1.0 if higher_is_better else -1.0
+    cut = (1 - LAST_FRACTION) * curve[-1]["step"]
+    before = [sign * p["val"] for p in curve if p["step"] <= cut]
+    if not before:
+        return None, None
+    improvement = max(sign * p["val"] for p in curve) - max(before)
+    return improvement <= tolerance, improvement
+
+
+def eval_steps(steps: int, points: int) -> set[int]:
+    """Steps (counted after the update) at which validation is measured: every ceil(steps / points), and the last."""
+    if points <= 0 or steps <= 0:
+        return set()
+    every = math.ceil(steps / points)
+    return set(range(every, steps + 1, every)) | {steps}
+
+
 def param_groups(head: torch.nn.Module, weight_decay: float):
     """Decay matrices only; scales, bandwidths, biases and gains keep their meaning (as open_clip does)."""
     decay = [p for p in head.parameters() if p.requires_grad and p.ndim >= 2]
@@ -70,8 +112,19 @@ def cosine_schedule(warmup: int, total: int):
 
 
 def train_head(
-    head, data: PointSets, train_cfg: dict, seed: int, device, label: str | None = None, progress: bool = True
+    head,
+    data: PointSets,
+    train_cfg: dict,
+    seed: int,
+    device,
+    label: str | None = None,
+    progress: bool = True,
+    validator: Validator | None = None,
 ) -> TrainStats:
+    """Train ``head`` for at most ``train_cfg["steps"]`` steps. With a validator, the validation metric is
+    measured at ``eval_points`` evenly spaced steps; with ``patience`` > 0 training stops once that many
+    points in a row have not improved on the best, and the best point's weights are kept (same rule for
+    every head)."""
     label = label or head.name
     params = [p for p in head.parameters() if p.requires_grad]
     if not head.trainable or not params or train_cfg["steps"] == 0:
@@ -84,8 +137,12 @@ def train_head(
     groups[1]["params"] += list(loss_fn.parameters())  # a loss's temperature and bias are never decayed
     opt = torch.optim.AdamW(groups, lr=train_cfg["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_schedule(train_cfg["warmup_steps"], train_cfg["steps"]))
-    loss_value = None
+    checkpoints = eval_steps(len(order), train_cfg.get("eval_points", 0)) if validator is not None else set()
+    patience = train_cfg.get("patience", 0)
+    tracker = _BestTracker(validator, patience) if checkpoints else None
+    loss_value, loss_sum, loss_count, steps_run = None, torch.zeros((), device=device), 0, 0
     start = time.perf_counter()
+    eval_seconds = 0.0
     show = progress and distributed.is_main()
     bar = tqdm(order, desc=f"train {label}", unit="step", disable=None if show else True, leave=False)
     for step, global_idx in enumerate(bar):
@@ -112,12 +169,67 @@ def train_head(
                 )
         opt.step()
         sched.step()
+        steps_run = step + 1
+        loss_sum += loss.detach()
+        loss_count += 1
         if step % 50 == 0 or step == len(order) - 1:
             loss_value = float(loss.detach())
             bar.set_postfix(loss=f"{loss_value:.4f}")
+        if steps_run in checkpoints:
+            t_eval = time.perf_counter()
+            stop = tracker.point(steps_run, float(loss_sum) / loss_count, head, loss_fn)
+            loss_sum, loss_count = torch.zeros((), device=device), 0
+            head.train()
+            loss_fn.train()
+            eval_seconds += time.perf_counter() - t_eval
+            if stop:
+                loss_value = float(loss.detach())
+                break
     seconds = time.perf_counter() - start
     head.eval()
     loss_fn.eval()
-    return TrainStats(
-        len(order), loss_value, seconds, len(order) * train_cfg["batch_size"] / max(seconds, 1e-9), loss_fn
+    stats = TrainStats(
+        steps_run, loss_value, seconds, steps_run * train_cfg["batch_size"] / max(seconds, 1e-9), loss_fn
     )
+    if tracker is not None:
+        tracker.restore(head, loss_fn)
+        stats.curve, stats.best_step = tracker.curve, tracker.best_step
+        stats.stopped_early = steps_run < len(order)
+        stats.converged, stats.val_improvement = convergence(
+            tracker.curve, validator.higher_is_better, validator.tolerance
+        )
+        stats.eval_seconds = eval_seconds
+    return stats
+
+
+class _BestTracker:
+    """The learning curve, the best validation point's weights, and the patience count."""
+
+    def __init__(self, validator: Validator, patience: int):
+        self.validator, self.patience = validator, patience
+        self.curve: list[dict] = []
+        self.best, self.best_step, self.best_state, self.since_best = None, None, None, 0
+
+    def point(self, step: int, train_loss: float, head, loss_fn) -> bool:
+        """Measure, remember the best weights; True when patience has run out."""
+        head.eval()
+        loss_fn.eval()
+        with torch.no_grad():
+            value = float(self.validator.measure(head))
+        self.curve.append({"step": step, "train_loss": train_loss, "val": value})
+        sign = 1.0 if self.validator.higher_is_better else -1.0
+        if math.isfinite(value) and (self.best is None or sign * value > sign * self.best):
+            self.best, self.best_step, self.since_best = value, step, 0
+            self.best_state = (_copy_state(head), _copy_state(loss_fn))
+        else:
+            self.since_best += 1
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def restore(self, head, loss_fn) -> None:
+        if self.best_state is not None and self.best_step != self.curve[-1]["step"]:
+            head.load_state_dict(self.best_state[0])
+            loss_fn.load_state_dict(self.best_state[1])
+
+
+def _copy_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
