@@ -95,14 +95,17 @@ def test_a_trial_never_reads_the_test_set(tmp_path, monkeypatch):
 
 def test_trials_are_keyed_cells_and_a_larger_study_resumes_the_same_design(tmp_path, caplog):
     out = tmp_path / "o"
-    assert tune(tmp_path, "--heads", "cosine", "--trials", 2, "--join") == 0
+    assert tune(tmp_path, "--heads", "cosine,kme_proto", "--trials", 2, "--join") == 0
     first = [t.params for t in trials(out, "cosine")]
     files = sorted((out / "tuning").rglob("cosine.json"))
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert tune(tmp_path, "--heads", "cosine", "--trials", 3, "--join") == 0
+    assert tune(tmp_path, "--heads", "cosine,kme_proto", "--trials", 3, "--join") == 0
     now = trials(out, "cosine")
     assert [t.params for t in now[:2]] == first and len(now) == 3
     assert [f.stat().st_mtime_ns for f in files] == stamps  # the first two cells were not recomputed
+    # the added point comes from the same design for both heads (kme_proto's space has one more dimension)
+    shared = [{k: v for k, v in t.params.items() if k.startswith("train.")} for t in trials(out, "kme_proto")]
+    assert shared == [t.params for t in now]
 
 
 def test_ctrl_c_in_a_trial_fails_it_and_the_next_run_retries_its_setting(tmp_path):

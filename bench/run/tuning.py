@@ -250,15 +250,17 @@ def open_study(
     made = study.user_attrs.get("identity")
     if made is None:
         study.set_user_attr("identity", identity)
-        if shared_design:
-            for point in shared_design:  # one design for every head: the same points, in the same order
-                study.enqueue_trial(point, user_attrs={"design": True})
     elif made != identity:
         differ = sorted(k for k in set(made) | set(identity) if made.get(k) != identity.get(k))
         raise ConfigError(
             f"study {name!r} in this storage was made under another protocol or search space (differs in: "
             f"{', '.join(differ)}); use another --out or --storage, or delete that study to start again."
         )
+    if shared_design:  # one design for every head: the same points in the same order; a larger N extends it
+        size = study.user_attrs.get("design_size", 0)
+        for point in shared_design[size:]:
+            study.enqueue_trial(point, user_attrs={"design": True})
+        study.set_user_attr("design_size", max(size, len(shared_design)))
     return study
 
 
