@@ -142,6 +142,7 @@ def test_a_run_records_its_curve_and_an_unconverged_head_is_marked_everywhere(tm
     assert record.convergence["converged"] is False and record.not_converged
     board = (out / "leaderboard.md").read_text()
     assert "NOT CONVERGED" in board and "converged" in board
+    assert (out / "curves-synthetic.png").stat().st_size > 10_000  # the suite's learning-curve figure
     capsys.readouterr()
     assert (
         main(
@@ -193,3 +194,12 @@ def test_bad_validation_settings_exit_2_before_any_work(tmp_path, train, says, c
     out = tmp_path / "o"
     assert run("--heads", "cosine", "--config", cfg_file(tmp_path, **train), "--out", out) == 2
     assert says in capsys.readouterr().err and not out.exists()
+
+
+def test_a_learning_rate_written_1e_3_is_read_as_the_number_yaml_leaves_as_text(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-2\n")
+    cfg = config.resolve(config.load_yaml(str(path)))
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["weight_decay"] == 0.05
+    with pytest.raises(config.ConfigError, match="train.lr"):
+        config.resolve({"train": {"lr": "fast"}})

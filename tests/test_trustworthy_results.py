@@ -254,8 +254,8 @@ def _copy_repo(dest: Path) -> Path:
     return dest
 
 
-def _bench(repo: Path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(repo)}
+def _bench(repo: Path, *args, **env_vars) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(repo), **env_vars}
     return subprocess.run(
         [sys.executable, "run_bench.py", *args, "--no-progress"],
         cwd=repo,
@@ -295,6 +295,35 @@ def test_readme_check_fails_when_a_head_is_broken(broken_repo):
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "REGRESSION" in proc.stdout and "cosine" in proc.stdout and "reused" not in proc.stdout
+
+
+@pytest.mark.parametrize("path", ["avx2", "default"])
+def test_the_gate_passes_on_other_cpu_kernel_paths_and_still_fails_a_broken_head(broken_repo, tmp_path, path):
+    """The baseline was made under this machine's own kernel path; another path rounds differently. The
+    check (interval rule) must pass for unchanged code under it, and fail for the broken head under it."""
+    clean = _copy_repo(tmp_path / "clean")
+    ok = _bench(
+        clean,
+        "--check",
+        "results/baselines/synthetic.json",
+        "--heads",
+        "cosine,kme_proto,proto_cosine",
+        "--out",
+        str(tmp_path / "o"),
+        ATEN_CPU_CAPABILITY=path,
+    )
+    assert ok.returncode == 0 and "regression check passed" in ok.stdout, ok.stdout + ok.stderr
+    bad = _bench(
+        broken_repo,
+        "--check",
+        "results/baselines/synthetic.json",
+        "--heads",
+        "cosine",
+        "--out",
+        str(tmp_path / "b"),
+        ATEN_CPU_CAPABILITY=path,
+    )
+    assert bad.returncode == 1 and "REGRESSION" in bad.stdout, bad.stdout + bad.stderr
 
 
 def test_committed_results_are_not_reused_for_changed_code(broken_repo):

@@ -121,3 +121,15 @@ def test_paired_over_repeats_pairs_repeat_with_repeat():
     assert same["difference"] == 0 and same["p_value"] == 1.0
     up = uncertainty.paired([{"m": Mean(v + 0.02, np.arange(100), 100)} for v in reps], a, 5000)["m"]
     assert up["difference"] == pytest.approx(0.02) and up["p_value"] < 0.001 and up["low"] > 0
+
+
+def test_paired_over_repeats_carries_the_training_noise_between_repeats_into_the_p_value():
+    """Repeat differences of +0.3, -0.1, -0.1 on 500 identical units: each repeat alone is decisive, but
+    which head wins depends on the repeat. The interval spans 0, and the p-value must agree with it
+    (a sign flip over the 1,500 (repeat, unit) terms called it p < 0.001)."""
+    base = np.random.default_rng(1).random(500)
+    a = [{"m": Mean(base + d, np.arange(500), 500)} for d in (0.3, -0.1, -0.1)]
+    b = [{"m": Mean(base.copy(), np.arange(500), 500)} for _ in range(3)]
+    got = uncertainty.paired(a, b, 4000)["m"]
+    assert got["low"] < 0 < got["high"] and got["p_value"] > 0.05
+    assert got["difference"] == pytest.approx(0.1 / 3)

@@ -248,8 +248,10 @@ def paired(a, b, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float
     draws for both), and a two-sided sign-flip randomization p-value (units' differences flipped).
 
     ``a`` and ``b`` may be lists of estimator dicts, one per repeat (repeat r of both on the same test
-    data): a draw then picks repeats (the same for both heads) and units, and the sign-flip test flips
-    every (repeat, unit) term; the difference is the mean over repeats."""
+    data): a draw then picks repeats (the same for both heads) and units; the difference is the mean over
+    repeats, and the p-value is the bootstrap's own (twice the share of draws on the far side of 0), so
+    that it carries the training noise between repeats as the interval does. A sign-flip over (repeat,
+    unit) terms would treat the repeats' test units as independent and ignore that noise."""
     if isinstance(a, list) or isinstance(b, list):
         return _paired_repeats(
             list(a) if isinstance(a, list) else [a], list(b) if isinstance(b, list) else [b], resamples, seed, level
@@ -314,19 +316,24 @@ def _paired_repeats(a: list, b: list, resamples: int, seed: int, level: float) -
             for m in in_space:
                 per_repeat = np.stack([a[r][m].draws(W) - b[r][m].draws(W) for r in range(R)], axis=1)
                 diffs[m].append(np.take_along_axis(per_repeat, picks, axis=1).mean(axis=1))
-    g = torch.Generator().manual_seed(int(seed) + 7)
     alpha = (1 - level) / 2
     out = {}
     for m in names:
-        terms = np.concatenate([a[r][m].unit_terms() - b[r][m].unit_terms() for r in range(R)]) / R
-        lo, hi = np.quantile(np.concatenate(diffs[m]), [alpha, 1 - alpha])
+        draws = np.concatenate(diffs[m])
+        lo, hi = np.quantile(draws, [alpha, 1 - alpha])
         out[m] = {
             "difference": float(np.mean([a[r][m].point() - b[r][m].point() for r in range(R)])),
             "low": float(lo),
             "high": float(hi),
-            "p_value": _sign_flip_p(terms, resamples, g),
+            "p_value": bootstrap_p(draws),
         }
     return out
+
+
+def bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "no difference": twice the smaller share of draws at or beyond 0."""
+    below, above = int((draws <= 0).sum()), int((draws >= 0).sum())
+    return min(1.0, 2 * (1 + min(below, above)) / (1 + len(draws)))
 
 
 def holm(p_values: dict) -> dict:

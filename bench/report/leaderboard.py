@@ -17,7 +17,7 @@ import pandas as pd
 from bench.core import atomic, records
 from bench.core.records import ResultRecord
 from bench.eval import uncertainty
-from bench.report import results
+from bench.report import curves, results
 from bench.report import verdicts as verdicts_mod
 
 _warn = logging.getLogger("simbench").warning  # the CLI configures where it goes (bench/cli/common.py)
@@ -416,8 +416,12 @@ def build(
     out_dir = Path(out_dir)
     chosen, notes = select(results.load_all(out_dir, warn=warn))
     chosen = {s: rs for s, rs in chosen.items() if rs}
-    plots = {plot_path(out_dir, suite) for suite in chosen}
-    for stale in [out_dir / "leaderboard.png", *out_dir.glob("leaderboard-*.png")]:  # never a plot of runs now gone
+    plots = {plot_path(out_dir, suite) for suite in chosen} | {curves.curves_path(out_dir, s) for s in chosen}
+    for stale in [
+        out_dir / "leaderboard.png",
+        *out_dir.glob("leaderboard-*.png"),
+        *out_dir.glob("curves-*.png"),
+    ]:  # never a plot of runs now gone
         if stale not in plots:
             stale.unlink(missing_ok=True)
     if not chosen:
@@ -435,4 +439,5 @@ def build(
     atomic.write_text(out_dir / "leaderboard.csv", build_csv(chosen, verdicts))
     for suite, rs in rows.items():
         build_plot(rs, plot_path(out_dir, suite), verdicts.get(suite))
+        curves.build_curves(chosen[suite], curves.curves_path(out_dir, suite))
     return md

@@ -98,6 +98,9 @@ def make(records: list[ResultRecord], previous: dict | None = None) -> tuple[dic
         raise BaselineError(
             f"refusing to write a baseline from a run with failed heads: {', '.join(failed) or 'no results'}."
         )
+    names = [r.head.name for r in ok]
+    if len(set(names)) != len(names):
+        raise BaselineError("a baseline holds one run per head; this run has repeats (use --repeats 1).")
     first = ok[0]
     scores = {r.head.name: r.metrics for r in ok}
     kept = sorted(set(previous["scores"]) - set(scores)) if previous else []
@@ -112,8 +115,11 @@ def make(records: list[ResultRecord], previous: dict | None = None) -> tuple[dic
             f"protocols and dropping them would lose them. Rerun with every head it holds "
             f"(--heads {','.join(sorted(set(previous['scores']) | set(scores)))}), or write to a new baseline file."
         )
+    options = {r.head.name: r.head.options for r in ok}
     for head in kept:
         scores[head] = previous["scores"][head]
+        if head in previous.get("head_options", {}):
+            options[head] = previous["head_options"][head]
     tolerances = dict(previous.get("tolerances", {})) if previous else dict(METRIC_TOLERANCES)
     baseline = {
         "schema_version": SCHEMA_VERSION,
@@ -126,6 +132,8 @@ def make(records: list[ResultRecord], previous: dict | None = None) -> tuple[dic
         "tolerances": tolerances,
         "metric_directions": dict(first.suite.metric_directions),
         "scores": {head: scores[head] for head in sorted(scores)},
+        # every head's resolved options: a run with other options is refused, not judged against these scores
+        "head_options": {head: options[head] for head in sorted(options)},
     }
     return baseline, kept
 
@@ -196,6 +204,17 @@ def compare(
                 f"the run's protocol ({r.config.protocol_hash}, suite v{r.suite.version}) differs from the "
                 f"baseline's ({baseline['protocol_hash']}, suite v{baseline['suite_version']}): scores are not "
                 f"comparable. Run with the baseline's config, or rewrite it on purpose with --update-baseline."
+            )
+    for head, rec in current.items():
+        made_with = baseline.get("head_options", {}).get(head)
+        if made_with is not None and rec.head.options != made_with:
+            differ = sorted(
+                k for k in set(made_with) | set(rec.head.options) if made_with.get(k) != rec.head.options.get(k)
+            )
+            shown = ", ".join(f"{k} {rec.head.options.get(k)!r} (baseline {made_with.get(k)!r})" for k in differ)
+            raise BaselineError(
+                f"head {head!r} ran with other options than the baseline's: {shown}. Its scores are not comparable; "
+                "run it with the baseline's options, or rewrite the baseline on purpose with --update-baseline."
             )
     found = []
     for head, base_metrics in baseline["scores"].items():

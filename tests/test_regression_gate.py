@@ -1,0 +1,102 @@
+"""The regression check's rules, pinned one by one (each was a one-line mutation no test noticed): the
+interval rule respects each metric's direction, a failed head is a regression, an update keeps hand-set
+tolerances, head options must match the baseline's, and the board's Δ is head minus reference."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from helpers import small_config
+
+from bench.cli import main
+from bench.report import regression, results
+from heads.cosine import CosineHead
+
+CFG = {"train": {"steps": 200, "batch_size": 64, "warmup_steps": 10}}
+
+
+def run(*args) -> int:
+    return main([*map(str, args), "--no-progress", "--quiet", "--resamples", "500"])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A good cosine and a broken one (trained as usual, its scores negated when evaluated), each with a
+    baseline of its own."""
+    tmp = tmp_path_factory.mktemp("gate")
+    cfg = small_config(tmp, **CFG)
+    assert run("--config", cfg, "--out", tmp / "good", "--heads", "cosine", "--update-baseline", tmp / "good.json") == 0
+    original = CosineHead.score
+    CosineHead.score = lambda self, a, b: original(self, a, b) if self.training else -original(self, a, b)
+    try:
+        code = run("--config", cfg, "--out", tmp / "bad", "--heads", "cosine", "--update-baseline", tmp / "bad.json")
+    finally:
+        CosineHead.score = original
+    assert code == 0
+    return tmp, cfg
+
+
+def _records(out):
+    return [r for r in results.load_all(out) if r.head.name == "cosine"]
+
+
+def test_the_interval_rule_flags_a_worse_lower_is_better_metric_and_not_an_improved_one(runs):
+    tmp, _ = runs
+    good, bad = regression.load(tmp / "good.json"), regression.load(tmp / "bad.json")
+    worse, _ = regression.compare(_records(tmp / "bad"), good, "interval", tmp / "bad", tmp / "good.json", 500)
+    flagged = {r.metric: r for r in worse}
+    assert "infonce_excess" in flagged and flagged["infonce_excess"].direction == "lower"
+    low, high = flagged["infonce_excess"].interval
+    assert low > 0 and high > low  # the broken head's excess is higher: worse, across the whole interval
+    assert "text_retrieval_recall@10" in flagged  # a higher-is-better metric that dropped
+    better, _ = regression.compare(_records(tmp / "good"), bad, "interval", tmp / "good", tmp / "bad.json", 500)
+    assert "infonce_excess" not in {r.metric for r in better}
+    assert "text_retrieval_recall@10" not in {r.metric for r in better}
+
+
+def test_a_failed_head_is_a_regression_not_a_pass(runs, capsys, monkeypatch):
+    tmp, cfg = runs
+
+    def broken(self, a, b):
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr(CosineHead, "score", broken)
+    capsys.readouterr()
+    assert run("--config", cfg, "--out", tmp / "f", "--heads", "cosine", "--check", tmp / "good.json") == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "missing/failed" in out and "regression check passed" not in out
+
+
+def test_update_baseline_keeps_hand_set_tolerances(runs, tmp_path):
+    tmp, cfg = runs
+    path = tmp_path / "b.json"
+    path.write_text((tmp / "good.json").read_text())
+    base = json.loads(path.read_text())
+    base["tolerances"]["infonce_excess"] = 0.5
+    base["default_tolerance"] = 0.07
+    path.write_text(json.dumps(base))
+    assert run("--config", cfg, "--out", tmp / "good", "--heads", "cosine", "--update-baseline", path) == 0
+    again = json.loads(path.read_text())
+    assert again["tolerances"]["infonce_excess"] == 0.5 and again["default_tolerance"] == 0.07
+
+
+def test_a_run_with_other_head_options_is_refused_not_passed(runs, tmp_path, capsys):
+    tmp, _ = runs
+    cfg = small_config(tmp_path, **CFG, heads={"cosine": {"out_dim": 2}})
+    capsys.readouterr()
+    assert run("--config", cfg, "--out", tmp_path / "o", "--heads", "cosine", "--check", tmp / "good.json") == 2
+    err = capsys.readouterr().err
+    assert "other options than the baseline" in err and "out_dim 2" in err
+
+
+def test_the_boards_delta_is_head_minus_reference(runs):
+    tmp, cfg = runs
+    out = tmp / "good"
+    assert run("--config", cfg, "--out", out, "--heads", "cosine,kme_proto") == 0
+    board = (out / "leaderboard.md").read_text()
+    values = {r.head.name: r.metrics["infonce_excess"] for r in results.load_all(out) if r.head.kind == "head"}
+    row = next(line for line in board.splitlines() if line.startswith("| kme_proto"))
+    delta = float(re.search(r"\| ([+-]\d+\.\d+) \[", row).group(1))
+    assert delta == pytest.approx(values["kme_proto"] - values["cosine"], abs=1e-4)
