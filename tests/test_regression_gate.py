@@ -100,3 +100,10 @@ def test_the_boards_delta_is_head_minus_reference(runs):
     row = next(line for line in board.splitlines() if line.startswith("| kme_proto"))
     delta = float(re.search(r"\| ([+-]\d+\.\d+) \[", row).group(1))
     assert delta == pytest.approx(values["kme_proto"] - values["cosine"], abs=1e-4)
+
+
+def test_a_misspelt_reference_head_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert run("--heads", "cosine", "--reference-head", "cosin", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "--reference-head 'cosin'" in err and "cosine" in err and not out.exists()

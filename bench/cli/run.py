@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="?",
         const="",
         metavar="BASELINE",
-        help="rewrite the baseline (default: the --check path, else results/baselines/SUITE.json)",
+        help="rewrite the baseline (default: the --check path, else OUT/baselines/SUITE.json)",
     )
     p.add_argument(
         "--check-data",
@@ -123,6 +123,7 @@ def _checked_plan(args):
     if args.resamples != 0 and args.resamples < 100:
         raise UsageError(f"--resamples {args.resamples}: use 0 (no intervals) or at least 100 (10,000 by default).")
     plan = planning.plan(request(args))
+    _check_reference_head(args.reference_head)
     if plan.cfg["repeats"] > 1 and (args.check or args.update_baseline is not None):
         raise UsageError(
             f"--check and --update-baseline judge one run per head; repeats = {plan.cfg['repeats']} makes "
@@ -130,6 +131,19 @@ def _checked_plan(args):
         )
     baseline = regression.load(args.check) if args.check else None
     return plan, baseline
+
+
+def _check_reference_head(name: str) -> None:
+    """A reference head that is not a head is a typo, not a request for no comparison."""
+    import heads
+
+    if name and name not in heads.list_heads():
+        from bench.core.registry import suggest
+
+        raise UsageError(
+            f"--reference-head {name!r} is not a registered head.{suggest(name, heads.list_heads())} "
+            "Name the head every other head is compared with (default: cosine)."
+        )
 
 
 def command(args) -> int:
