@@ -107,3 +107,28 @@ def test_a_misspelt_reference_head_is_refused_before_any_work(tmp_path, capsys):
     assert run("--heads", "cosine", "--reference-head", "cosin", "--out", out) == 2
     err = capsys.readouterr().err
     assert "--reference-head 'cosin'" in err and "cosine" in err and not out.exists()
+
+
+def test_heads_with_different_repeat_counts_are_paired_by_repeat_index(tmp_path, capsys):
+    """cosine with 2 repeats and kme_proto with 1 in one folder: the board is built (it used to crash with
+    "the two heads have 2 and 1 repeats") and compare pairs repeat 0 with repeat 0."""
+    cfg = small_config(tmp_path)
+    out = tmp_path / "o"
+    assert run("--config", cfg, "--out", out, "--heads", "cosine", "--repeats", 2) == 0
+    assert run("--config", cfg, "--out", out, "--heads", "kme_proto") == 0
+    board = (out / "leaderboard.md").read_text()
+    assert "kme_proto" in board and "cosine" in board
+    capsys.readouterr()
+    assert (
+        main(
+            ["compare", "--suite", "synthetic", "--heads", "kme_proto,cosine", "--out", str(out), "--resamples", "200"]
+        )
+        == 0
+    )
+    from bench.report import leaderboard, verdicts
+
+    got = verdicts.compare(out, leaderboard.collapse_repeats(results.load_all(out)), ["kme_proto", "cosine"], 200)
+    r0 = {r.repeat: r for r in results.load_all(out) if r.head.name == "cosine"}[0]
+    k0 = next(r for r in results.load_all(out) if r.head.name == "kme_proto")
+    main_row = next(x for x in got if x["metric"] == "infonce_excess")
+    assert main_row["difference"] == pytest.approx(k0.metrics["infonce_excess"] - r0.metrics["infonce_excess"])

@@ -56,6 +56,18 @@ def row_estimators(out_dir: Path, rs: list[ResultRecord], warn=_warn) -> dict[st
     return ests
 
 
+def repeat_indices(r: ResultRecord) -> list[int]:
+    return [x.repeat for x in (r.repeats.records if r.repeats else [r])]
+
+
+def matched(a: ResultRecord, ea: list, b: ResultRecord, eb: list) -> tuple[list, list]:
+    """The estimators of the repeats both rows ran, matched by repeat index (never by position or count):
+    repeat r of one head is paired with repeat r of the other."""
+    ia, ib = repeat_indices(a), repeat_indices(b)
+    common = sorted(set(ia) & set(ib))
+    return [ea[ia.index(r)] for r in common], [eb[ib.index(r)] for r in common]
+
+
 class Memo:
     """Intervals and paired results stored beside the runs (``OUT/.verdicts/``), keyed by everything they
     are computed from: the outcome files' checksums and specs, the resamples, the level and the code of
@@ -130,12 +142,19 @@ def for_suite(
     directions = rs[0].directions
     pairs: dict[tuple[str, str], dict] = {}
 
+    rows_by_name = {r.head.name: r for r in rs}
+
     def pair(a: str, b: str) -> dict:
         if (a, b) not in pairs:
-            pairs[(a, b)] = memo.get(
-                "paired",
-                [identity[a], identity[b], resamples],
-                lambda: uncertainty.paired(ests[a], ests[b], resamples, level=LEVEL),
+            ea, eb = matched(rows_by_name[a], ests[a], rows_by_name[b], ests[b])
+            pairs[(a, b)] = (
+                memo.get(
+                    "paired",
+                    [identity[a], identity[b], resamples],
+                    lambda: uncertainty.paired(ea, eb, resamples, level=LEVEL),
+                )
+                if ea
+                else {}  # no repeat in common: not compared
             )
         return pairs[(a, b)]
 
@@ -149,8 +168,8 @@ def for_suite(
             if head == top:
                 continue
             if head in ests and top in ests and metric in ests[head][0] and metric in ests[top][0]:
-                d = pair(head, top)[metric]
-                if d["low"] <= 0 <= d["high"]:
+                d = pair(head, top).get(metric)
+                if d is not None and d["low"] <= 0 <= d["high"]:
                     tied.add(head)
         v.best[metric] = tied
     main = rs[0].suite.main_metric
@@ -158,7 +177,9 @@ def for_suite(
         v.reference = reference
         for head in ests:
             if head != reference and main in ests[head][0] and main in ests[reference][0]:
-                v.versus_reference[head] = pair(head, reference)[main]
+                found = pair(head, reference).get(main)
+                if found is not None:
+                    v.versus_reference[head] = found
     return v
 
 
@@ -188,7 +209,13 @@ def compare(
     order = [m for m, _ in rs[0].suite.metric_directions]
     rows = []
     for other in heads[1:]:
-        found = uncertainty.paired(ests[heads[0]], ests[other], resamples, level=LEVEL)
+        ea, eb = matched(by_name[heads[0]], ests[heads[0]], by_name[other], ests[other])
+        if not ea:
+            raise UserError(
+                f"{heads[0]} (repeats {repeat_indices(by_name[heads[0]])}) and {other} (repeats "
+                f"{repeat_indices(by_name[other])}) have no repeat in common; run both with the same --repeats"
+            )
+        found = uncertainty.paired(ea, eb, resamples, level=LEVEL)
         for metric in sorted(found, key=lambda m: order.index(m) if m in order else len(order)):
             rows.append({"a": heads[0], "b": other, "metric": metric, **found[metric]})
     adjusted = uncertainty.holm({i: row["p_value"] for i, row in enumerate(rows)})
