@@ -132,3 +132,14 @@ def test_heads_with_different_repeat_counts_are_paired_by_repeat_index(tmp_path,
     k0 = next(r for r in results.load_all(out) if r.head.name == "kme_proto")
     main_row = next(x for x in got if x["metric"] == "infonce_excess")
     assert main_row["difference"] == pytest.approx(k0.metrics["infonce_excess"] - r0.metrics["infonce_excess"])
+
+
+def test_compare_says_a_head_ran_under_another_protocol(tmp_path, capsys):
+    cfg = small_config(tmp_path)
+    out = tmp_path / "o"
+    assert run("--config", cfg, "--out", out, "--heads", "cosine", "--seed", 1) == 0
+    assert run("--config", cfg, "--out", out, "--heads", "kme_proto") == 0
+    capsys.readouterr()
+    assert main(["compare", "--suite", "synthetic", "--heads", "kme_proto,cosine", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cosine has results" in err and "another protocol" in err

@@ -29,12 +29,22 @@ def command(args) -> int:
         )
     if args.resamples < 100:
         raise UsageError(f"--resamples {args.resamples}: use at least 100 (10,000 for a p-value below 0.001).")
-    chosen, _ = leaderboard.select(results.load_all(Path(args.out), warn=log.warning))
+    loaded = results.load_all(Path(args.out), warn=log.warning)
+    chosen, _ = leaderboard.select(loaded)
     if args.suite not in chosen:
         raise UsageError(
             f"no results of suite {args.suite!r} under {args.out}/runs; run it first "
             f"(run_bench.py --suite {args.suite} --out {args.out})."
         )
+    comparable = {r.head.name for r in chosen[args.suite]}
+    elsewhere = sorted({r.head.name for r in loaded if r.suite.name == args.suite} - comparable)
+    for head in heads:
+        if head not in comparable and head in elsewhere:
+            raise UsageError(
+                f"compare --suite {args.suite}: {head} has results under {args.out}/runs, but under another "
+                "protocol or suite version than the newest run, so they are not comparable with it; rerun "
+                f"{head} with the same settings (run_bench.py --suite {args.suite} --heads {head} --out {args.out})."
+            )
     try:
         rows = verdicts.compare(
             Path(args.out),
