@@ -8,11 +8,10 @@ Layout under OUT: ``tuning/optuna.journal`` (the studies, unless --storage), ``t
 
 from __future__ import annotations
 
-import copy
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import heads as head_registry
@@ -36,6 +35,7 @@ class TunePlan:
     storage_url: str | None
     workers: int
     validation: object  # the suite's ValidationSpec
+    worker_processes: list = field(default_factory=list)  # the --join processes this run started
 
     @property
     def out(self) -> Path:
@@ -155,16 +155,19 @@ def _spawn_workers(tp: TunePlan, argv: list[str]) -> None:
     cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "run_bench.py"), *argv, "--join", "--workers", "1"]
     if tp.storage_url is None:
         cmd += ["--storage", f"journal:{tp.out / 'tuning' / 'optuna.journal'}"]
-    procs = [
+    tp.worker_processes = [
         subprocess.Popen(cmd, env=environment.worker_env(i, tp.base.device.type))  # noqa: S603 (our own command line)
         for i in range(1, tp.workers)
     ]
-    tp._workers = procs  # waited for in finish()
 
 
 def wait_workers(tp: TunePlan) -> None:
-    for proc in getattr(tp, "_workers", []):
-        proc.wait()
+    for proc in tp.worker_processes:
+        if proc.wait() != 0:
+            log.warning(
+                f"[tune] a worker process (pid {proc.pid}) exited with {proc.returncode}; its trials are "
+                "retried by the others or by the next run"
+            )
 
 
 def final_runs(tp: TunePlan, found: dict) -> tuple[list, dict]:
@@ -180,7 +183,8 @@ def final_runs(tp: TunePlan, found: dict) -> tuple[list, dict]:
         for r in range(tp.repeats):
             sp = runner.plan(tp.suite, [head], cfg, tp.base.device, r)
             run = runner.run_planned(sp, tp.out / "tuned", tp.base.request.force, tp.base.request.progress, log.info)
-            records += [x for x in run.records if x.head.name == head or x.head.is_reference and head == list(found)[0]]
+            first = head == next(iter(found))  # the reference rows (the oracle) once, from the first head's runs
+            records += [x for x in run.records if x.head.name == head or (x.head.is_reference and first)]
     return records, chosen
 
 
@@ -197,7 +201,3 @@ def execute(tp: TunePlan, argv: list[str] | None = None, join: bool = False):
             f"studies {sorted(missing)} have fewer than {tp.trials} counted trials after every worker ended"
         )
     return final_runs(tp, found)
-
-
-def copy_request(request: plan_mod.Request, **changes) -> plan_mod.Request:
-    return plan_mod.Request(**{**copy.deepcopy(request.__dict__), **changes})
