@@ -56,17 +56,19 @@ def add_head_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """The flags that set config (layer 5 of bench/run/config.py's precedence), and the device."""
+def add_config_flags(p: argparse.ArgumentParser, repeats: bool = True) -> None:
+    """The flags that set config (layer 5 of bench/run/config.py's precedence), and the device.
+    ``repeats=False``: a command with a --repeats of its own (tune: test runs of each chosen setting)."""
     p.add_argument("--config", default=None, help="YAML file with seed / repeats / train / heads / suites sections")
     p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="run every cell N times (config: repeats), each varying the seed, random features and the "
-        "synthetic world; the leaderboard shows means, intervals and n",
-    )
+    if repeats:
+        p.add_argument(
+            "--repeats",
+            type=int,
+            default=None,
+            help="run every cell N times (config: repeats), each varying the seed, random features and the "
+            "synthetic world; the leaderboard shows means, intervals and n",
+        )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument(
         "--backbone",
@@ -95,7 +97,7 @@ def flags(args) -> dict:
     """The config-setting flags that were given, for bench/run/config.py's ``with_flags``."""
     return {
         "seed": args.seed,
-        "repeats": args.repeats,
+        "repeats": getattr(args, "repeats", None),
         "backbone": args.backbone,
         "data_root": args.data_root,
         "skip_corrupt": args.skip_corrupt,

@@ -10,6 +10,7 @@ from bench.cli.common import (
     DEFAULT_OUT,
     EXIT_FAILED,
     EXIT_OK,
+    add_config_flags,
     add_head_flags,
     add_output_flags,
     file_config,
@@ -51,13 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study (default 1)")
     p.add_argument("--join", action="store_true", help="only run trials of an existing study (a worker), then exit")
-    p.add_argument("--config", default=None, help="YAML config (train, heads, suites) the trials start from")
-    p.add_argument("--seed", type=int, default=None, help="the run seed, and the sampler's seed")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--backbone", default=None, help="open_clip model (real-data suites)")
-    p.add_argument("--data-root", default=None, help="datasets folder (real-data suites)")
-    p.add_argument("--skip-corrupt", action="store_true", help="leave undecodable images out")
-    p.add_argument("--force", action="store_true", help="recompute the final test runs")
+    add_config_flags(p, repeats=False)  # --config, --seed (also the sampler's), --device, --backbone, ...
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT}/)")
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples for the tuned board")
     p.add_argument("--reference-head", default="cosine", help="the head the tuned board compares with")

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from bench.core import atomic, distributed, hashing
+from bench.core import atomic, distributed, hashing, processes
 from bench.features.token_sets import OFFSETS_FILE, TOKENS_FILE, TokenSets, TokenWriter
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,9 @@ class FeatureCache:
             except (IndexError, ValueError):
                 same_host, pid = False, -1
             try:
-                dead = (same_host and not _alive(pid)) or time.time() - folder.stat().st_mtime > STALE_PARTIAL_SECONDS
+                dead = (
+                    same_host and not processes.pid_alive(pid)
+                ) or time.time() - folder.stat().st_mtime > STALE_PARTIAL_SECONDS
             except FileNotFoundError:
                 continue
             if dead:
@@ -268,14 +270,4 @@ class FeatureCache:
 def _host() -> str:
     return socket.gethostname().replace(".", "_")  # dots separate the fields of a building folder's name
 
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.core import processes
 from bench.core.errors import ConfigError
 from bench.core.registry import suggest
 from bench.run import config
@@ -264,16 +265,6 @@ def open_study(
     return study
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reclaim_lost(study) -> int:
     """RUNNING trials of this host whose worker process is gone (killed): failed, and their settings
     enqueued again. Returns how many. Trials of other hosts are left to their own hosts' workers."""
@@ -284,7 +275,7 @@ def reclaim_lost(study) -> int:
         if (
             t.user_attrs.get("host") == host
             and isinstance(t.user_attrs.get("pid"), int)
-            and not _alive(t.user_attrs["pid"])
+            and not processes.pid_alive(t.user_attrs["pid"])
         ):
             study._storage.set_trial_user_attr(t._trial_id, "lost", f"worker pid {t.user_attrs['pid']} died")
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
