@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 from helpers import small_config
@@ -143,3 +144,17 @@ def test_compare_says_a_head_ran_under_another_protocol(tmp_path, capsys):
     assert main(["compare", "--suite", "synthetic", "--heads", "kme_proto,cosine", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "cosine has results" in err and "another protocol" in err
+
+
+def test_a_tampered_or_foreign_baseline_is_refused_before_the_run(runs, tmp_path, capsys):
+    tmp, cfg = runs
+    base = tmp_path / "b.json"
+    base.write_text((tmp / "good.json").read_text())
+    shutil.copytree(tmp / "good.outcomes", tmp_path / "good.outcomes")  # the baseline names its files so
+    npz = tmp_path / "good.outcomes" / "cosine.npz"
+    npz.write_bytes(npz.read_bytes()[:-10])
+    out = tmp_path / "o"
+    assert run("--config", cfg, "--out", out, "--heads", "cosine", "--check", base) == 2
+    assert "checksum mismatch" in capsys.readouterr().err and not out.exists()  # nothing was computed
+    assert run("--config", cfg, "--out", out, "--heads", "cosine", "--seed", 5, "--check", tmp / "good.json") == 2
+    assert "differs from the baseline" in capsys.readouterr().err and not out.exists()

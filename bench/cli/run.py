@@ -130,7 +130,31 @@ def _checked_plan(args):
             "several. Use --repeats 1 for the regression check."
         )
     baseline = regression.load(args.check) if args.check else None
+    if baseline is not None:
+        _precheck(args, plan, baseline)
     return plan, baseline
+
+
+def _precheck(args, plan, baseline) -> None:
+    """Refuse a baseline that cannot judge this run before the run is computed, not after."""
+    from bench.report import regression
+    from bench.run import runner
+
+    sp = plan.suites[0]
+    suite = sp.suite_cls(sp.params)
+    protocol_hash, _ = runner._identify(suite, sp.suite_cls, sp.protocol, sp.cells, plan.cfg, plan.device)
+    try:
+        regression.precheck(
+            baseline,
+            Path(args.check),
+            args.check_rule,
+            sp.name,
+            sp.suite_cls.version,
+            protocol_hash,
+            {c.head: c.options for c in sp.cells},
+        )
+    except regression.BaselineError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_reference_head(name: str) -> None:

@@ -248,6 +248,40 @@ def compare(
     return found, sorted(set(current) - set(baseline["scores"]))
 
 
+def precheck(
+    baseline: dict,
+    path: Path,
+    rule: str,
+    suite: str,
+    suite_version: int,
+    protocol_hash: str,
+    head_options: dict[str, dict],
+) -> None:
+    """Everything about the baseline that can refuse the check, checked before the run is computed: its
+    suite, protocol, the heads' options and, for the interval rule, its outcome files' checksums."""
+    if baseline["suite"] != suite:
+        raise BaselineError(f"baseline is for suite {baseline['suite']!r}, the run is {suite!r}.")
+    if baseline["protocol_hash"] != protocol_hash or baseline["suite_version"] != suite_version:
+        raise BaselineError(
+            f"the run's protocol ({protocol_hash}, suite v{suite_version}) differs from the baseline's "
+            f"({baseline['protocol_hash']}, suite v{baseline['suite_version']}): scores are not comparable. Run "
+            "with the baseline's config, or rewrite it on purpose with --update-baseline."
+        )
+    for head, options in head_options.items():
+        made_with = baseline.get("head_options", {}).get(head)
+        if made_with is not None and options != made_with:
+            differ = sorted(k for k in set(made_with) | set(options) if made_with.get(k) != options.get(k))
+            shown = ", ".join(f"{k} {options.get(k)!r} (baseline {made_with.get(k)!r})" for k in differ)
+            raise BaselineError(
+                f"head {head!r} would run with other options than the baseline's: {shown}. Its scores are not "
+                "comparable; run it with the baseline's options, or rewrite the baseline with --update-baseline."
+            )
+    if rule == "interval":
+        for head in head_options:
+            if head in baseline["scores"]:
+                _baseline_estimators(baseline, path, head)  # raises on a missing or altered outcome file
+
+
 def report(regressions: list[Regression]) -> str:
     rows = [
         {
