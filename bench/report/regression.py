@@ -196,26 +196,8 @@ def compare(
     """Regressions of the heads this run computed (a head left out of the run is not judged), and the
     heads of the run that the baseline does not hold. ``rule``: "exact" or "interval" (see above)."""
     current = {r.head.name: r for r in records}
-    if records and records[0].suite.name != baseline["suite"]:
-        raise BaselineError(f"baseline is for suite {baseline['suite']!r}, the run is {records[0].suite.name!r}.")
     for r in records:
-        if r.config.protocol_hash != baseline["protocol_hash"] or r.suite.version != baseline["suite_version"]:
-            raise BaselineError(
-                f"the run's protocol ({r.config.protocol_hash}, suite v{r.suite.version}) differs from the "
-                f"baseline's ({baseline['protocol_hash']}, suite v{baseline['suite_version']}): scores are not "
-                f"comparable. Run with the baseline's config, or rewrite it on purpose with --update-baseline."
-            )
-    for head, rec in current.items():
-        made_with = baseline.get("head_options", {}).get(head)
-        if made_with is not None and rec.head.options != made_with:
-            differ = sorted(
-                k for k in set(made_with) | set(rec.head.options) if made_with.get(k) != rec.head.options.get(k)
-            )
-            shown = ", ".join(f"{k} {rec.head.options.get(k)!r} (baseline {made_with.get(k)!r})" for k in differ)
-            raise BaselineError(
-                f"head {head!r} ran with other options than the baseline's: {shown}. Its scores are not comparable; "
-                "run it with the baseline's options, or rewrite the baseline on purpose with --update-baseline."
-            )
+        comparable(baseline, r.suite.name, r.suite.version, r.config.protocol_hash, {r.head.name: r.head.options})
     found = []
     for head, base_metrics in baseline["scores"].items():
         rec = current.get(head)
@@ -248,17 +230,10 @@ def compare(
     return found, sorted(set(current) - set(baseline["scores"]))
 
 
-def precheck(
-    baseline: dict,
-    path: Path,
-    rule: str,
-    suite: str,
-    suite_version: int,
-    protocol_hash: str,
-    head_options: dict[str, dict],
-) -> None:
-    """Everything about the baseline that can refuse the check, checked before the run is computed: its
-    suite, protocol, the heads' options and, for the interval rule, its outcome files' checksums."""
+def comparable(baseline: dict, suite: str, suite_version: int, protocol_hash: str, head_options: dict) -> None:
+    """Raise ``BaselineError`` unless a run of this suite, version, protocol and these head options can be
+    judged against ``baseline`` (a baseline without head options, from before they were recorded, skips
+    that part)."""
     if baseline["suite"] != suite:
         raise BaselineError(f"baseline is for suite {baseline['suite']!r}, the run is {suite!r}.")
     if baseline["protocol_hash"] != protocol_hash or baseline["suite_version"] != suite_version:
@@ -273,9 +248,23 @@ def precheck(
             differ = sorted(k for k in set(made_with) | set(options) if made_with.get(k) != options.get(k))
             shown = ", ".join(f"{k} {options.get(k)!r} (baseline {made_with.get(k)!r})" for k in differ)
             raise BaselineError(
-                f"head {head!r} would run with other options than the baseline's: {shown}. Its scores are not "
+                f"head {head!r} runs with other options than the baseline's: {shown}. Its scores are not "
                 "comparable; run it with the baseline's options, or rewrite the baseline with --update-baseline."
             )
+
+
+def precheck(
+    baseline: dict,
+    path: Path,
+    rule: str,
+    suite: str,
+    suite_version: int,
+    protocol_hash: str,
+    head_options: dict[str, dict],
+) -> None:
+    """Everything about the baseline that can refuse the check, checked before the run is computed: its
+    suite, protocol, the heads' options and, for the interval rule, its outcome files' checksums."""
+    comparable(baseline, suite, suite_version, protocol_hash, head_options)
     if rule == "interval":
         for head in head_options:
             if head in baseline["scores"]:
