@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.errors import ConfigError
+from bench.core.errors import ConfigError, DataError
 from bench.data import probe_data
 from bench.eval import linear_probe
 from bench.eval.scoring import in_batches
@@ -24,6 +24,15 @@ from suites.base import Evaluation, ReportTable, SuiteData, register_suite
 from suites.classification import class_evaluation
 
 DATASETS = tuple(probe_data.LAYOUTS)
+
+
+def _rows(s: probe_data.LabelledSet) -> list:
+    """What a split's rows are: the file's full path, or the source's content stamp and row."""
+    from bench.data import image_source
+
+    return [image_source.identity(x) if image_source.indexed(x) is not None else str(x) for x in s.image_paths] + list(
+        s.labels
+    )
 
 
 @dataclass
@@ -54,6 +63,12 @@ class ProbeTest:
     test_labels: torch.Tensor
     val: torch.Tensor | object | None = None
     val_labels: torch.Tensor | None = None
+
+    @property
+    def n_classes(self) -> int:
+        """Classes over every split: a class whose only training image fell into the carve still has a row."""
+        labels = [y for y in (self.train_labels, self.test_labels, self.val_labels) if y is not None and len(y)]
+        return max(int(y.max()) for y in labels) + 1
 
 
 @register_suite("linear_probe")
@@ -128,7 +143,46 @@ class LinearProbeSuite(BackboneSuite):
         def split(which: str, per_class: int = 0):
             return probe_data.load_split(root, name, which, source, self.columns(), per_class)
 
-        return ProbeSet(name, split("train", k), split("test"), split(p["val_split"]) if p["val_split"] else None)
+        ps = ProbeSet(name, split("train", k), split("test"), split(p["val_split"]) if p["val_split"] else None)
+        self.check_probe_set(ps)
+        return ps
+
+    def check_probe_set(self, ps: ProbeSet) -> None:
+        """What would make the probe's number meaningless or crash after every head trained, refused now
+        (from the labels alone): one class, train and test the same rows, an empty carve, too few shots."""
+        p, where = self.params, f"linear_probe dataset {ps.name}"
+        for s in (ps.train, ps.test):
+            if _rows(s) == _rows(ps.train if s is ps.test else ps.test):
+                raise DataError(
+                    f"{where}: its train and test splits are the same rows (a single Dataset without splits, or "
+                    "one split named twice), so the probe would be scored on its own training data. Give it a "
+                    "DatasetDict with train and test splits (or hf:PATH:SPLIT sources that differ)."
+                )
+        train_y = list(ps.train.labels)
+        if ps.val is None and p["val_proportion"] > 0:
+            rows, val_rows = linear_probe.validation_split(len(train_y), p["val_proportion"], self.seed)
+            if len(val_rows) == 0 or len(rows) == 0:
+                raise ConfigError(
+                    f"suites.linear_probe.val_proportion = {p['val_proportion']} of {ps.name}'s {len(train_y)} "
+                    f"training images leaves {len(rows)} to train on and {len(val_rows)} to validate on; use a "
+                    f"proportion from {1 / len(train_y):.3g} to {1 - 1 / len(train_y):.3g} (or 0: no sweep)."
+                )
+            train_y = [train_y[i] for i in rows.tolist()]
+        if len(set(train_y)) < 2:
+            raise DataError(
+                f"{where}: its training images (after the validation carve) hold {len(set(train_y))} class, so "
+                "every head would score 1.0; a probe needs at least 2 classes. Point it at the complete dataset."
+            )
+        if p["fewshot_k"] > 0:
+            counts = {c: train_y.count(c) for c in set(train_y)}
+            short = {c: n for c, n in counts.items() if n < p["fewshot_k"]}
+            if short:
+                c, n = min(short.items(), key=lambda cn: cn[1])
+                raise ConfigError(
+                    f"suites.linear_probe.fewshot_k = {p['fewshot_k']}, but {len(short)} class(es) of {ps.name} "
+                    f"have fewer training images (class {c}: {n}, after the validation carve); lower fewshot_k to "
+                    f"at most {min(counts.values())} or use more training data."
+                )
 
     def skip_reason(self, head_cls) -> str | None:
         if not head_cls.has_image_embedding():
@@ -190,6 +244,7 @@ class LinearProbeSuite(BackboneSuite):
             val_x,
             val_y,
             fewshot_k=p["fewshot_k"],
+            n_classes=t.n_classes,
             batch_size=p["probe_batch_size"],
             lr=p["lr"],
             epochs=p["epochs"],
@@ -197,7 +252,7 @@ class LinearProbeSuite(BackboneSuite):
             device=device,
         )
         logits, labels = result.logits, t.test_labels
-        n_classes = max(int(train_y.max()), int(labels.max())) + 1
+        n_classes = t.n_classes
         if logits.shape[1] < n_classes:  # a test class the training split never showed: never predicted
             logits = torch.cat([logits, torch.full((len(logits), n_classes - logits.shape[1]), -math.inf)], 1)
         top5 = int(labels.max()) >= 5  # CLIP_benchmark's condition for reporting acc5

@@ -209,3 +209,132 @@ def test_a_dataset_rewritten_between_two_runs_of_one_process_is_read_again(data,
 
 def ds_path(root, i):
     return retrieval_data.load(root, "mscoco_captions", "test").image_paths[i]
+
+
+# -- read by the dataset's features, never by a value's Python type ---------------------------------
+def _per_image(root):
+    ds = retrieval_data.load(root, "mscoco_captions", "test")
+    per = [[] for _ in ds.image_paths]
+    for caption, i in zip(ds.captions, ds.caption_image):
+        per[i].append(caption)
+    return ds, per
+
+
+def test_caption_records_are_read_at_their_text_field(data, tmp_path):
+    """COCO exports hold ``Sequence({raw, sentid})`` (a dict of lists per row) or ``List({raw, sentid})``
+    (a list of dicts): every caption is read, not the field names "raw" and "sentid"."""
+    from datasets import Dataset, Features, Image, List, Sequence, Value
+
+    root, hf, _ = data
+    folder, per = _per_image(root)
+    images = [str(p) for p in folder.image_paths]
+    record = {"raw": Value("string"), "sentid": Value("int32")}
+    variants = {
+        "sequence": (Sequence(record), [{"raw": c, "sentid": list(range(len(c)))} for c in per]),
+        "list": (List(record), [[{"raw": x, "sentid": j} for j, x in enumerate(c)] for c in per]),
+    }
+    for name, (feature, column) in variants.items():
+        features = Features({"image": Image(), "sentences": feature})
+        Dataset.from_dict({"image": images, "sentences": column}, features=features).save_to_disk(tmp_path / name)
+        got = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / name}")
+        assert got.captions == folder.captions and got.caption_image == folder.caption_image, name
+    Dataset.from_dict({"image": images, "sentences": [{"sentid": [1]} for _ in per]}).save_to_disk(tmp_path / "x")
+    with pytest.raises(DataError, match="fields sentid, none of them a caption"):
+        retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / 'x'}")
+
+
+def test_a_split_named_in_the_spec_wins_and_a_single_dataset_has_none(data, tmp_path):
+    from datasets import DatasetDict
+
+    root, hf, _ = data
+    ds = coco_as_hf(root, "test")
+    other = ds.map(lambda r: {"sentences": [s + " (validation)" for s in r["sentences"]]})
+    DatasetDict({"test": ds, "validation": other}).save_to_disk(tmp_path / "dd")
+    got = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / 'dd'}:validation")
+    assert got.captions and all(c.endswith("(validation)") for c in got.captions)
+    with pytest.raises(DataError, match="single Dataset.*split 'no_such_split' cannot be chosen"):
+        retrieval_data.load(root, "mscoco_captions", "test", f"hf:{hf / 'coco_test'}:no_such_split")
+
+
+def test_image_columns_are_read_by_feature(data, tmp_path):
+    """Binary bytes are images; a list column or a 0-row dataset is refused by name; relative paths are
+    read from the dataset's folder, and a missing one is named with where it was looked for."""
+    import shutil
+
+    from datasets import Dataset
+
+    root, hf, _ = data
+    folder, per = _per_image(root)
+    raw = [open(p, "rb").read() for p in folder.image_paths]
+    Dataset.from_dict({"image": raw, "sentences": per}).save_to_disk(tmp_path / "binary")
+    got = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / 'binary'}")
+    assert got.captions == folder.captions
+    from bench.data import image_source
+
+    assert (
+        image_source.open_image(got.image_paths[0]).tobytes()
+        == image_source.open_image(folder.image_paths[0]).tobytes()
+    )
+    Dataset.from_dict({"image": [[1, 2]] * len(per), "sentences": per}).save_to_disk(tmp_path / "lists")
+    with pytest.raises(DataError, match="column 'image' holds List.*not images"):
+        retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / 'lists'}")
+    Dataset.from_dict({"image": [], "sentences": []}).save_to_disk(tmp_path / "empty")
+    with pytest.raises(DataError, match="0 rows"):
+        retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / 'empty'}")
+    rel = tmp_path / "relative"
+    Dataset.from_dict({"image": [f"img/{i}.jpg" for i in range(len(per))], "sentences": per}).save_to_disk(rel)
+    with pytest.raises(DataError, match="relative paths are read from the dataset's folder"):
+        retrieval_data.load(root, "mscoco_captions", "test", f"hf:{rel}")
+    (rel / "img").mkdir()
+    for i, p in enumerate(folder.image_paths):
+        shutil.copyfile(p, rel / "img" / f"{i}.jpg")
+    image_source.reset()
+    got = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{rel}")
+    assert (
+        image_source.open_image(got.image_paths[1]).tobytes()
+        == image_source.open_image(folder.image_paths[1]).tobytes()
+    )
+
+
+def test_rewritten_image_files_behind_paths_are_a_new_identity(data, tmp_path):
+    """A dataset that names its images by path: rewriting the files (its Arrow files untouched) changes
+    the data fingerprint, so cells and cached features are recomputed, not reused."""
+    import shutil
+
+    from datasets import Dataset
+    from PIL import Image as PILImage
+
+    from bench.data import image_source
+
+    root, hf, _ = data
+    folder, per = _per_image(root)
+    (tmp_path / "img").mkdir()
+    paths = []
+    for i, p in enumerate(folder.image_paths):
+        shutil.copyfile(p, tmp_path / "img" / f"{i}.jpg")
+        paths.append(str(tmp_path / "img" / f"{i}.jpg"))
+    Dataset.from_dict({"image": paths, "sentences": per}).save_to_disk(tmp_path / "d")
+    before = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / 'd'}").fingerprint()
+    PILImage.new("RGB", (20, 20), (9, 9, 9)).save(paths[0])
+    image_source.reset()
+    after = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{tmp_path / 'd'}").fingerprint()
+    assert after != before
+
+
+def test_a_parquet_replaced_with_the_same_mtime_is_read_anew(data, tmp_path):
+    """``datasets`` keys its parquet conversion by path and time; ``cp -p`` of other content kept the old one."""
+    from bench.core import snapshot
+    from bench.data import image_source
+
+    root, hf, _ = data
+    ds = coco_as_hf(root, "test")
+    target = tmp_path / "coco.parquet"
+    ds.to_parquet(str(target))
+    stat = target.stat()
+    first = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{target}:test")
+    ds.map(lambda r: {"sentences": [s[:-1] + "#" for s in r["sentences"]]}).to_parquet(str(target))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    image_source.reset()
+    with snapshot.frozen():
+        second = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{target}:test")
+    assert all(c.endswith("#") for c in second.captions) and second.fingerprint() != first.fingerprint()

@@ -56,7 +56,9 @@ def test_killed_during_training_resumes_and_reuses_finished_cells(tmp_path, sig)
     assert not results.run_path(out, "synthetic", "kme_rff").exists()
     results.read(first)  # what was finished is intact
     # a kill -9 in the middle of a write leaves at most a temporary file; plant one to be sure
-    (first.parent / ".kme_rbf.json.abc123.tmp").write_text("{half")
+    from bench.core import processes
+
+    (first.parent / f".kme_rbf.json.{processes.host_name()}~{proc.pid}.abc123.tmp").write_text("{half")
     rerun = subprocess.run(command(cfg, out), env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "cosine: reused" in rerun.stdout and "kme_rbf: reused" not in rerun.stdout
@@ -148,3 +150,28 @@ def test_written_files_and_cache_folders_follow_the_umask(tmp_path, umask):
     entry = cache.path({"k": 1})
     assert entry.stat().st_mode & 0o777 == 0o777 & ~umask
     assert (entry / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_live_writers_temporary_file_is_never_swept(tmp_path):
+    """A second run starting while the first writes used to delete the first's temporary file (its rename
+    then failed with FileNotFoundError). Only a dead owner's leftovers are removed."""
+    from bench.core import processes
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        host = processes.host_name()
+        live = tmp_path / f".cosine.json.{host}~{sleeper.pid}.x1.tmp"
+        gone = tmp_path / f".cosine.json.{host}~{dead.pid}.x2.tmp"
+        elsewhere = tmp_path / f".cosine.json.otherhost~{dead.pid}.x3.tmp"
+        for f in (live, gone, elsewhere):
+            f.write_text("{half")
+        with atomic.atomic_path(tmp_path / "mine.json") as mine:  # this process is writing too
+            Path(mine).write_text("{}")
+            assert atomic.sweep_stale(tmp_path) == [gone]
+            assert Path(mine).exists()
+        assert live.exists() and elsewhere.exists() and (tmp_path / "mine.json").read_text() == "{}"
+    finally:
+        sleeper.kill()
+        sleeper.wait()

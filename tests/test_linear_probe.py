@@ -357,3 +357,99 @@ def test_a_validation_split_that_is_the_test_or_train_split_is_refused(probe_dat
     args = ["--suite", "linear_probe", "--backbone", cfg, "--data-root", root, "--config", config]
     assert main([*args, "--out", tmp_path / "o", "--no-progress"]) == 2
     assert f"val_split = '{split}'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+# -- data that would give a meaningless probe number, refused before any head trains -----------------
+@pytest.fixture(scope="module")
+def cifar_splits(probe_data_root):
+    """The CIFAR fixture's splits as Hugging Face Datasets (PNG bytes), to reshape per case."""
+    from datasets import Dataset
+
+    from bench.data import image_source, probe_data
+
+    root, _ = probe_data_root
+    out = {}
+    for split in ("train", "test"):
+        s = probe_data.load_split(root, "cifar10", split)
+        out[split] = Dataset.from_dict({"img": [image_source.open_image(p) for p in s.image_paths], "label": s.labels})
+    return out
+
+
+def _probe_run(probe_data_root, tmp_path, source: str, extra: str = ""):
+    root, cfg = probe_data_root
+    config = probe_config(tmp_path, root, f", sources: {{cifar10: '{source}'}}{extra}")
+    args = ["--suite", "linear_probe", "--backbone", cfg, "--data-root", root, "--config", config]
+    return main([*map(str, args), "--heads", "cosine", "--out", str(tmp_path / "o"), "--no-progress"])
+
+
+@pytest.mark.parametrize(
+    "case,problem",
+    [
+        ("one_class", "1 class"),
+        ("single_dataset", "same rows"),
+        ("no_such_split", "split 'no_such_split' cannot be chosen"),
+        ("tiny_carve", "leaves 100 to train on and 0 to validate on"),
+        ("huge_carve", "(after the validation carve) hold 1 class"),
+        ("fewshot", "fewshot_k = 40"),
+    ],
+)
+def test_degenerate_probe_data_is_refused_before_any_work(
+    probe_data_root, cifar_splits, tmp_path, capsys, case, problem
+):
+    from datasets import DatasetDict
+
+    train, test = cifar_splits["train"], cifar_splits["test"]
+    extra = ""
+    if case == "one_class":
+        DatasetDict({"train": train.map(lambda r: {"label": 0}), "test": test}).save_to_disk(tmp_path / "d")
+        source = f"hf:{tmp_path / 'd'}"
+    elif case in ("single_dataset", "no_such_split"):
+        train.save_to_disk(tmp_path / "d")
+        source = f"hf:{tmp_path / 'd'}" + (":no_such_split" if case == "no_such_split" else "")
+    else:
+        DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "d")
+        source = f"hf:{tmp_path / 'd'}"
+        extra = {"tiny_carve": ", val_proportion: 0.001", "huge_carve": ", val_proportion: 0.999"}.get(
+            case, ", fewshot_k: 40"
+        )
+    capsys.readouterr()
+    assert _probe_run(probe_data_root, tmp_path, source, extra) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_class_seen_only_in_validation_still_gets_a_row(probe_data_root, cifar_splits, tmp_path):
+    """The final fit trains on train + validation: the classifier needs a row for every class of either
+    (CLIP_benchmark's training-labels max + 1 ended in ``IndexError: Target 9 is out of bounds``)."""
+    from datasets import DatasetDict
+
+    train, test = cifar_splits["train"], cifar_splits["test"]
+    nine = [i for i, y in enumerate(train["label"]) if y == 9]
+    DatasetDict(
+        {
+            "train": train.select([i for i in range(len(train)) if i not in nine]),
+            "validation": train.select(nine),
+            "test": test,
+        }
+    ).save_to_disk(tmp_path / "d")
+    extra = ", val_split: validation, val_proportion: 0"
+    assert _probe_run(probe_data_root, tmp_path, f"hf:{tmp_path / 'd'}", extra) == 0
+    record = results.read(results.run_path(tmp_path / "o", "linear_probe", "cosine"))
+    assert record.status == "ok" and record.metrics["cifar10/lp_acc1"] is not None
+
+
+@pytest.mark.parametrize("name", ["meru", "kme_rbf", "kme_rff", "wpse"])
+def test_probe_vectors_are_unit_for_heads_whose_image_vector_is_not(name):
+    """CLIP_benchmark L2-normalises probe features; for these heads embed_image is not unit, so dropping the
+    normalisation changes lp_acc1 and the chosen weight decay."""
+    import heads as registry
+    from suites.linear_probe import LinearProbeSuite
+
+    torch.manual_seed(0)
+    head = registry.get_head(name)(16, 16).eval()
+    points = torch.randn(12, 3, 16) * 3
+    raw = head.embed_image(points, None).norm(dim=-1)
+    assert not torch.allclose(raw, torch.ones_like(raw), atol=1e-3)  # the case the normalisation exists for
+    vectors = LinearProbeSuite.vectors(None, head, points, torch.device("cpu"))
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(12), atol=1e-5)

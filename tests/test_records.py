@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,10 @@ def test_a_valid_record_round_trips_through_its_dict():
         (lambda d: d["suite"].update(metric_directions=[["acc", "up"]]), "metric_directions"),
         (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "schema_version"),
         (lambda d: d.pop("schema_version"), "schema_version"),
+        (lambda d: d.update(suite="toy"), "record.suite must be a mapping"),
+        (lambda d: d.update(suite=None), "record.suite is null"),
+        (lambda d: d.update(head=[1]), "record.head must be a mapping"),
+        (lambda d: d.update(config=None), "record.config is null"),
     ],
 )
 def test_a_record_that_does_not_validate_is_named_with_its_problem(edit, problem):
@@ -70,11 +75,48 @@ def test_the_board_names_and_leaves_out_a_hand_edited_record(tmp_path):
     assert any("edited.json" in w and "metrics.acc" in w for w in warnings)
 
 
+RANKS = {"q/rank": [0, 1, 2, 0], "q/tied_neg": [0, 0, 0, 0], "q/tied_pos": [1, 1, 1, 1]}  # acc@1 = 0.5
+SPEC = {"acc": {"kind": "hit", "k": 1, "query": "q"}}
+
+
 def test_outcomes_are_read_only_with_the_checksum_the_record_names(tmp_path):
-    path = results.write(tmp_path, raw("h"), {"q/rank": [0, 1, 2]}, {"acc": {"kind": "hit", "k": 1, "query": "q"}})
+    path = results.write(tmp_path, raw("h"), RANKS, SPEC)
     rec = results.read(path)
-    assert list(results.read_outcomes(tmp_path, rec)["q/rank"]) == [0, 1, 2]
+    assert list(results.read_outcomes(tmp_path, rec)["q/rank"]) == [0, 1, 2, 0]
     npz = results.outcomes_path(tmp_path, "toy", "h")
     npz.write_bytes(npz.read_bytes() + b"x")
     with pytest.raises(ResultFileError, match="checksum mismatch"):
         results.read_outcomes(tmp_path, rec)
+
+
+def _edited(tmp_path, edit) -> Path:
+    path = results.write(tmp_path, raw("h"), RANKS, SPEC)
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_metric_that_its_own_outcomes_do_not_give_is_refused_everywhere(tmp_path):
+    """The edited number (0.0001 where the outcomes give 0.5) is never shown, reused or made a baseline."""
+    path = _edited(tmp_path, lambda d: d["metrics"].update(acc=0.0001))
+    with pytest.raises(ResultFileError, match="claims acc = 0.0001.*give 0.5"):
+        results.read_outcomes(tmp_path, results.read(path))
+    warnings = []
+    assert results.load_all(tmp_path, warn=warnings.append) == []
+    assert any("claims acc" in w for w in warnings)
+
+
+def test_an_edited_spec_is_caught_by_the_copy_inside_the_checksummed_file(tmp_path):
+    path = _edited(tmp_path, lambda d: (d["outcomes"]["spec"]["acc"].update(k=5), d["metrics"].update(acc=1.0)))
+    with pytest.raises(ResultFileError, match="another outcome spec"):
+        results.read_outcomes(tmp_path, results.read(path))
+
+
+def test_a_copy_of_a_result_is_not_a_second_repeat(tmp_path):
+    path = results.write(tmp_path, raw("h"), RANKS, SPEC)
+    (path.parent / "h.bak.json").write_bytes(path.read_bytes())
+    warnings = []
+    found = results.load_all(tmp_path, warn=warnings.append)
+    assert [(r.head.name, r.repeat) for r in found] == [("h", 0)]
+    assert any("h.bak.json" in w and "copy" in w for w in warnings)

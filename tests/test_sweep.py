@@ -44,6 +44,8 @@ def test_axes_parse_values_as_yaml_and_points_are_the_product_in_order():
         ("suites.topics=4", "suites.NAME.OPTION"),
         ("heads.*.out_dim=2,,4", "one or more"),
         ("heads.*.out_dim=2,2", "listed twice"),
+        ("heads.*.out_dim=2,2.0", "listed twice"),
+        ("train.lr=1e-3,0.001", "listed twice"),
         ("repeats=1,2", "--repeats"),
         ("heads.*.out dim=2", "dotted config key"),
     ],
@@ -166,6 +168,7 @@ def test_a_second_sweep_reuses_every_cell_and_ignores_stray_runs(swept, capsys):
         (["--grid", "heads.*.out_dim=0,2"], "out_dim"),
         (["--grid", "suites.synthetic.topics=1,2"], "topics"),
         (["--grid", "train.steps=1", "--metrics", "infonce_exces"], "Did you mean: 'infonce_excess'"),
+        (["--grid", "seed=1,2", "--seed", "3"], "both set the seed"),
         ([], "at least one --grid"),
     ],
 )
@@ -175,3 +178,22 @@ def test_a_bad_sweep_fails_before_any_work(tmp_path, capsys, extra, says):
     err = capsys.readouterr().err
     assert code == 2 and says in err and "Traceback" not in err
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_point_whose_run_would_not_use_its_label_is_refused(tmp_path, capsys):
+    """``heads.cosine.out_dim: 8`` in the shared config wins over ``heads.*.out_dim``: rows labelled 2 and 4
+    ran at 8. The sweep refuses before any work, naming the setting to remove."""
+    cfg = small_config(tmp_path, heads={"cosine": {"out_dim": 8}})
+    code = run("sweep", "--config", cfg, "--out", tmp_path / "sw", "--heads", "cosine", "--grid", "heads.*.out_dim=2,4")
+    err = capsys.readouterr().err
+    assert code == 2 and "cosine would run with out_dim = 8" in err and "heads.cosine.out_dim" in err
+    assert not (tmp_path / "sw").exists()
+
+
+def test_values_written_as_yaml_text_label_what_ran():
+    from bench.run import sweep as sweep_mod
+
+    axes = sweep_mod.parse_grid(["train.lr=1e-3"])
+    cfg = config.resolve(sweep_mod.apply({}, sweep_mod.points(axes)[0]))
+    sweep_mod.ran_as_labelled(axes, sweep_mod.points(axes)[0], cfg, [])  # 1e-3 (text) is the 0.001 that runs
+    assert cfg["train"]["lr"] == 0.001

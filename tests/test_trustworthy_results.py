@@ -442,7 +442,10 @@ def test_update_baseline_refuses_to_mix_protocols(four_heads, tmp_path, capsys):
         run("--config", cfg, "--out", tmp_path / "o", "--seed", 5, "--heads", "cosine", "--update-baseline", target)
         == 2
     )
-    assert "under another protocol" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "under another protocol" in err
+    suggested = err.split("(--heads ")[1].split(")")[0].split(",")
+    assert "oracle" not in suggested and set(suggested) == set(heads.list_heads())  # a command that runs
     assert target.read_bytes() == before
 
 
@@ -504,14 +507,15 @@ def test_a_crash_mid_run_keeps_references_and_leaderboard_consistent(four_heads,
     assert code == 130
     assert (out / "runs/synthetic/oracle.json").read_bytes() == oracle  # the reference row of the old protocol stays
     assert results.read(out / "runs/synthetic/cosine.json").seed == 7  # the finished cell is kept for the resume
-    # The leaderboard is rebuilt from what runs/ now holds: it shows the newest protocol and names what it left out.
+    # The leaderboard is rebuilt from what runs/ now holds: it shows the protocol of the last run that finished
+    # (the crashed one never wrote its index) and names the new protocol's cosine as left out.
     board = (out / "leaderboard.md").read_text()
-    chosen, notes = leaderboard.select(results.load_all(out))
-    from bench.report import verdicts
+    from bench.report import last_run, verdicts
 
+    chosen, notes = leaderboard.select(results.load_all(out), last_run.read_all(out))
     judged = {suite: verdicts.for_suite(out, rs) for suite, rs in chosen.items()}
     assert board == leaderboard.build_markdown(chosen, notes, source=out.as_posix(), verdicts=judged)
-    assert "left out" in board and "seed 7" in board
+    assert "left out cosine" in board and "seed 0" in board and "| oracle" in board
 
 
 def test_leaderboard_states_provenance_per_row_and_the_protocol(four_heads, tmp_path):

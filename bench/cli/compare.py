@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command(args) -> int:
     """``run_bench.py compare``: per metric, A - B with its paired 95% bootstrap interval, the sign-flip
     p-value, and that p-value after Holm's correction across every metric and pair compared."""
-    from bench.report import leaderboard, results, verdicts
+    from bench.report import last_run, leaderboard, results, verdicts
 
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     if len(heads) < 2 or len(set(heads)) != len(heads):
@@ -30,7 +30,7 @@ def command(args) -> int:
     if args.resamples < 100:
         raise UsageError(f"--resamples {args.resamples}: use at least 100 (10,000 for a p-value below 0.001).")
     loaded = results.load_all(Path(args.out), warn=log.warning)
-    chosen, _ = leaderboard.select(loaded)
+    chosen, _ = leaderboard.select(loaded, last_run.read_all(Path(args.out), log.warning))
     if args.suite not in chosen:
         raise UsageError(
             f"no results of suite {args.suite!r} under {args.out}/runs; run it first "
@@ -42,7 +42,7 @@ def command(args) -> int:
         if head not in comparable and head in elsewhere:
             raise UsageError(
                 f"compare --suite {args.suite}: {head} has results under {args.out}/runs, but under another "
-                "protocol or suite version than the newest run, so they are not comparable with it; rerun "
+                "protocol or suite version than the latest run, so they are not comparable with it; rerun "
                 f"{head} with the same settings (run_bench.py --suite {args.suite} --heads {head} --out {args.out})."
             )
     try:
@@ -67,6 +67,12 @@ def command(args) -> int:
                 f"{c['steps_run']} steps, so a verdict about it may reflect the budget, not the head. Raise "
                 "train.steps or tune it (run_bench.py tune)."
             )
+    degenerate = {h for h in heads if h in rows_by_head and leaderboard.degenerate_text(rows_by_head[h])}
+    for head in sorted(degenerate):
+        log.warning(
+            f"warning: {head} is DEGENERATE: {next(g.degenerate for g in _group(rows_by_head[head]) if g.degenerate)}. "
+            "No verdict is given for it."
+        )
     print(
         f"{args.suite}: {heads[0]} against {', '.join(heads[1:])}; differences A - B with paired 95% bootstrap "
         f"intervals over test queries, sign-flip p-values ({args.resamples:,} draws each), Holm-adjusted "
@@ -77,6 +83,8 @@ def command(args) -> int:
         up = directions.get(r["metric"], True)
         better = (r["difference"] > 0) == up
         verdict = "tied" if r["p_holm"] >= 0.05 else (f"{r['a']} better" if better else f"{r['b']} better")
+        if {r["a"], r["b"]} & degenerate:
+            verdict = f"none ({' and '.join(sorted({r['a'], r['b']} & degenerate))} degenerate)"
         print(
             f"{r['metric'][:44]:<44} {r['b'][:12]:<12} {r['difference']:>+9.4f} "
             f"[{r['low']:+.4f}, {r['high']:+.4f}] {r['p_value']:>7.4f} {r['p_holm']:>7.4f}  {verdict}"
@@ -86,3 +94,7 @@ def command(args) -> int:
         "(correlations over all pairs) are not compared."
     )
     return EXIT_OK
+
+
+def _group(row) -> list:
+    return row.repeats.records if row.repeats else [row]

@@ -22,6 +22,41 @@ def command(args) -> int:
     return check_data(args.data_root)
 
 
+def training_rows(root) -> list[dict]:
+    """The training pairs the real-data suites read by default (every head trains on them before it is
+    scored): a test split that is ready is not enough for a run."""
+    import suites
+    from bench.data import retrieval_data
+    from suites.backbone_suite import BackboneSuite
+
+    needs: dict[tuple[str, str], list[str]] = {}
+    for name in suites.list_suites():
+        cls = suites.get_suite(name)
+        if issubclass(cls, BackboneSuite):
+            d = cls.default_params()
+            needs.setdefault((str(d["train_dataset"]), str(d["train_split"])), []).append(name)
+    rows = []
+    for (dataset, split), users in sorted(needs.items()):
+        row = {"task": "training", "dataset": dataset}
+        try:
+            ds = retrieval_data.load(root, dataset, split)
+            rows.append(
+                {**row, "ready": True, "detail": f"{len(ds.captions)} pairs ({split} split), for {', '.join(users)}"}
+            )
+        except retrieval_data.DataError as exc:
+            info = retrieval_data.DATASETS.get(dataset)
+            rows.append(
+                {
+                    **row,
+                    "ready": False,
+                    "detail": f"the {split} split every head of {', '.join(users)} trains on: {exc}",
+                    "layout": info.layout.strip("\n") if info else "see docs/usage.md",
+                    "source": info.source if info else "",
+                }
+            )
+    return rows
+
+
 def check_data(data_root: str | None) -> int:
     """Which datasets are ready: a short table, then for each missing one its problem, layout and
     source, wrapped to 100 columns."""
@@ -30,7 +65,8 @@ def check_data(data_root: str | None) -> int:
     from bench.data import classification_data, probe_data, retrieval_data
 
     root = default_root(data_root)
-    rows = [{"task": "retrieval", **r} for r in retrieval_data.check_all(root)]
+    rows = training_rows(root)
+    rows += [{"task": "retrieval", **r} for r in retrieval_data.check_all(root)]
     rows += [{"task": "linear_probe", **r} for r in probe_data.check_all(root)]
     for name, (layout, source) in classification_data.LAYOUTS.items():
         try:
@@ -71,7 +107,7 @@ def check_data(data_root: str | None) -> int:
                 100,
                 initial_indent=first,
                 subsequent_indent=" " * 13,
-                break_long_words=False,
+                break_long_words=True,  # a path longer than a line is cut, not left past column 100
                 break_on_hyphens=False,
             ) or [first]
         return out

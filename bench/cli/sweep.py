@@ -100,6 +100,8 @@ def command(args) -> int:
             not args.no_progress,
         )
         planned.append((point, folder, planning.plan(req, device)))
+        plan = planned[-1][2]
+        sweep.ran_as_labelled(axes, point, plan.cfg, [c for sp in plan.suites for c in sp.cells])
     metrics = _metrics(args, suite_cls)
     planning.check_out_dir(out)
     version = provenance.code_version()  # read now: edits or commits made while the sweep runs change nothing
@@ -156,6 +158,11 @@ def _check_axes(args, axes, head_names: list[str]) -> None:
 
     for a in axes:
         parts = a.key.split(".")
+        if a.key == "seed" and args.seed is not None:
+            raise UsageError(
+                f"--seed {args.seed} and --grid seed=... both set the seed, and the grid would win silently; "
+                "give one of them."
+            )
         if parts[0] == "suites" and parts[1] != args.suite:
             raise UsageError(
                 f"--grid {a.key}: this sweep runs suite {args.suite!r}, so suites.{parts[1]} would "

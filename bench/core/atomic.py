@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from bench.core import processes
 
 
 def folder_problem(folder: str | os.PathLike, create: bool = False) -> str | None:
@@ -46,7 +49,7 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is flushed to disk and renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{processes.owner_tag()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -82,13 +85,22 @@ def save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
         )
 
 
+UNOWNED_AGE_S = 24 * 3600  # a temporary file without an owner tag (an older simbench's) is stale after a day
+
+
 def sweep_stale(folder) -> list[Path]:
-    """Remove temporary files a killed writer (kill -9) left behind; one writer per output folder."""
+    """Remove temporary files whose writer is gone: a process of this host that has ended (kill -9). A live
+    writer's file, or another host's (a shared folder), is never touched: a second run started while the
+    first writes cannot delete the first's ``.NAME.HOST~PID.RANDOM.tmp`` before it is renamed."""
     removed = []
     for tmp in Path(folder).rglob(".*.tmp"):
+        fields = tmp.name[: -len(".tmp")].split(".")
+        owner = next((f for f in reversed(fields) if "~" in f), None)
         try:
-            tmp.unlink()
-            removed.append(tmp)
+            stale = processes.owner_gone(owner) if owner else time.time() - tmp.stat().st_mtime > UNOWNED_AGE_S
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
         except OSError:
             pass
     return removed

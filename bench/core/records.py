@@ -110,6 +110,7 @@ class ResultRecord:
     outcomes: OutcomeRef | None = None
     curve: list | None = None  # [{step, train_loss, val}]: the learning curve at each evaluation point
     convergence: dict | None = None  # validation metric, best step, early stop, converged (bench/run/train.py)
+    degenerate: str | None = None  # why its scores carry no ranking (bench/eval/degenerate.py); never best
     repeats: RepeatGroup | None = None  # board rows only; never written
 
     def to_dict(self) -> dict:
@@ -117,7 +118,15 @@ class ResultRecord:
         out.pop("repeats")
         if out["suite"]["report"] is None:
             out["suite"].pop("report")
-        for optional in ("diagnostics", "trained_loss", "evaluation_details", "outcomes", "curve", "convergence"):
+        for optional in (
+            "diagnostics",
+            "trained_loss",
+            "evaluation_details",
+            "outcomes",
+            "curve",
+            "convergence",
+            "degenerate",
+        ):
             if out[optional] is None:
                 out.pop(optional)
         return out
@@ -130,6 +139,12 @@ class ResultRecord:
     def not_converged(self) -> bool:
         """True when the validation metric still improved by more than the suite's tolerance at the end."""
         return bool(self.convergence) and self.convergence.get("converged") is False
+
+    @property
+    def contestant(self) -> bool:
+        """A row that may be called best: it ran, is not a reference row, and its scores rank."""
+        group = self.repeats.records if self.repeats else [self]
+        return self.status == "ok" and self.head.kind != "reference" and not any(g.degenerate for g in group)
 
     @property
     def ok(self) -> bool:
@@ -172,8 +187,11 @@ def _check_fields(cls, data: dict, where: str) -> dict:
                 raise ResultFileError(f"lacks {where}.{f.name}")
             continue
         value = data[f.name]
-        if f.name in _SECTIONS and value is not None:
-            out[f.name] = _SECTIONS[f.name](**_check_fields(_SECTIONS[f.name], value, f"{where}.{f.name}"))
+        if f.name in _SECTIONS:
+            if value is None and "None" not in str(f.type):
+                raise ResultFileError(f"{where}.{f.name} is null, not a mapping")
+            sub = _SECTIONS[f.name]
+            out[f.name] = None if value is None else sub(**_check_fields(sub, value, f"{where}.{f.name}"))
             continue
         types, nullable = _expected(str(f.type))
         if value is None and nullable:
@@ -244,6 +262,13 @@ def read(path: Path) -> ResultRecord:
     return from_dict(data, f"result file {str(path)!r}")
 
 
+SPEC_ARRAY = "__spec__"  # the outcome spec, inside the checksummed file: an edited JSON spec is caught too
+
+
+def spec_array(spec: dict) -> np.ndarray:
+    return np.frombuffer(json.dumps(spec, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+
+
 def load_checked_npz(path: Path, sha256: str) -> dict | None:
     """The arrays of an outcome file if its content is the one named by ``sha256``; None otherwise."""
     if not Path(path).is_file() or hashing.file_sha256(path) != sha256:
@@ -253,8 +278,9 @@ def load_checked_npz(path: Path, sha256: str) -> dict | None:
 
 
 def outcome_arrays(folder: Path, record: ResultRecord) -> dict | None:
-    """The per-query arrays of ``record``, whose outcome file lies in ``folder`` (None if it has none); a
-    file that is missing or whose content is not the one the record names raises ``ResultFileError``."""
+    """The per-query arrays of ``record``, whose outcome file lies in ``folder`` (None if it has none). A
+    file that is missing, whose content is not the one the record names, or whose spec is not the record's
+    raises ``ResultFileError`` (bench/report/results.py also recomputes the metrics from them)."""
     if record.outcomes is None:
         return None
     path = Path(folder) / record.outcomes.file
@@ -263,5 +289,11 @@ def outcome_arrays(folder: Path, record: ResultRecord) -> dict | None:
         raise ResultFileError(
             f"{path} is missing or is not the outcome file {record.head.name}'s result names "
             "(checksum mismatch); rerun that head with --force."
+        )
+    stored = arrays.pop(SPEC_ARRAY, None)
+    if stored is not None and json.loads(bytes(stored).decode("utf-8")) != record.outcomes.spec:
+        raise ResultFileError(
+            f"the result beside {path} states another outcome spec than the file holds: it was edited. "
+            "Delete it and rerun that head."
         )
     return arrays

@@ -140,10 +140,14 @@ def evaluate(
     seed: int = 0,
     device="cpu",
     progress=None,
+    n_classes: int | None = None,
 ) -> ProbeResult:
-    """The whole protocol; ``val_x`` None means no sweep (weight decay 0), as CLIP_benchmark."""
+    """The whole protocol; ``val_x`` None means no sweep (weight decay 0), as CLIP_benchmark. ``n_classes``:
+    over every split (CLIP_benchmark takes the training labels' max + 1, which fails when the highest class
+    has no training image, e.g. after the validation carve)."""
     start = time.perf_counter()
-    dim, n_classes = train_x.shape[1], int(train_y.max()) + 1
+    dim = train_x.shape[1]
+    n_classes = n_classes or int(train_y.max()) + 1
     idxs = fewshot_indices(train_y, fewshot_k, seed)
     tx, ty = train_x[idxs], train_y[idxs]
     train_loader = _loader(tx, ty, batch_size, True)

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -268,6 +267,6 @@ class FeatureCache:
 
 
 def _host() -> str:
-    return socket.gethostname().replace(".", "_")  # dots separate the fields of a building folder's name
+    return processes.host_name()
 
     return True

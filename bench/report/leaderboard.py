@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.core import atomic, records
+from bench.core import atomic, hashing, records
 from bench.core.records import ResultRecord
 from bench.eval import uncertainty
-from bench.report import curves, results
+from bench.report import curves, last_run, results
 from bench.report import verdicts as verdicts_mod
 
 _warn = logging.getLogger("simbench").warning  # the CLI configures where it goes (bench/cli/common.py)
@@ -27,25 +27,53 @@ def _directions(record) -> list[tuple[str, bool]]:
     return list(record.directions.items())
 
 
-def select(records: list[ResultRecord]) -> tuple[dict[str, list[ResultRecord]], list[str]]:
-    """Per suite, the comparable records; plus notes on what was left out and why."""
+def _setting(r: ResultRecord) -> str:
+    """What a head's repeats must share to be averaged: its version, options and cell identity (code,
+    data, libraries, device); the protocol is shared already. Only the repeat index may differ."""
+    return hashing.json_sha256([r.head.version, r.head.options, r.identity], 16)
+
+
+def select(
+    records: list[ResultRecord], last_runs: dict[str, last_run.LastRun] | None = None
+) -> tuple[dict[str, list[ResultRecord]], list[str]]:
+    """Per suite, the comparable records; plus notes on what was left out and why.
+
+    The protocol is the latest run's (``last_run``; the newest record's where no run left an index).
+    Within it, each head shows the setting (options, code, data) of its newest record: repeats at
+    another setting are left out and named, never averaged in. Repeats are matched by their index."""
     by_suite: dict[str, list[ResultRecord]] = {}
     for r in records:
         by_suite.setdefault(r.suite.name, []).append(r)
     chosen, notes = {}, []
     for suite, rs in sorted(by_suite.items()):
-        newest = max(rs, key=lambda r: (r.suite.version, r.created_utc))
-        keep = [
+        run = (last_runs or {}).get(suite)
+        anchored = [
+            r for r in rs if run and (r.suite.version, r.config.protocol_hash) == (run.suite_version, run.protocol_hash)
+        ]
+        newest = max(anchored or rs, key=lambda r: (r.suite.version, r.created_utc))
+        same = [
             r
             for r in rs
             if r.suite.version == newest.suite.version and r.config.protocol_hash == newest.config.protocol_hash
         ]
-        left = [r for r in rs if r not in keep]
+        left = [r for r in rs if r not in same]
         if left:
             notes.append(
-                f"{suite}: left out {', '.join(sorted(r.head.name for r in left))} "
-                f"(older suite version or a different protocol than the newest run; rerun them to include)"
+                f"{suite}: left out {', '.join(sorted({r.head.name for r in left}))} "
+                f"(older suite version or a different protocol than the latest run; rerun them to include)"
             )
+        keep = []
+        for head in sorted({r.head.name for r in same}):
+            group = [r for r in same if r.head.name == head]
+            setting = _setting(max(group, key=lambda r: r.created_utc))
+            mine = [r for r in group if _setting(r) == setting]
+            stale = sorted(r.repeat for r in group if r not in mine)
+            if stale:
+                notes.append(
+                    f"{suite}: left out repeat(s) {', '.join(map(str, stale))} of {head}: another setting or code "
+                    "than its latest run (rerun with the same --repeats to include them)"
+                )
+            keep += mine
         chosen[suite] = keep
     return chosen, notes
 
@@ -85,7 +113,8 @@ def _order(rs: list[ResultRecord]) -> list[ResultRecord]:
     def key(r):
         kind = 0 if r.head.kind == "reference" else 1
         value = r.metrics.get(main)
-        return (kind, r.status != "ok", (-value if up else value) if value is not None else 0, r.head.name)
+        ranked = (-value if up else value) if value is not None else 0
+        return (kind, r.status != "ok", bool(degenerate_text(r)), ranked, r.head.name)
 
     return sorted(rs, key=key)
 
@@ -148,6 +177,15 @@ def convergence_text(r: ResultRecord) -> str:
     return "NOT CONVERGED" + (f" ({len(bad)} of {len(group)} repeats)" if len(group) > 1 else "")
 
 
+def degenerate_text(r: ResultRecord) -> str:
+    """'DEGENERATE' (with how many repeats) where a row's scores carry no ranking (bench/eval/degenerate.py)."""
+    group = r.repeats.records if r.repeats else [r]
+    bad = [g for g in group if g.degenerate]
+    if not bad:
+        return ""
+    return "DEGENERATE" + (f" ({len(bad)} of {len(group)} repeats)" if len(group) > 1 else "")
+
+
 def markdown_table(
     rs: list[ResultRecord],
     columns: list[tuple[str, str]],
@@ -162,7 +200,7 @@ def markdown_table(
     columns = [(label, m) for label, m in columns if any(r.metrics.get(m) is not None for r in ordered)]
     if not columns:
         return ""
-    contestant = [r.head.kind != "reference" and r.status == "ok" for r in ordered]
+    contestant = [r.contestant for r in ordered]  # never a reference, a failure or a degenerate head
     shown = pd.DataFrame({"head": [r.head.name for r in ordered], "v": [str(r.head.version) for r in ordered]})
     if any(r.repeats for r in ordered):
         shown["n"] = [str(r.repeats.n if r.repeats else 1) for r in ordered]
@@ -184,6 +222,8 @@ def markdown_table(
         ]
     if any(convergence_text(r) for r in ordered):
         shown["converged"] = [convergence_text(r) for r in ordered]
+    if any(degenerate_text(r) for r in ordered):
+        shown["degenerate"] = [degenerate_text(r) for r in ordered]
     if provenance and len({_commit(r) for r in rs}) > 1:
         shown["commit"] = [_commit(r) for r in ordered]
         shown["date"] = [r.created_utc[:10] for r in ordered]
@@ -244,7 +284,9 @@ def _legend(verdicts: dict) -> str:
         "sign-flip randomization p-value. A value without ± has no per-query form (a correlation over all "
         "pairs) or no outcome file; there bold marks the best value only. converged: NOT CONVERGED marks a "
         "cell whose validation metric (data disjoint from training and test) still improved by more than the "
-        "suite's tolerance over the last 20% of its training steps; its verdicts may reflect the budget."
+        "suite's tolerance over the last 20% of its training steps; its verdicts may reflect the budget. "
+        "DEGENERATE marks a head whose scores tie the best positive with a negative for most queries (constant "
+        "or collapsed scores): its recall is chance, and it is never marked best."
     )
 
 
@@ -414,7 +456,7 @@ def build(
     """Write leaderboard.md/.csv/.png under ``out_dir``; return the Markdown. Intervals and ties come
     from the per-query outcomes beside each result (``resamples`` 0: none)."""
     out_dir = Path(out_dir)
-    chosen, notes = select(results.load_all(out_dir, warn=warn))
+    chosen, notes = select(results.load_all(out_dir, warn=warn), last_run.read_all(out_dir, warn))
     chosen = {s: rs for s, rs in chosen.items() if rs}
     plots = {plot_path(out_dir, suite) for suite in chosen} | {curves.curves_path(out_dir, s) for s in chosen}
     for stale in [

@@ -104,6 +104,7 @@ def make(records: list[ResultRecord], previous: dict | None = None) -> tuple[dic
     first = ok[0]
     scores = {r.head.name: r.metrics for r in ok}
     kept = sorted(set(previous["scores"]) - set(scores)) if previous else []
+    references = {r.head.name for r in ok if r.head.is_reference}  # rows every run makes (oracle): not --heads
     if kept and (
         previous["protocol_hash"] != first.config.protocol_hash
         or previous["suite_version"] != first.suite.version
@@ -113,7 +114,8 @@ def make(records: list[ResultRecord], previous: dict | None = None) -> tuple[dic
             f"the baseline holds {', '.join(kept)}, which this run did not compute, under another protocol "
             f"({previous['protocol_hash']} vs this run's {first.config.protocol_hash}); keeping them would mix "
             f"protocols and dropping them would lose them. Rerun with every head it holds "
-            f"(--heads {','.join(sorted(set(previous['scores']) | set(scores)))}), or write to a new baseline file."
+            f"(--heads {','.join(sorted((set(previous['scores']) | set(scores)) - references))}), or write to a new "
+            "baseline file."
         )
     options = {r.head.name: r.head.options for r in ok}
     for head in kept:

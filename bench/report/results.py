@@ -14,6 +14,7 @@ import numpy as np
 
 from bench.core import atomic, hashing, records
 from bench.core.records import ResultFileError, ResultRecord, load_checked_npz, read  # noqa: F401 (re-exported)
+from bench.eval import uncertainty
 
 _warn = logging.getLogger("simbench").warning  # the CLI configures where it goes (bench/cli/common.py)
 
@@ -48,7 +49,8 @@ def write(out_dir: Path, record: ResultRecord, outcomes: dict | None = None, spe
     npz = outcomes_path(out_dir, suite, head, repeat)
     if outcomes:
         with atomic.atomic_path(npz) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in outcomes.items()})
+            arrays = {k: np.asarray(v) for k, v in outcomes.items()}
+            np.savez_compressed(fh, **arrays, **{records.SPEC_ARRAY: records.spec_array(spec or {})})
         record.outcomes = records.OutcomeRef(
             file=npz.name, sha256=hashing.file_sha256(npz), spec=spec or {}, arrays=sorted(outcomes)
         )
@@ -60,17 +62,63 @@ def write(out_dir: Path, record: ResultRecord, outcomes: dict | None = None, spe
     return path
 
 
+def _agrees(claimed: float, computed: float) -> bool:
+    return bool(np.isfinite(computed)) and abs(claimed - computed) <= 1e-6 * max(1.0, abs(computed))
+
+
+def check_metrics(record: ResultRecord, arrays: dict, where: str) -> None:
+    """Every metric with a per-query form must equal its recomputation from the outcome arrays: a result
+    whose number was edited (or written by other code) is refused, never shown or reused."""
+    try:
+        ests = uncertainty.estimators(arrays, record.outcomes.spec)
+        computed = {m: float(e.point()) for m, e in ests.items()}
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise ResultFileError(
+            f"{where}: its outcome spec does not fit its outcome file ({type(exc).__name__}: {exc}); "
+            "rerun that head with --force."
+        ) from None
+    for metric, value in computed.items():
+        claimed = record.metrics.get(metric)
+        if claimed is not None and not _agrees(float(claimed), value):
+            raise ResultFileError(
+                f"{where} claims {metric} = {claimed!r}, but its own per-query outcomes give {value!r}: the "
+                "file was edited or not written by this simbench. Delete it and rerun that head."
+            )
+
+
 def read_outcomes(out_dir: Path, record: ResultRecord) -> dict | None:
-    """The per-query arrays of ``record`` (None if it has none), checksum checked."""
-    return records.outcome_arrays(suite_dir(out_dir, record.suite.name), record)
+    """The per-query arrays of ``record`` (None if it has none): checksum and spec checked, and every metric
+    with a per-query form recomputed from them and compared with the record's."""
+    arrays = records.outcome_arrays(suite_dir(out_dir, record.suite.name), record)
+    if arrays is not None:
+        check_metrics(record, arrays, f"the result of {record.head.name} ({record.suite.name}, repeat {record.repeat})")
+    return arrays
+
+
+def check_place(path: Path, record: ResultRecord) -> None:
+    """A result counts only at the path its own content names: a copy (``cosine.bak.json``, a backup
+    of another run) is never a second repeat or another head's row."""
+    expected = run_path(Path(path).parents[2], record.suite.name, record.head.name, record.repeat)
+    if Path(path).name != expected.name or Path(path).parent.name != record.suite.name:
+        raise ResultFileError(
+            f"{str(path)!r} holds the result of {record.head.name} (suite {record.suite.name}, repeat "
+            f"{record.repeat}), whose place is {expected.name!r} in runs/{record.suite.name}/: it is a copy or "
+            "was moved. Move it out of runs/ (or delete it)."
+        )
 
 
 def load_all(out_dir: Path, warn=_warn) -> list[ResultRecord]:
-    """Every valid result file under ``out_dir/runs``; the others are named and left out."""
+    """Every valid result file under ``out_dir/runs``: read at its own place, with its outcome file's
+    checksum and its metrics' recomputation checked. The others are named and left out."""
     found = []
     for path in sorted((Path(out_dir) / "runs").glob("*/*.json")):
+        if path.name.startswith("_"):  # the suite's own index files (last_run.py), not results
+            continue
         try:
-            found.append(read(path))
+            record = read(path)
+            check_place(path, record)
+            read_outcomes(out_dir, record)
+            found.append(record)
         except ResultFileError as exc:
             warn(f"warning: {exc} Left out.")
     return found

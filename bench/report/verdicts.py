@@ -138,7 +138,7 @@ def for_suite(
     memo, identity = Memo(out_dir), {r.head.name: _identity(r) for r in rs}
     log.info(f"intervals and ties for {len(ests)} head(s), {resamples:,} resamples (stored under {out_dir}/.verdicts)")
     v.intervals = intervals(ests, resamples, memo, identity)
-    contestants = [r for r in rs if r.status == "ok" and r.head.kind != "reference"]
+    contestants = [r for r in rs if r.contestant]  # a degenerate head is never best (bench/eval/degenerate.py)
     directions = rs[0].directions
     pairs: dict[tuple[str, str], dict] = {}
 

@@ -79,7 +79,7 @@ def _check_type(value, default, where: str):
             raise ConfigError(f"{where} must be true or false, got {value!r}.")
         return value
     if isinstance(default, float) and isinstance(value, str):
-        value = _yaml_number(value, where)  # YAML 1.1 reads 1e-3 (no dot) as text; everyone writes it
+        value = yaml_number(value, where)  # YAML 1.1 reads 1e-3 (no dot) as text; everyone writes it
     if isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
         if isinstance(value, float):
             _finite(value, where)
@@ -102,7 +102,7 @@ def _check_type(value, default, where: str):
     )
 
 
-def _yaml_number(text: str, where: str):
+def yaml_number(text: str, where: str):
     """A number written in a form YAML leaves as text (``1e-3``, ``5E-4``); other text stays text."""
     import re
 

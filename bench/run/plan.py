@@ -17,7 +17,7 @@ import heads as head_registry
 import suites as suite_registry
 from bench.core import atomic, distributed
 from bench.core.errors import ConfigError, DataError
-from bench.report import provenance
+from bench.report import last_run, provenance
 from bench.run import config, runner
 
 log = logging.getLogger("simbench")
@@ -88,6 +88,7 @@ def head_names(request: Request) -> list[str]:
 def plan(request: Request, device: torch.device | None = None) -> Plan:
     """Everything a user can get wrong, checked before any work: names, config, options, device, paths.
     ``device``: one already resolved (a sweep resolves it once for all its points)."""
+    provenance.code_version()  # the commit now: inside snapshot.frozen() a commit made during the build is not named
     names = suite_registry.list_suites() if request.suite == "all" else [request.suite]
     for name in names:
         suite_registry.get_suite(name)
@@ -109,12 +110,13 @@ def execute(plan: Plan) -> tuple[list[runner.RunSummary], list[Skipped]]:
     (with its reason); otherwise a data problem is bad input, raised as ``UserError``."""
     from suites.backbone_suite import CorruptImages
 
-    summaries, skipped, given_up = [], [], set()
+    summaries, skipped, given_up, done = [], [], set(), []
     for sp in plan.suites:
         if sp.name in given_up:
             continue
         try:
             summaries.append(runner.run_planned(sp, plan.out, plan.request.force, plan.request.progress, log.info))
+            done += [] if sp.validation_only else summaries[-1].records  # what the board follows
         except CorruptImages as exc:  # the list of files is the message: never shortened
             if not plan.everything:
                 raise
@@ -125,6 +127,8 @@ def execute(plan: Plan) -> tuple[list[runner.RunSummary], list[Skipped]]:
                 raise DataError(f"{exc}\n(run `run_bench.py --check-data` to see what is ready)") from None
             given_up.add(sp.name)
             skipped.append(Skipped(sp.name, str(exc).split(" Expected layout")[0], data_not_ready=True))
+    if distributed.is_main() and done:
+        last_run.write(plan.out, done)
     return summaries, skipped
 
 

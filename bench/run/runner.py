@@ -21,6 +21,7 @@ import heads as head_registry
 import suites as suite_registry
 from bench.core import atomic, distributed
 from bench.core.records import SCHEMA_VERSION, CellConfig, HeadInfo, ResultRecord, SuiteInfo
+from bench.eval import degenerate
 from bench.eval.scoring import HeadContractError, ScoreError
 from bench.report import provenance, results
 from bench.run import config
@@ -240,10 +241,11 @@ def _reusable(out_dir: Path, suite: str, cell: Cell, log=lambda *a, **k: None) -
         return None
     try:
         record = results.read(path)
+        results.check_place(path, record)
     except results.ResultFileError as exc:
         log(f"[{suite}] {cell.head}: {exc} It is recomputed now.")
         return None
-    if not record.ok or record.config.key != cell.key:
+    if not record.ok or record.config.key != cell.key or record.repeat != cell.repeat:
         return None
     try:  # a reused result must bring its own per-query outcomes, or intervals would come from elsewhere
         results.read_outcomes(out_dir, record)
@@ -549,6 +551,10 @@ def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
         record.evaluation_details = evaluation.details
     if not error and curve:
         record.curve, record.convergence = curve, convergence
+    if not error:
+        record.degenerate = degenerate.check(evaluation.outcomes, evaluation.spec)
+        if record.degenerate:
+            log(f"[{suite_name}] {cell.head}: DEGENERATE: {record.degenerate}")
     path = results.write(out_dir, record, evaluation.outcomes, evaluation.spec) if is_main else None
     distributed.barrier()
     if not error:

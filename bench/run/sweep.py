@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import yaml
 
 from bench.core.errors import ConfigError
+from bench.run import config
 
 MAX_POINTS = 400  # a grid bigger than this is almost surely a typo (each point is a full run of every head)
 
@@ -57,9 +58,20 @@ def parse_axis(spec: str) -> Axis:
         ) from None
     if not raw.strip() or any(isinstance(v, (dict, list)) for v in values) or "" in [v.strip() for v in raw.split(",")]:
         raise ConfigError(f"--grid {spec!r}: give one or more comma-separated values after '=', e.g. {key}=2,4,8.")
-    if len(set(map(repr, values))) != len(values):
-        raise ConfigError(f"--grid {spec!r}: a value is listed twice.")
+    same = [_same_value(v) for v in values]  # 2 and 2.0 are one point: the run would be the same
+    if len(set(same)) != len(same):
+        twice = next(v for v, k in zip(values, same) if same.count(k) > 1)
+        raise ConfigError(f"--grid {spec!r}: the value {twice!r} is listed twice (2 and 2.0 are the same value).")
     return Axis(key, values)
+
+
+def _same_value(v) -> tuple:
+    """What makes two values the same run: 2, 2.0 and "2e0" (YAML leaves 1e-3 as text) are one number."""
+    if isinstance(v, str):
+        v = config.yaml_number(v, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return ("number", float(v))
+    return (type(v).__name__, repr(v))
 
 
 def parse_grid(specs: list[str]) -> list[Axis]:
@@ -110,3 +122,31 @@ def point_name(axes: list[Axis], point: dict[str, object], index: int) -> str:
     use = [a.label if labels.count(a.label) == 1 else a.key for a in axes]
     text = "-".join(f"{u}={point[a.key]}" for u, a in zip(use, axes))
     return f"{index:03d}-" + re.sub(r"[^A-Za-z0-9_.=+-]", "_", text)[:150]
+
+
+def ran_as_labelled(axes: list[Axis], point: dict[str, object], cfg: dict, cells: list) -> None:
+    """Refuse a point whose planned run does not use the values its label states: e.g. ``heads.*.out_dim=2``
+    while the shared config sets ``heads.cosine.out_dim: 8`` (a head's own section wins), which labelled a
+    row 2 that ran at 8. ``cfg``: the point's resolved config; ``cells``: its planned cells."""
+    for a in axes:
+        parts, want = a.key.split("."), point[a.key]
+        if parts[0] == "heads":
+            for cell in cells:
+                applies = parts[1] in ("*", cell.head) and parts[2] in cell.options
+                got = cell.options.get(parts[2])
+                if applies and _same_value(got) != _same_value(want):
+                    section = f"heads.{cell.head}.{parts[2]}"
+                    raise ConfigError(
+                        f"--grid {a.key}={want}: {cell.head} would run with {parts[2]} = {got!r}, because the config "
+                        f"sets {section} (a head's own section wins over heads.*); the table would label it "
+                        f"{want!r}. Remove {section} from the config, or sweep it by name (--grid {section}=...)."
+                    )
+            continue
+        node = cfg
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else None
+        if _same_value(node) != _same_value(want):
+            raise ConfigError(
+                f"--grid {a.key}={want}: the planned run uses {a.key} = {node!r}, so the point would be labelled "
+                "with a value it did not run; remove the setting that overrides it."
+            )
