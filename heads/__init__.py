@@ -17,6 +17,9 @@ BUILTIN_MODULES = (
     "heads.wpse",
     "heads.filip",
     "heads.meru",
+    "heads.pcmepp",
+    "heads.smooth_chamfer",
+    "heads.flair",
 )
 
 for _module in BUILTIN_MODULES:

@@ -52,7 +52,7 @@ def lorentz_distance(space_a, time_a, space_b, time_b, c: torch.Tensor) -> torch
 
 @register_head("meru")
 class MeruHead(SimilarityHead):
-    version = 1
+    version = 2  # 2: curvature bounds relative to its start, [c0/10, 10 c0], as MERU (the same at c0 = 1)
     description = "MERU: pooled points lifted onto a Lorentz hyperboloid; score = -scale * geodesic distance."
 
     def __init__(
@@ -60,14 +60,19 @@ class MeruHead(SimilarityHead):
         image_dim: int,
         text_dim: int,
         init_curvature: float = 1.0,
-        min_curvature: float = 0.1,
-        max_curvature: float = 10.0,
+        min_curvature: float | None = None,
+        max_curvature: float | None = None,
         learn_curvature: bool = True,
         init_logit_scale: float = 1 / 0.07,
         max_logit_scale: float = 100.0,
         out_dim: int | None = None,
     ):
         super().__init__(image_dim, text_dim)
+        if not init_curvature > 0:
+            raise ValueError(f"meru: init_curvature must be > 0, got {init_curvature!r}.")
+        # MERU bounds the curvature relative to where it starts: [c0 / 10, 10 c0]; None takes that bound.
+        min_curvature = init_curvature / 10 if min_curvature is None else min_curvature
+        max_curvature = init_curvature * 10 if max_curvature is None else max_curvature
         if not 0 < min_curvature <= init_curvature <= max_curvature:
             raise ValueError(
                 f"meru: need 0 < min_curvature <= init_curvature <= max_curvature, got "

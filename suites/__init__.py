@@ -20,6 +20,7 @@ BUILTIN_MODULES = (
     "suites.retrieval",
     "suites.classification",
     "suites.linear_probe",
+    "suites.compositionality",
 )
 
 for _module in BUILTIN_MODULES:

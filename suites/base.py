@@ -57,7 +57,7 @@ class Evaluation:
 
         def ref(s: dict) -> dict:
             out = dict(s)
-            for key in ("query", "values", "labels"):
+            for key in ("query", "values", "labels", "ties"):
                 if key in out:
                     out[key] = f"{prefix}/{out[key]}"
             if "of" in out:

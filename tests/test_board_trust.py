@@ -167,3 +167,32 @@ def test_a_collapsed_head_is_flagged_and_never_best(tmp_path, capsys):
         assert "flat_test is DEGENERATE" in shown.err and "better" not in table and "flat_test degenerate" in table
     finally:
         heads.HEADS.unregister("flat_test")
+
+
+def test_a_few_exact_ties_are_not_a_collapse_but_constant_scores_are():
+    """FILIP's scores saturate on shared points: its best positive ties with one or two of 999 negatives for
+    half the queries, and it still ranks. A collapse ties it with most of them."""
+    import numpy as np
+
+    from bench.eval import degenerate
+
+    spec = {"r@1": {"kind": "hit", "query": "q", "k": 1}}
+
+    def arrays(tied):
+        tied = np.asarray(tied, dtype=np.int32)
+        return {
+            "q/rank": np.zeros_like(tied),
+            "q/tied_neg": tied,
+            "q/tied_pos": np.ones_like(tied),
+            "q/n_candidates": np.asarray(1000),
+        }
+
+    assert degenerate.check(arrays([2] * 60 + [0] * 40), spec) is None
+    assert degenerate.check(arrays([999] * 60 + [0] * 40), spec)
+    assert (
+        degenerate.check(arrays([600] * 51 + [0] * 49), spec)
+        and degenerate.check(arrays([600] * 50 + [0] * 50), spec) is None
+    )
+    old = arrays([999] * 100)
+    del old["q/n_candidates"]
+    assert degenerate.check(old, spec) is None  # written before n_candidates: not judged

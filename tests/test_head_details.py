@@ -111,14 +111,30 @@ DEFAULTS = {
     },
     "meru": {
         "init_curvature": 1.0,
-        "min_curvature": 0.1,
-        "max_curvature": 10.0,
+        "min_curvature": None,  # init_curvature / 10, as MERU
+        "max_curvature": None,  # init_curvature * 10
         "learn_curvature": True,
         "init_logit_scale": 1 / 0.07,
         "max_logit_scale": 100.0,
         "out_dim": None,
     },
+    "pcmepp": {"init_shift": 5.0, "init_negative_scale": 5.0, "init_log_variance": -5.0, "out_dim": None},
+    "smooth_chamfer": {
+        "temperature": 16.0,
+        "num_points": None,
+        "init_logit_scale": 1 / 0.07,
+        "max_logit_scale": 100.0,
+        "out_dim": None,
+        "memory_budget_mb": 256.0,
+    },
+    "flair": {"init_logit_scale": 1 / 0.07, "max_logit_scale": 100.0, "out_dim": None, "memory_budget_mb": 512.0},
 }
+
+
+def test_meru_curvature_bounds_are_relative_to_its_start_as_merus():
+    head = get_head("meru")(4, 4, init_curvature=2.0)
+    assert [round(math.exp(b), 9) for b in head.log_range] == [0.2, 20.0]
+    assert [round(math.exp(b), 9) for b in get_head("meru")(4, 4).log_range] == [0.1, 10.0]
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -280,7 +280,7 @@ def test_check_data_lists_the_probe_datasets(probe_data_root, capsys):
     root, _ = probe_data_root
     main(["--check-data", "--data-root", str(root)])
     out = capsys.readouterr().out
-    assert "linear_probe    cifar10           yes    100 train, 40 test images" in out
+    assert "linear_probe    cifar10                 yes    100 train, 40 test images" in out
     assert "cifar100 (linear_probe)" in out and "cifar-100-python" in out
     assert max(len(line) for line in out.splitlines()) <= 100
 

@@ -75,8 +75,9 @@ def test_check_data_command(tmp_path, capsys, monkeypatch):
     assert "mscoco_captions" in out and "yes" in out and "imagenet-r" in out and "hendrycks" in out
     assert max(len(line) for line in out.splitlines()) <= 100 and "| layout" not in out
     # the COCO test split is there, the train split every head of the real-data suites trains on is not
-    assert "retrieval       mscoco_captions   yes" in out and "training        mscoco_captions   no" in out
-    assert "the train split every head of classification, linear_probe, retrieval trains on" in " ".join(out.split())
+    assert "retrieval       mscoco_captions         yes" in out and "training        mscoco_captions         no" in out
+    users = "classification, compositionality, linear_probe, retrieval"
+    assert f"the train split every head of {users} trains on" in " ".join(out.split())
     monkeypatch.setenv("SIMBENCH_DATA", str(tmp_path / "nowhere"))
     assert main(["--check-data"]) == 1
     assert "does not exist" in " ".join(capsys.readouterr().out.split())  # wrapped to 100 columns

@@ -62,12 +62,13 @@ def check_data(data_root: str | None) -> int:
     source, wrapped to 100 columns."""
     import textwrap
 
-    from bench.data import classification_data, probe_data, retrieval_data
+    from bench.data import classification_data, probe_data, retrieval_data, selection_data
 
     root = default_root(data_root)
     rows = training_rows(root)
     rows += [{"task": "retrieval", **r} for r in retrieval_data.check_all(root)]
     rows += [{"task": "linear_probe", **r} for r in probe_data.check_all(root)]
+    rows += [{"task": "compositional", **r} for r in selection_data.check_all(root)]
     for name, (layout, source) in classification_data.LAYOUTS.items():
         try:
             ds = classification_data.load(root, name)
@@ -90,10 +91,10 @@ def check_data(data_root: str | None) -> int:
                     "source": source,
                 }
             )
-    lines = [f"data root: {root.resolve()}", "", f"{'task':<15} {'dataset':<17} {'ready':<6} detail"]
+    lines = [f"data root: {root.resolve()}", "", f"{'task':<15} {'dataset':<23} {'ready':<6} detail"]
     for r in rows:
         detail = r["detail"] if r["ready"] else "missing or incomplete (below)"
-        lines.append(f"{r['task']:<15} {r['dataset']:<17} {'yes' if r['ready'] else 'no':<6} {detail}"[:100])
+        lines.append(f"{r['task']:<15} {r['dataset']:<23} {'yes' if r['ready'] else 'no':<6} {detail}"[:100])
     missing = [r for r in rows if not r["ready"]]
     if missing:
         lines += ["", "What is missing, the layout expected and where to get it:"]

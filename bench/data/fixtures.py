@@ -96,3 +96,46 @@ TINY_BACKBONE = {
     "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "patch_size": 8, "head_width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
 }
+
+
+def make_sugarcrepe(root: Path, per_task: int = 6, g: torch.Generator | None = None) -> Path:
+    """``root/sugar_crepe``: val2017/ and every task's JSON in SugarCrepe's format (non-contiguous ids,
+    as the real files have). Returns the folder."""
+    folder = root / "sugar_crepe"
+    (folder / "val2017").mkdir(parents=True)
+    for i in range(per_task):
+        _image(folder / "val2017" / f"{i:012d}.jpg", i, g)
+    for t, task in enumerate(
+        ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
+    ):
+        ann = {
+            str(3 * i + t): {
+                "filename": f"{i:012d}.jpg",
+                "caption": _words(7 * i + t, 4),
+                "negative_caption": _words(7 * i + t + 3, 5),
+            }
+            for i in range(per_task)
+        }
+        (folder / f"{task}.json").write_text(json.dumps(ann))
+    return folder
+
+
+def make_winoground(root: Path, n: int = 5, g: torch.Generator | None = None) -> Path:
+    """``root/winoground``: examples.jsonl and images/ex_{id}_img_{0,1}.png. Returns the folder."""
+    folder = root / "winoground"
+    (folder / "images").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        for j in (0, 1):
+            _image(folder / "images" / f"ex_{i}_img_{j}.png", 2 * i + j, g)
+        lines.append(json.dumps({"id": i, "caption_0": _words(11 * i, 4), "caption_1": _words(11 * i + 5, 4)}))
+    (folder / "examples.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+WORDS = ("dog", "red", "under", "tree", "two", "blue", "car", "on", "man", "small", "grass", "holding", "cat", "sky")
+
+
+def _words(seed: int, n: int) -> str:
+    """A caption of ``n`` words drawn by ``seed``: different captions score differently under a random model."""
+    return " ".join(WORDS[(seed * 5 + 3 * k * k + k) % len(WORDS)] for k in range(n))

@@ -41,7 +41,7 @@ CHUNK_CELLS = 4_000_000  # draws x units per block: bounds memory (~32 MB) whate
 
 def rank_outcomes(scores: torch.Tensor, positives: torch.Tensor, block: int = 4096) -> dict[str, np.ndarray]:
     """Per query row: negatives strictly above its best positive (its 0-based rank when nothing ties),
-    negatives tied with it, positives tied with it."""
+    negatives tied with it, positives tied with it; and how many candidates each row has."""
     require_finite(scores, "scores ranked for per-query outcomes")
     out = {"rank": [], "tied_neg": [], "tied_pos": []}
     for start in range(0, scores.shape[0], block):
@@ -51,7 +51,9 @@ def rank_outcomes(scores: torch.Tensor, positives: torch.Tensor, block: int = 40
         out["rank"].append(((s > best) & ~pos).sum(dim=1))
         out["tied_neg"].append(((s == best) & ~pos).sum(dim=1))
         out["tied_pos"].append(((s == best) & pos).sum(dim=1))
-    return {k: torch.cat(v).to(torch.int32).cpu().numpy() for k, v in out.items()}
+    found = {k: torch.cat(v).to(torch.int32).cpu().numpy() for k, v in out.items()}
+    found["n_candidates"] = np.asarray(scores.shape[1], dtype=np.int32)  # per query row (the degenerate check)
+    return found
 
 
 def hits(arrays: dict, prefix: str, k: int) -> np.ndarray:

@@ -285,8 +285,8 @@ def _legend(verdicts: dict) -> str:
         "pairs) or no outcome file; there bold marks the best value only. converged: NOT CONVERGED marks a "
         "cell whose validation metric (data disjoint from training and test) still improved by more than the "
         "suite's tolerance over the last 20% of its training steps; its verdicts may reflect the budget. "
-        "DEGENERATE marks a head whose scores tie the best positive with a negative for most queries (constant "
-        "or collapsed scores): its recall is chance, and it is never marked best."
+        "DEGENERATE marks a head whose best positive ties with at least half of the negatives for most queries "
+        "(constant or collapsed scores): its recall is chance, and it is never marked best."
     )
 
 

@@ -78,5 +78,23 @@ class SigLIPLoss(ContrastiveLoss):
         return self.one(i2t) if t2i is i2t else (self.one(i2t) + self.one(t2i)) / 2
 
 
+@register_loss("pcme_bce")
+class PCMEBCELoss(ContrastiveLoss):
+    """PCME++'s own loss (naver-ai/pcmepp ``ClosedFormSampledDistanceLoss``): binary cross-entropy of each
+    pair's logit against matched (the diagonal) or not, doubled because the image-to-text and
+    text-to-image losses are the same (the authors' "efficient implementation"); a head with two
+    direction matrices gets the sum of both. No parameters of its own: PCME++'s shift and scale are
+    the head's. Meant for heads whose scores are logits with a bias (pcmepp)."""
+
+    description = "PCME++'s loss: binary cross-entropy per pair on the head's logits (no temperature or bias)"
+
+    def one(self, scores: torch.Tensor) -> torch.Tensor:
+        matched = torch.eye(scores.shape[0], scores.shape[1], device=scores.device, dtype=scores.dtype)
+        return nn.functional.binary_cross_entropy_with_logits(scores, matched)
+
+    def forward(self, i2t, t2i):
+        return 2 * self.one(i2t) if t2i is i2t else self.one(i2t) + self.one(t2i)
+
+
 def build(name: str) -> ContrastiveLoss:
     return get_loss(name)()

@@ -60,7 +60,7 @@ def score_times(images, texts, n_images: int, n_captions: int) -> dict:
     tp, tm = texts.rows(txt_rows)
     dim = ip.shape[-1]
     out = {}
-    for name in ("cosine", "meru", "wpse", "filip"):
+    for name in ("cosine", "meru", "pcmepp", "wpse", "smooth_chamfer", "flair", "filip"):
         head = head_registry.get_head(name)(dim, dim).eval()
         t0 = time.perf_counter()
         ri = encode(head, "image", ip, im, "cpu")
