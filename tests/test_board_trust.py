@@ -42,8 +42,10 @@ def board(out: Path) -> tuple[dict, list[str]]:
 
 def test_a_repeat_at_another_setting_is_never_averaged_in(tmp_path):
     out = tmp_path / "out"
-    assert run("--config", cfg(tmp_path), "--heads", "cosine", "--repeats", "2", "--out", out) == 0
-    assert board(out)[0]["cosine"].repeats.n == 2
+    assert run("--config", cfg(tmp_path), "--heads", "cosine,kme_rff", "--repeats", "2", "--out", out) == 0
+    rows, notes = board(out)
+    # kme_rff's repeats run seeds 0 and 1 of its random features, each repeat in its own world: one setting
+    assert rows["cosine"].repeats.n == 2 and rows["kme_rff"].repeats.n == 2 and not notes
     eight = cfg(tmp_path, "eight.yaml", heads__cosine__out_dim=8)
     assert run("--config", eight, "--heads", "cosine", "--out", out) == 0
     rows, notes = board(out)

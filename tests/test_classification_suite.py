@@ -229,7 +229,7 @@ def test_every_new_head_classifies_zero_shot_end_to_end(data, tmp_path, loss):
         f"suites: {{classification: {{layers: 2, workers: 0, batch_size: 8, datasets: [imagenet-r], "
         f"cache_dir: '{tmp_path / 'cache'}'}}}}\n"
     )
-    heads = "cosine,kme_rbf,kme_rff,wpse,filip,meru"
+    heads = "cosine,kme_rbf,kme_rff,wpse,filip,meru,pcmepp,smooth_chamfer,flair"
     assert (
         main(
             [

@@ -93,12 +93,15 @@ def test_clip_frozen_equals_clip_benchmarks_image_caption_selection(data, tmp_pa
     assert ours["sugarcrepe_average/acc"] == pytest.approx(sum(pooled) / len(pooled))  # equal sizes: mean
 
 
-def test_every_head_runs_with_outcomes_that_reproduce_its_metrics(data, tmp_path):
+@pytest.mark.parametrize("loss", ["infonce", "siglip"])
+def test_every_head_runs_with_outcomes_that_reproduce_its_metrics(data, tmp_path, loss):
     import heads
 
     root, cfg, small = data
     names = ",".join(h for h in heads.list_heads())
-    assert run(root, cfg, small, tmp_path, heads=names) == 0
+    config = tmp_path / "loss.yaml"
+    config.write_text(small.read_text().replace("train: {", f"train: {{loss: {loss}, "))
+    assert run(root, cfg, config, tmp_path, heads=names) == 0
     recs = {r.head.name: r for r in results.load_all(tmp_path)}
     assert all(r.status == "ok" for r in recs.values()), {h: r.error for h, r in recs.items() if r.status != "ok"}
     assert assert_outcomes_reproduce_metrics(tmp_path) > 0

@@ -204,7 +204,7 @@ def test_token_and_field_heads_run_end_to_end_under_either_loss(data, tmp_path, 
     root, cfg, small = data
     config = tmp_path / f"{loss}.yaml"
     config.write_text(small.read_text().replace("train: {", f"train: {{loss: {loss}, "))
-    heads = "cosine,kme_rbf,kme_rff,wpse,filip,meru"
+    heads = "cosine,kme_rbf,kme_rff,wpse,filip,meru,pcmepp,smooth_chamfer,flair"
     assert run_retrieval(root, cfg, config, tmp_path / "a", heads) == 0
     recs = {r.head.name: r for r in results.load_all(tmp_path / "a")}
     assert set(recs) == set(heads.split(",")) and all(r.status == "ok" for r in recs.values())

@@ -28,9 +28,15 @@ def _directions(record) -> list[tuple[str, bool]]:
 
 
 def _setting(r: ResultRecord) -> str:
-    """What a head's repeats must share to be averaged: its version, options and cell identity (code,
-    data, libraries, device); the protocol is shared already. Only the repeat index may differ."""
-    return hashing.json_sha256([r.head.version, r.head.options, r.identity], 16)
+    """What a head's repeats must share to be averaged: its version, its options and its code, libraries
+    and device (the protocol, data included, is shared already). What a repeat varies on purpose is
+    taken out: repeat r runs a head's ``seed`` option + r (bench/run/runner.py), so kme_rff's and wpse's
+    repeats have seeds 0, 1, 2 and are one setting."""
+    options = dict(r.head.options)
+    if isinstance(options.get("seed"), int) and not isinstance(options["seed"], bool):
+        options["seed"] -= r.repeat
+    identity = {k: v for k, v in r.identity.items() if k != "data"}  # each repeat's world is its own data
+    return hashing.json_sha256([r.head.version, options, identity], 16)
 
 
 def select(
