@@ -24,7 +24,7 @@ from torch import nn
 
 from heads.base import SimilarityHead, register_head
 from heads.filip import TokenRep
-from heads.pointsets import aligned_linear, chunk_sizes, last_real_point
+from heads.pointsets import aligned_linear, chunked_score, last_real_point
 
 
 @dataclass
@@ -112,12 +112,15 @@ class FlairHead(SimilarityHead):
     def score(self, image_rep: TokenRep, text_rep: QueryRep) -> torch.Tensor:
         n, m = image_rep.points.shape[0], text_rep.vectors.shape[0]
         per_pair = image_rep.points.shape[1] * image_rep.points.element_size() * 5  # [a, b, L] temporaries
-        rows, cols = chunk_sizes(n, m, per_pair, self.memory_budget_mb * 2**20)
-        out = image_rep.points.new_empty(n, m)
-        for r in range(0, n, rows):
-            for c in range(0, m, cols):
-                rs, cs = slice(r, min(r + rows, n)), slice(c, min(c + cols, m))
-                out[rs, cs] = self._block(image_rep, text_rep, rs, cs)
+        out = chunked_score(
+            lambda rs, cs: self._block(image_rep, text_rep, rs, cs),
+            n,
+            m,
+            per_pair,
+            self.memory_budget_mb,
+            image_rep.points.device,
+            image_rep.points.dtype,
+        )
         if text_rep.group > 1:  # prompts of one class: their scores averaged
             out = out.view(n, -1, text_rep.group).mean(-1)
         return self.logit_scale * out

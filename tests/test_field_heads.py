@@ -220,7 +220,7 @@ def test_wpse_prompt_means_are_exact():
     assert torch.allclose(got, want, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["wpse", "filip", "meru"])
+@pytest.mark.parametrize("name", ["wpse", "filip", "meru", "pcmepp", "smooth_chamfer", "flair"])
 def test_new_heads_train_in_the_synthetic_suite_under_both_losses(name, tmp_path):
     from bench.run import config
     from bench.run.runner import run_suite

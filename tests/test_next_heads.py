@@ -141,24 +141,3 @@ def test_flair_prompt_groups_average_scores_and_it_has_no_image_vector():
         grouped = head.score(img, head.combine_prompts(txt, 3, 2))
     assert torch.allclose(grouped, each.view(3, 3, 2).mean(-1))
     assert not get_head("flair").has_image_embedding()
-
-
-@pytest.mark.parametrize("name", ["pcmepp", "smooth_chamfer", "flair"])
-def test_next_heads_train_in_the_synthetic_suite_under_both_losses(name, tmp_path):
-    from bench.run import config
-    from bench.run.runner import run_suite
-
-    for loss in ("infonce", "siglip"):
-        cfg = config.resolve(
-            {
-                "train": {"steps": 20, "batch_size": 32, "loss": loss},
-                "suites": {"synthetic": {"train_pairs": 256, "test_pairs": 40, "validation_pairs": 40}},
-            }
-        )
-        summary = run_suite(
-            "synthetic", [name], cfg, tmp_path / loss, torch.device("cpu"), progress=False, log=lambda *a: None
-        )
-        record = next(r for r in summary.records if r.head.name == name)
-        assert record.status == "ok", record.error
-        assert record.head.options["out_dim"] == 4  # the suite's head_defaults reach the new heads
-        assert record.metrics["infonce_excess"] is not None
