@@ -158,3 +158,16 @@ def test_a_tampered_or_foreign_baseline_is_refused_before_the_run(runs, tmp_path
     assert "checksum mismatch" in capsys.readouterr().err and not out.exists()  # nothing was computed
     assert run("--config", cfg, "--out", out, "--heads", "cosine", "--seed", 5, "--check", tmp / "good.json") == 2
     assert "differs from the baseline" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_baseline_head_left_out_of_the_run_does_not_stop_the_others_being_judged(runs):
+    """The baseline holds heads the run did not compute (sorted first here): each is skipped, and the heads
+    after it are still judged (a mutation of that ``continue`` into ``break`` passed every test)."""
+    import copy
+
+    tmp, _ = runs
+    good = regression.load(tmp / "good.json")
+    wider = copy.deepcopy(good)
+    wider["scores"] = {"aaa_not_run": dict(good["scores"]["cosine"]), **good["scores"]}
+    worse, unjudged = regression.compare(_records(tmp / "bad"), wider, "exact")
+    assert "infonce_excess" in {r.metric for r in worse if r.head == "cosine"} and unjudged == []
