@@ -17,7 +17,7 @@ from bench.core.errors import ConfigError, DataError
 from bench.core.registry import suggest
 from bench.data import default_root, image_source, retrieval_data
 from bench.eval.scoring import encode, rows_of
-from bench.features import extract
+from bench.features import adapt, extract
 from bench.features.backbone import Backbone, BackboneSpec, weights_identity
 from bench.features.cache import FeatureCache
 from suites.base import (
@@ -58,6 +58,7 @@ class BackboneSuite(Suite):
     # Heads train on pairs, so every real suite selects (early stopping, tuning) on held-out pairs:
     # recall@1/5/10 both ways, summed (0 to 6), on COCO Karpathy val or held-out training images.
     validation = ValidationSpec("recall_sum", higher_is_better=True, tolerance=0.01)
+    adapts_encoder = True
 
     @classmethod
     def check_params(cls, params: dict, train: dict) -> None:
@@ -111,6 +112,7 @@ class BackboneSuite(Suite):
         self._val_set = None
         self._validation: dict[str, PairsValidation] = {}  # readout -> its validation pairs, made with the train pairs
         self.readouts: set[str] = {"layers"}  # set by the runner: what the heads of this run read (heads/base.py)
+        self.slot: adapt.EncoderSlot | None = None  # with train.encoder: the towers every point set is made by
 
     def load_test_set(self, root: Path, name: str):
         raise NotImplementedError
@@ -187,8 +189,11 @@ class BackboneSuite(Suite):
         """Points for every image (a tensor, or token sets on disk), and which to keep: undecodable ones
         fail the run unless skip_corrupt."""
         kw = {"batch_size": self.params["batch_size"], "workers": self.params["workers"]}
-        read = extract.image_token_sets if readout == "tokens" else extract.image_points
-        got = read(cache, backbone, name, split, paths, **kw)
+        if self.slot is not None:
+            got = extract.image_prefix_sets(cache, self.slot, name, split, paths, readout, **kw)
+        else:
+            read = extract.image_token_sets if readout == "tokens" else extract.image_points
+            got = read(cache, backbone, name, split, paths, **kw)
         keep = torch.ones(len(paths), dtype=torch.bool)
         if got.corrupt:
             files = {str(paths[i]): why for i, why in sorted(got.corrupt.items())}
@@ -205,6 +210,9 @@ class BackboneSuite(Suite):
         return got.points, keep
 
     def text_points(self, backbone, cache, name: str, split: str, texts, readout: str = "layers"):
+        if self.slot is not None:
+            kw = {"batch_size": self.params["text_batch_size"]}
+            return extract.text_prefix_sets(cache, self.slot, name, split, texts, readout, **kw).points
         read = extract.text_token_sets if readout == "tokens" else extract.text_points
         return read(cache, backbone, name, split, texts, batch_size=self.params["text_batch_size"]).points
 
@@ -225,10 +233,13 @@ class BackboneSuite(Suite):
         self.with_test = self.with_test and with_test
         tests, train = self.loaded()  # every dataset validated before any backbone work
         backbone, cache = self.backbone(seed), self.cache()
+        if self.encoder is not None and not self.encoder.frozen:
+            self.slot = adapt.EncoderSlot(adapt.Adapter(backbone, self.encoder))
         views = {r: self.build_readout(backbone, cache, tests, train, r) for r in sorted(self.readouts)}
         for readout, view in views.items():
             view.validation = self._validation[readout]
             view.identity["validation"] = self._validation_identity
+            view.encoder = self.slot
             if not self.with_test:
                 view.test = SealedTest(self.name)
         main = views.get("layers") or next(iter(views.values()))
@@ -315,6 +326,8 @@ def _validation_pairs(images, texts, caption_image: torch.Tensor, chosen: torch.
     rows = chosen.nonzero().flatten()
     caps = chosen[caption_image].nonzero().flatten()
     new_index = torch.cumsum(chosen, 0) - 1
+    if getattr(images, "adapted", False):  # made by the towers as they train: stays a view, read when measured
+        return PairsValidation(images.select(rows), None, texts.select(caps), None, new_index[caption_image[caps]])
     img, img_mask = rows_of(images, None, rows, "cpu")
     txt, txt_mask = rows_of(texts, None, caps, "cpu")
     return PairsValidation(img, img_mask, txt, txt_mask, new_index[caption_image[caps]])

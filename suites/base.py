@@ -184,6 +184,8 @@ class SuiteData:
     validation: Any = None  # suite-specific validation data, disjoint from train and test (None: none)
     # The same data as another readout gives it (heads/base.py READOUTS), when the run has heads of several.
     views: dict[str, SuiteData] = field(default_factory=dict)
+    # With train.encoder: the slot whose towers make every point set of this data (bench/features/adapt.py)
+    encoder: Any = None
 
     def for_readout(self, readout: str) -> SuiteData:
         """What a head of this readout trains and is tested on; generated data (the synthetic suite) has one
@@ -210,6 +212,8 @@ class Suite:
     device: torch.device = torch.device("cpu")  # set by the runner before build()
     seed: int = 0  # the cell's seed (run seed + repeat), set by the runner before build()
     with_test: bool = True  # False in tuning trials: test data is neither identified nor read (set by the runner)
+    encoder = None  # train.encoder (bench/features/adapt.py EncoderSpec), set by the runner before build()
+    adapts_encoder: bool = False  # True: a backbone suite whose towers' last blocks can train with each head
     reference_names: tuple[str, ...] = ()  # the rows references() returns (ceilings, not contestants)
     validation: ValidationSpec | None = None  # what validate() measures; None: no curves, no early stopping
     # Head options this suite runs with unless the config sets them, for every head that has the option

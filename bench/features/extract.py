@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from bench.core import distributed
 from bench.data import image_source
+from bench.features import adapt
+from bench.features.adapt import AdaptedPoints
 from bench.features.backbone import Backbone
 from bench.features.cache import FeatureCache
 from bench.features.token_sets import TokenSets
@@ -240,3 +242,50 @@ def text_token_sets(
     fields = token_fields(backbone, dataset, split, fingerprint_texts(texts), "text")
     sets, cached, _ = cache.get_or_build_tokens(fields, len(texts), stream)
     return Extracted(sets, cached)
+
+
+# -- train.encoder: the frozen prefix of both towers, streamed to disk like token sets (bench/features/adapt.py)
+def _frozen_for(slot, readout: str) -> int:
+    return slot.adapter.pristine.image.frozen_points(readout)
+
+
+def _adapted(slot, sets: TokenSets, side: str, readout: str) -> AdaptedPoints:
+    backbone = slot.adapter.backbone
+    return AdaptedPoints(sets, side, slot, readout, backbone.layers, backbone.embed_dim)
+
+
+def image_prefix_sets(cache: FeatureCache, slot, dataset: str, split: str, paths, readout: str, **kw) -> Extracted:
+    """Every image's hidden states at the input of the first trainable block (and the frozen pooled tokens
+    its readout needs), cached; points are made from them by the slot's towers, a batch at a time."""
+    frozen = _frozen_for(slot, readout)
+    adapter = slot.adapter
+    read = lambda images: adapter.image_prefix(images, frozen)  # noqa: E731 (the readout image_batches runs)
+
+    def stream(writer, start: int, stop: int) -> dict:
+        corrupt = {}
+        for (sets, mask), bad in image_batches(adapter.backbone, paths, start, stop, read=read, **kw):
+            writer.append(sets, mask)
+            corrupt.update(bad)
+        return {"corrupt": {str(i): why for i, why in sorted(corrupt.items())}}
+
+    fields = adapt.prefix_fields(adapter, dataset, split, fingerprint_files(paths), "image", frozen)
+    sets, cached, extra = cache.get_or_build_tokens(fields, len(paths), stream)
+    corrupt = {int(i): why for i, why in extra.get("corrupt", {}).items()}
+    return Extracted(_adapted(slot, sets, "image", readout), cached, corrupt)
+
+
+def text_prefix_sets(
+    cache: FeatureCache, slot, dataset: str, split: str, texts: list[str], readout: str, **kw
+) -> Extracted:
+    frozen = _frozen_for(slot, readout)
+    adapter = slot.adapter
+    read = lambda tokens: adapter.text_prefix(tokens, frozen)  # noqa: E731
+
+    def stream(writer, start: int, stop: int) -> dict:
+        for sets, mask in text_batches(adapter.backbone, texts[start:stop], read=read, **kw):
+            writer.append(sets, mask)
+        return {}
+
+    fields = adapt.prefix_fields(adapter, dataset, split, fingerprint_texts(texts), "text", frozen)
+    sets, cached, _ = cache.get_or_build_tokens(fields, len(texts), stream)
+    return Extracted(_adapted(slot, sets, "text", readout), cached)

@@ -47,6 +47,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "loss": "infonce",  # infonce | siglip (bench/run/losses.py); part of the protocol, so tables never mix losses
 }
 
+# Encoder adaptation (bench/features/adapt.py): absent from a resolved config when frozen, so the
+# frozen protocol (and every result keyed by it) is the one it was before encoders could train.
+ENCODER_DEFAULTS: dict[str, Any] = {
+    "encoder": "frozen",  # frozen | last_blocks:N | all_blocks
+    "encoder_lr": 1e-5,  # the trainable blocks' learning rate (they start trained: far below the head's)
+}
+
 MAX_REPEATS = 100
 MAX_SEED = 2**63 - 2  # torch generators take up to 2^64 - 1; the synthetic world adds 1 to its seed
 
@@ -239,7 +246,8 @@ def resolve(user: dict) -> dict:
     _check_keys(user, DEFAULTS, "the config")
     cfg = copy.deepcopy(DEFAULTS)
     cfg["seed"] = _check_type(user.get("seed", cfg["seed"]), 0, "seed")
-    cfg["train"] = merge_checked(TRAIN_DEFAULTS, user.get("train") or {}, "train")
+    cfg["train"] = merge_checked({**TRAIN_DEFAULTS, **ENCODER_DEFAULTS}, user.get("train") or {}, "train")
+    _resolve_encoder(cfg["train"], user.get("train") or {})
     for section in ("heads", "suites"):
         value = user.get(section) or {}
         _check_keys(value, value, section)  # mapping check only; names are checked against registries
@@ -282,6 +290,34 @@ def resolve(user: dict) -> dict:
             f"Losses: {', '.join(LOSSES.names())} (bench/run/losses.py)."
         )
     return cfg
+
+
+def _resolve_encoder(train: dict, given: dict) -> None:
+    """Keep the encoder settings only when encoders train; refuse settings that would do nothing."""
+    from bench.features.adapt import EncoderSpec
+
+    spec = EncoderSpec.parse(train["encoder"])
+    if spec.frozen:
+        if "encoder_lr" in given:
+            raise ConfigError(
+                f"train.encoder_lr = {given['encoder_lr']!r} does nothing with train.encoder: frozen; remove it, "
+                "or set train.encoder to last_blocks:N or all_blocks."
+            )
+        del train["encoder"], train["encoder_lr"]
+        return
+    if not train["encoder_lr"] > 0:
+        raise ConfigError(
+            f"train.encoder_lr = {train['encoder_lr']!r} is out of range: it must be > 0. "
+            f"The default is {ENCODER_DEFAULTS['encoder_lr']!r}."
+        )
+    train["encoder"] = str(spec)
+
+
+def encoder_spec(train: dict):
+    """The resolved ``train.encoder`` (frozen when absent)."""
+    from bench.features.adapt import EncoderSpec
+
+    return EncoderSpec.parse(train.get("encoder", "frozen"))
 
 
 def config_hash(obj: Any) -> str:

@@ -115,6 +115,7 @@ def plan(
         if name != config.EVERY_HEAD:
             head_registry.get_head(name)
     chosen = {n: head_registry.get_head(n) for n in head_names}
+    _check_encoder(suite_cls, params, chosen, cfg["train"])
     shared = config.shared_head_options(cfg["heads"], chosen, suite_cls.head_defaults)
     hashed = {k: v for k, v in params.items() if k not in suite_cls.non_protocol_params}
     protocol = {
@@ -153,6 +154,31 @@ def plan(
         }
         cells.append(Cell(name, options, config.config_hash(cell_cfg), repeat=repeat))
     return SuitePlan(suite_cls, params, protocol, cells, cfg, device, repeat, validation_only)
+
+
+def _check_encoder(suite_cls, params: dict, chosen: dict, train: dict) -> None:
+    """train.encoder trains blocks of a backbone's towers with every head: the suite needs a backbone, every
+    head must train, and N must fit the towers (read from the model config, before any work)."""
+    from bench.features import adapt
+
+    spec = config.encoder_spec(train)
+    if spec.frozen:
+        return
+    if not getattr(suite_cls, "adapts_encoder", False):
+        raise config.ConfigError(
+            f"train.encoder = {spec}: suite {suite_cls.name!r} has no backbone whose blocks could train (its "
+            "points are generated); use train.encoder: frozen with it."
+        )
+    idle = [n for n, cls in chosen.items() if not cls.trainable]
+    if idle:
+        raise config.ConfigError(
+            f"train.encoder = {spec} trains the encoder with each head, but {', '.join(idle)} trains nothing, so "
+            "its encoder would have nothing to learn from; leave it out of this run (--heads) or use "
+            "train.encoder: frozen."
+        )
+    from bench.features.backbone import BackboneSpec
+
+    adapt.check_blocks(spec, BackboneSpec.parse(str(params["backbone"])).model, f"suites.{suite_cls.name}.backbone")
 
 
 def cell_identity(suite_cls, head_cls, data_identity: dict, device: torch.device) -> dict:
@@ -353,6 +379,7 @@ def run_planned(sp: SuitePlan, out_dir: Path, force: bool = False, progress: boo
     suite.device = device
     suite.seed = sp.seed
     suite.with_test = not sp.validation_only
+    suite.encoder = config.encoder_spec(cfg["train"])
     protocol_hash, references = _identify(suite, suite_cls, sp.protocol, sp.cells, cfg, device)
     if sp.validation_only:
         references = {}  # reference rows are measured on test
@@ -502,9 +529,12 @@ def _run_cell(ctx: CellContext, cell: Cell) -> ResultRecord | None:
         torch.manual_seed(seed)  # same initialisation stream for every head
         head = cls(data.image_dim, data.text_dim, **cell.options).to(device)
         validator = _validator(suite, data, device)
-        stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, ctx.progress, validator)
+        towers = None if data.encoder is None else data.encoder.bind(device)  # a fresh copy for each head
+        stats = train_head(head, data.train, cfg["train"], seed, device, cell.head, ctx.progress, validator, towers)
         curve, convergence = _convergence(stats, validator)
         loss_state = {} if stats.loss is None else {f"loss.{k}": v for k, v in stats.loss.state_dict().items()}
+        if towers is not None:  # the trained blocks are saved with the head (bench/features/adapt.py)
+            loss_state.update({f"encoder.{k}": v for k, v in towers.state_dict().items()})
         trained_loss = stats.loss_parameters()
         timings.update(
             train_seconds=round(stats.seconds, 3),

@@ -120,26 +120,34 @@ def train_head(
     label: str | None = None,
     progress: bool = True,
     validator: Validator | None = None,
+    encoder: torch.nn.Module | None = None,
 ) -> TrainStats:
     """Train ``head`` for at most ``train_cfg["steps"]`` steps. With a validator, the validation metric is
     measured at ``eval_points`` evenly spaced steps; with ``patience`` > 0 training stops once that many
     points in a row have not improved on the best, and the best point's weights are kept (same rule for
-    every head)."""
+    every head). ``encoder``: the trainable ends of the towers (train.encoder), trained with the head at
+    ``train.encoder_lr``; the data's point sets are made by it (bench/features/adapt.py)."""
     label = label or head.name
     params = [p for p in head.parameters() if p.requires_grad]
-    if not head.trainable or not params or train_cfg["steps"] == 0:
+    encoder_params = [] if encoder is None else [p for p in encoder.parameters() if p.requires_grad]
+    if not head.trainable or not (params or encoder_params) or train_cfg["steps"] == 0:
         return TrainStats(0, None, 0.0, None)
     head.to(device).train()
+    if encoder is not None:
+        encoder.train()
     loss_fn = losses.build(train_cfg.get("loss", "infonce")).to(device)
     params += [p for p in loss_fn.parameters() if p.requires_grad]
     order = batch_order(len(data), train_cfg["batch_size"], train_cfg["steps"], seed)
     groups = param_groups(head, train_cfg["weight_decay"])
     groups[1]["params"] += list(loss_fn.parameters())  # a loss's temperature and bias are never decayed
+    if encoder is not None:  # its own learning rate (lower than the head's: it starts trained), same schedule
+        groups += [{**g, "lr": train_cfg["encoder_lr"]} for g in param_groups(encoder, train_cfg["weight_decay"])]
+        params += encoder_params
     opt = torch.optim.AdamW(groups, lr=train_cfg["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_schedule(train_cfg["warmup_steps"], train_cfg["steps"]))
     checkpoints = eval_steps(len(order), train_cfg.get("eval_points", 0)) if validator is not None else set()
     patience = train_cfg.get("patience", 0)
-    tracker = _BestTracker(validator, patience) if checkpoints else None
+    tracker = _BestTracker(validator, patience, encoder) if checkpoints else None
     loss_value, loss_sum, loss_count, steps_run = None, torch.zeros((), device=device), 0, 0
     start = time.perf_counter()
     eval_seconds = 0.0
@@ -181,6 +189,8 @@ def train_head(
             loss_sum, loss_count = torch.zeros((), device=device), 0
             head.train()
             loss_fn.train()
+            if encoder is not None:
+                encoder.train()
             eval_seconds += time.perf_counter() - t_eval
             if stop:
                 loss_value = float(loss.detach())
@@ -188,6 +198,8 @@ def train_head(
     seconds = time.perf_counter() - start
     head.eval()
     loss_fn.eval()
+    if encoder is not None:
+        encoder.eval()
     stats = TrainStats(
         steps_run, loss_value, seconds, steps_run * train_cfg["batch_size"] / max(seconds, 1e-9), loss_fn
     )
@@ -205,8 +217,8 @@ def train_head(
 class _BestTracker:
     """The learning curve, the best validation point's weights, and the patience count."""
 
-    def __init__(self, validator: Validator, patience: int):
-        self.validator, self.patience = validator, patience
+    def __init__(self, validator: Validator, patience: int, encoder: torch.nn.Module | None = None):
+        self.validator, self.patience, self.encoder = validator, patience, encoder
         self.curve: list[dict] = []
         self.best, self.best_step, self.best_state, self.since_best = None, None, None, 0
 
@@ -214,13 +226,19 @@ class _BestTracker:
         """Measure, remember the best weights; True when patience has run out."""
         head.eval()
         loss_fn.eval()
+        if self.encoder is not None:
+            self.encoder.eval()
         with torch.no_grad():
             value = float(self.validator.measure(head))
         self.curve.append({"step": step, "train_loss": train_loss, "val": value})
         sign = 1.0 if self.validator.higher_is_better else -1.0
         if math.isfinite(value) and (self.best is None or sign * value > sign * self.best):
             self.best, self.best_step, self.since_best = value, step, 0
-            self.best_state = (_copy_state(head), _copy_state(loss_fn))
+            self.best_state = (
+                _copy_state(head),
+                _copy_state(loss_fn),
+                None if self.encoder is None else _copy_state(self.encoder),
+            )
         else:
             self.since_best += 1
         return self.patience > 0 and self.since_best >= self.patience
@@ -229,6 +247,8 @@ class _BestTracker:
         if self.best_state is not None and self.best_step != self.curve[-1]["step"]:
             head.load_state_dict(self.best_state[0])
             loss_fn.load_state_dict(self.best_state[1])
+            if self.encoder is not None:
+                self.encoder.load_state_dict(self.best_state[2])
 
 
 def _copy_state(module: torch.nn.Module) -> dict:

@@ -40,7 +40,16 @@ DEFAULT_SPACE: dict[str, dict] = {
     "train.warmup_steps": {"low": 0, "high": 200},
 }
 SAMPLERS = ("qmc", "tpe")
-TUNABLE_TRAIN = ("lr", "weight_decay", "warmup_steps", "grad_clip", "batch_size", "steps", "patience")
+TUNABLE_TRAIN = (
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "batch_size",
+    "steps",
+    "patience",
+    "encoder_lr",  # only when train.encoder trains blocks (bench/features/adapt.py)
+)
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,8 @@ def head_space(head_cls, raw: dict | None, where: str) -> list[Param]:
                     f"{where}: unknown tunable option {name!r}.{suggest(key, TUNABLE_TRAIN)} "
                     f"Training settings that can be tuned: {', '.join('train.' + k for k in TUNABLE_TRAIN)}."
                 )
-            out.append(_param(name, spec, config.TRAIN_DEFAULTS[key], where))
+            default = {**config.TRAIN_DEFAULTS, **config.ENCODER_DEFAULTS}[key]
+            out.append(_param(name, spec, default, where))
         elif section == "head":
             if key not in options:
                 continue  # another head's option (checked by check_space against every head)
