@@ -360,3 +360,72 @@ def test_torchrun_averages_the_encoders_gradients_like_the_heads(retrieval_data,
     assert moved > 0.05 and apart < 0.05 * moved
     a, b = (results.read(results.run_path(tmp_path / n, "retrieval", "cosine")) for n in ("one", "two"))
     assert b.config.hash == a.config.hash
+
+
+@pytest.mark.parametrize("suite", ["compositionality", "linear_probe"])  # classification: 80,000 prompts, 110 s
+def test_every_backbone_suite_runs_with_trained_blocks(tmp_path, suite):
+    """Each real suite reads its test sets through the trained blocks (train.encoder is not retrieval's own)."""
+    from test_retrieval_suite import make_coco_train, noisy_images
+
+    from bench.cli import main
+    from bench.data.fixtures import make_cifar10, make_sugarcrepe, make_winoground
+    from bench.report import results
+
+    root = tmp_path / "data"
+    make_coco_train(root)
+    extra = ""
+    if suite == "compositionality":
+        sugar = make_sugarcrepe(root, per_task=4)
+        noisy_images(sugar / "val2017", [p.name for p in (sugar / "val2017").iterdir()], 5)
+        make_winoground(root, n=6)
+    else:
+        make_cifar10(root, n_train=60, n_test=20)
+        extra = ", datasets: [cifar10], epochs: 2, probe_batch_size: 32"
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        "train: {steps: 4, batch_size: 8, warmup_steps: 1, encoder: 'last_blocks:1', encoder_lr: 0.01}\n"
+        f"suites: {{{suite}: {{layers: 2, workers: 0, batch_size: 8, cache_dir: '{tmp_path / 'cache'}'{extra}}}}}\n"
+    )
+    args = ["--suite", suite, "--backbone", str(root / "tiny.json"), "--data-root", str(root), "--config", str(small)]
+    assert main([*args, "--heads", "cosine,filip", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    recs = {r.head.name: r for r in results.load_all(tmp_path / "o")}
+    assert recs["cosine"].ok and recs["cosine"].config.resolved["train"]["encoder"] == "last_blocks:1"
+    assert recs["filip"].status in ("ok", "skipped")  # the probe skips a head without embed_image
+    manifests = [json.loads(p.read_text())["fields"] for p in (tmp_path / "cache").glob("*/manifest.json")]
+    assert manifests and all(f["readout"] == "encoder_prefix" for f in manifests)  # nothing frozen was extracted
+
+
+def test_the_tuner_searches_encoder_lr_only_when_blocks_train(tmp_path, capsys):
+    import heads as head_registry
+    from bench.cli import main
+    from bench.run import tuning
+
+    cls = head_registry.get_head("cosine")
+    trained = {p.name: p for p in tuning.head_space(cls, None, "default space", encoder=True)}
+    assert trained["train.encoder_lr"].high < tuning.DEFAULT_SPACE["train.lr"]["low"]  # far below the head's
+    assert "train.encoder_lr" not in {p.name for p in tuning.head_space(cls, None, "default space")}
+    space = tmp_path / "space.yaml"
+    space.write_text("train.encoder_lr: {low: 1.0e-6, high: 1.0e-4, log: true}\n")
+    args = ["tune", "--heads", "cosine", "--trials", "2", "--space", str(space), "--out", str(tmp_path / "o")]
+    assert main(args) == 2  # the synthetic suite, frozen: an encoder lr would do nothing
+    assert "does nothing with train.encoder: frozen" in capsys.readouterr().err
+
+
+def test_the_cost_benchmark_measures_the_prefix_it_stores(tmp_path):
+    """bench.tools.encoder_speed on the tiny model: the prefix's bytes are its tokens' float16 (17 per image:
+    16 patches and the class token, plus the frozen pooled token layers 2 - N 1 needs) and their offsets."""
+    from bench.tools import encoder_speed
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    out = tmp_path / "figures.json"
+    args = ["--backbone", str(path), "--batch", "8", "--steps", "1", "--layers", "2", "--device", "cpu"]
+    assert encoder_speed.main([*args, "--modes", "frozen,last_blocks:1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    adapted = figures["modes"][1]
+    width = TINY["vision_cfg"]["width"]
+    offsets = (8 * 9 + 128) / 8  # 9 int64 offsets and the .npy header, per image
+    assert adapted["bytes_per_image"] == pytest.approx((17 + 1) * width * 2 + offsets, abs=1)
+    assert adapted["seconds_per_step"] > 0 and figures["modes"][0]["seconds_per_step"] > 0
+    assert figures["time_last_blocks_1_over_frozen"] > 0

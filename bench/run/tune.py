@@ -78,7 +78,8 @@ def plan(
         raise ConfigError(f"suite {request.suite!r} has no validation data, so it cannot be tuned.")
     raw, source = tuning.read_space(space_path)
     classes = {h: head_registry.get_head(h) for h in base.head_names}
-    spaces = tuning.check_space(classes, None if space_path is None else raw, source)
+    encoder = not config.encoder_spec(base.cfg["train"]).frozen  # then the default space tunes encoder_lr too
+    spaces = tuning.check_space(classes, None if space_path is None else raw, source, encoder)
     tp = TunePlan(
         base, request.suite, trials, repeats, sampler, spaces, source, storage_url, workers, suite_cls.validation
     )

@@ -39,6 +39,8 @@ DEFAULT_SPACE: dict[str, dict] = {
     "train.weight_decay": {"low": 0.0, "high": 0.3},
     "train.warmup_steps": {"low": 0, "high": 200},
 }
+# Added to the default space when train.encoder trains blocks: they start trained, so far below the head's lr.
+ENCODER_SPACE = {"train.encoder_lr": {"low": 1e-6, "high": 1e-4, "log": True}}
 SAMPLERS = ("qmc", "tpe")
 TUNABLE_TRAIN = (
     "lr",
@@ -120,13 +122,15 @@ def read_space(path: Path | None) -> tuple[dict, str]:
     return raw, str(path)
 
 
-def head_space(head_cls, raw: dict | None, where: str) -> list[Param]:
-    """The head's search space: the shared ``train.*`` settings of ``raw`` (the default space when None)
-    plus its own options, from ``raw``'s ``head.*`` entries or, without a file, its ``tunable`` metadata."""
+def head_space(head_cls, raw: dict | None, where: str, encoder: bool = False) -> list[Param]:
+    """The head's search space: the shared ``train.*`` settings of ``raw`` (the default space when None,
+    with ``train.encoder_lr`` when ``encoder`` blocks train) plus its own options, from ``raw``'s
+    ``head.*`` entries or, without a file, its ``tunable`` metadata."""
     options = config.constructor_options(head_cls)
     entries = dict(DEFAULT_SPACE if raw is None else raw)
     if raw is None:
         entries.update({f"head.{k}": v for k, v in head_cls.tunable.items()})
+        entries.update(ENCODER_SPACE if encoder else {})
     out = []
     for name, spec in sorted(entries.items()):
         section, _, key = str(name).partition(".")
@@ -150,9 +154,9 @@ def head_space(head_cls, raw: dict | None, where: str) -> list[Param]:
     return out
 
 
-def check_space(head_classes: dict, raw: dict | None, where: str) -> dict[str, list[Param]]:
+def check_space(head_classes: dict, raw: dict | None, where: str, encoder: bool = False) -> dict[str, list[Param]]:
     """Every head's space, checked before any work: a ``head.*`` option no tuned head has is an error."""
-    spaces = {name: head_space(cls, raw, where) for name, cls in head_classes.items()}
+    spaces = {name: head_space(cls, raw, where, encoder) for name, cls in head_classes.items()}
     for name in raw or {}:
         section, _, key = str(name).partition(".")
         if section == "head" and not any(key in config.constructor_options(c) for c in head_classes.values()):

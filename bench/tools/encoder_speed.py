@@ -86,12 +86,12 @@ def measure(mode: str, backbone: str, batch: int, steps: int, device: str, layer
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         data = PointSets(images, texts)
-        train = {**config.TRAIN_DEFAULTS, "steps": steps + 1, "batch_size": batch, "eval_points": 0, "patience": 0}
+        train = {**config.TRAIN_DEFAULTS, "steps": steps, "batch_size": batch, "eval_points": 0, "patience": 0}
         train.update({} if spec.frozen else {"encoder": mode, "encoder_lr": config.ENCODER_DEFAULTS["encoder_lr"]})
         head = head_registry.get_head("cosine")(images.shape[-1], texts.shape[-1]).to(device)
-        first = train_head(head, data, {**train, "steps": 1}, 0, device, progress=False, encoder=encoder)  # warm-up
+        train_head(head, data, {**train, "steps": 1}, 0, device, progress=False, encoder=encoder)  # warm-up, not timed
         stats = train_head(head, data, train, 0, device, progress=False, encoder=encoder)
-        per_step = (stats.seconds - first.seconds) / steps  # the first step of each call is the warm-up's cost
+        per_step = stats.seconds / steps
         out.update(seconds_per_step=round(per_step, 4), peak_memory_mb=round(_peak_mb(device), 1))
     return out
 
