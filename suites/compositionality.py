@@ -6,6 +6,11 @@ Every head first trains on the same image-caption pairs as in the retrieval suit
   higher. Ties count as a coin flip (one half), as recall counts them, so a head with constant
   scores gets chance, not a perfect score. clip_benchmark's argmax picks the first caption, the true
   one, on a tie.
+- **ARO** VG-Relation and VG-Attribution: each image, cropped to its box as ARO crops it, chooses between
+  its true caption and the false one (objects or attributes swapped). ``acc`` over every case, ties one
+  half; ``macro_acc``, ARO's number: the mean over relations (attribute pairs) of their accuracy, leaving
+  out the symmetric relations and the attribute pairs with fewer than 25 cases, as ARO's notebook does.
+  ARO's argmax counts a tie as a failure (the false caption comes first there).
 - **Winoground**: two images, two captions. ``text_score``: both images score their own caption
   above the other; ``image_score``: both captions score their own image above the other;
   ``group_score``: both. These use strict ``>`` (Winoground's definition), so a tie fails.
@@ -31,7 +36,8 @@ from suites.backbone_suite import BackboneSuite
 from suites.base import Evaluation, ReportTable, SuiteData, register_suite
 
 SUGARCREPE = tuple(f"sugarcrepe_{t}" for t in selection_data.SUGARCREPE_TASKS)
-DATASETS = (*SUGARCREPE, "winoground")
+ARO = tuple(f"aro_vg_{t}" for t in selection_data.ARO_TASKS)
+DATASETS = (*SUGARCREPE, *ARO, "winoground")
 AVERAGE = "sugarcrepe_average"
 WINOGROUND_METRICS = ("text_score", "image_score", "group_score")
 BLOCK = 256  # instances scored together: [256 I, 256 C] pairs, of which only each instance's own are read
@@ -43,29 +49,43 @@ class SelectionTest:
     texts: object
     instance_images: torch.Tensor  # [n, I] rows of ``images``; image k goes with caption k
     instance_captions: torch.Tensor  # [n, C] rows of ``texts``
+    groups: torch.Tensor | None = None  # [n] ARO's group of each instance; -1: left out of its macro accuracy
 
 
 def _metrics() -> dict[str, bool]:
     out = {f"{d}/acc": True for d in SUGARCREPE}
     out[f"{AVERAGE}/acc"] = True
+    out.update({f"{d}/{m}": True for d in ARO for m in ("macro_acc", "acc")})
     out.update({f"winoground/{m}": True for m in WINOGROUND_METRICS})
     return out
 
 
 @register_suite("compositionality")
 class CompositionalitySuite(BackboneSuite):
-    version = 1
-    description = "SugarCrepe and Winoground: the true caption against minimally changed ones."
+    version = 2  # 2: ARO's VG-Relation and VG-Attribution
+    description = "SugarCrepe, ARO and Winoground: the true caption against minimally changed ones."
     main_metric = f"{AVERAGE}/acc"
     metrics = _metrics()
     headline_metrics = (f"{AVERAGE}/acc", "winoground/group_score")
-    summary_metrics = (f"{AVERAGE}/acc", "winoground/text_score", "winoground/image_score", "winoground/group_score")
+    summary_metrics = (
+        f"{AVERAGE}/acc",
+        *(f"{d}/macro_acc" for d in ARO),
+        "winoground/text_score",
+        "winoground/image_score",
+        "winoground/group_score",
+    )
     report_tables = (
         ReportTable(
             "SugarCrepe",
             tuple((d[len("sugarcrepe_") :], f"{d}/acc") for d in SUGARCREPE) + (("average", f"{AVERAGE}/acc"),),
             "Accuracy of ranking the true caption above its hard negative; ties count one half. average: "
             "every instance of the run pooled.",
+        ),
+        ReportTable(
+            "ARO",
+            tuple((f"{d[len('aro_vg_') :]} {m}", f"{d}/{m}") for d in ARO for m in ("macro_acc", "acc")),
+            "macro_acc: ARO's number, the mean over relations (attribute pairs) of their accuracy, without the "
+            "symmetric relations and the pairs with fewer than 25 cases; acc: every case; ties count one half.",
         ),
         ReportTable(
             "Winoground",
@@ -86,12 +106,19 @@ class CompositionalitySuite(BackboneSuite):
         for name, ds in tests.items():
             images, keep = self.image_points(backbone, cache, name, ds.split, ds.image_paths, readout)
             texts = self.text_points(backbone, cache, name, ds.split, ds.captions, readout)
-            kept = [inst for inst in ds.instances if all(keep[i] for i in inst[0])]  # a left-out image: its instance
+            kept = [
+                k for k, inst in enumerate(ds.instances) if all(keep[i] for i in inst[0])
+            ]  # a left-out image: its instance
+            groups = None
+            if ds.groups is not None:
+                names = sorted(set(ds.groups))
+                groups = torch.tensor([names.index(ds.groups[k]) if ds.in_macro[k] else -1 for k in kept])
             test[name] = SelectionTest(
                 images,
                 texts,
-                torch.tensor([i for i, _ in kept], dtype=torch.long),
-                torch.tensor([c for _, c in kept], dtype=torch.long),
+                torch.tensor([ds.instances[k][0] for k in kept], dtype=torch.long),
+                torch.tensor([ds.instances[k][1] for k in kept], dtype=torch.long),
+                groups,
             )
             datasets[name] = {"instances": len(kept), "of": len(ds.instances), "fingerprint": ds.fingerprint()}
         return self.suite_data(backbone, train, pairs, test, datasets)
@@ -122,6 +149,8 @@ class CompositionalitySuite(BackboneSuite):
             i2t, t2i = self.blocks(head, t, device)
             if name == "winoground":
                 out.merge(winoground_evaluation(i2t, t2i).prefixed(name))
+            elif t.groups is not None:  # ARO: not pooled into SugarCrepe's average
+                out.merge(aro_evaluation(i2t[:, 0, :], t.groups).prefixed(name))
             else:
                 choice = i2t[:, 0, :]  # the image's scores for [true caption, negatives...]
                 pooled.append(choice)
@@ -140,6 +169,37 @@ def choice_evaluation(choice: torch.Tensor) -> Evaluation:
     outcomes = {f"sel/{k}": v for k, v in uncertainty.rank_outcomes(choice, positives).items()}
     hits = uncertainty.hits(outcomes, "sel", 1)
     return Evaluation({"acc": float(np.mean(hits))}, outcomes, {"acc": {"kind": "hit", "query": "sel", "k": 1}})
+
+
+def aro_evaluation(choice: torch.Tensor, groups: torch.Tensor) -> Evaluation:
+    """``acc`` over every case, and ARO's macro accuracy: the mean over groups (label >= 0) of their accuracy."""
+    out = choice_evaluation(choice)
+    counted = groups >= 0
+    if counted.any():
+        positives = torch.zeros_like(choice[counted], dtype=torch.bool)
+        positives[:, 0] = True
+        macro = {f"macro/{k}": v for k, v in uncertainty.rank_outcomes(choice[counted], positives).items()}
+        macro["macro/label"] = groups[counted].numpy().astype("int32")
+        hits = uncertainty.hits(macro, "macro", 1)
+        labels = macro["macro/label"]
+        value = float(np.mean([hits[labels == g].mean() for g in np.unique(labels)]))
+        out.merge(
+            Evaluation(
+                {"macro_acc": value},
+                macro,
+                # its cases are a subset of acc's, so they are resampled as a test space of their own
+                {
+                    "macro_acc": {
+                        "kind": "balanced_hit",
+                        "query": "macro",
+                        "k": 1,
+                        "labels": "macro/label",
+                        "space": "macro",
+                    }
+                },
+            )
+        )
+    return out
 
 
 def winoground_evaluation(i2t: torch.Tensor, t2i: torch.Tensor) -> Evaluation:

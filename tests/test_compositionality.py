@@ -1,6 +1,7 @@
-"""The compositionality suite (SugarCrepe, Winoground) on fixture data in the official layouts and a tiny
-random-weight open_clip model: clip_frozen equals clip_benchmark's image_caption_selection numbers, every
-head runs, ties are never a win, and missing data fails in seconds with its layout."""
+"""The compositionality suite (SugarCrepe, ARO, Winoground) on fixture data in the official layouts and a
+tiny random-weight open_clip model: clip_frozen equals clip_benchmark's image_caption_selection numbers
+(and ARO's own evaluation, which clip_benchmark lacks), every head runs, ties are never a win, and missing
+data fails in seconds with its layout."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from test_retrieval_suite import make_coco_train, noisy_images
 from bench.cli import main
 from bench.core.errors import DataError
 from bench.data import fixtures, selection_data
-from bench.data.fixtures import make_sugarcrepe, make_winoground
+from bench.data.fixtures import make_aro, make_sugarcrepe, make_winoground
 from bench.report import results
 
 
@@ -25,6 +26,7 @@ def data(tmp_path_factory):
     sugar = make_sugarcrepe(root, per_task=6)
     noisy_images(sugar / "val2017", [p.name for p in (sugar / "val2017").iterdir()], 5)
     wino = make_winoground(root, n=16)
+    make_aro(root)
     noisy_images(wino / "images", [p.name for p in (wino / "images").iterdir()], 6)
     make_coco_train(root)
     cfg = root / "tiny.json"
@@ -106,7 +108,7 @@ def test_every_head_runs_with_outcomes_that_reproduce_its_metrics(data, tmp_path
     assert all(r.status == "ok" for r in recs.values()), {h: r.error for h, r in recs.items() if r.status != "ok"}
     assert assert_outcomes_reproduce_metrics(tmp_path) > 0
     board = (tmp_path / "leaderboard.md").read_text()
-    assert "### SugarCrepe" in board and "### Winoground" in board
+    assert "### SugarCrepe" in board and "### Winoground" in board and "### ARO" in board
 
 
 def test_ties_are_never_a_win():
@@ -139,7 +141,7 @@ def test_winoground_from_a_hugging_face_copy_equals_the_folder(data, tmp_path):
     assert hf.captions == folder.captions and hf.instances == folder.instances
 
 
-@pytest.mark.parametrize("name", ["sugarcrepe_add_att", "winoground"])
+@pytest.mark.parametrize("name", ["sugarcrepe_add_att", "aro_vg_attribution", "winoground"])
 def test_missing_or_partial_data_fails_in_seconds_with_its_layout(data, tmp_path, capsys, name):
     root, cfg, small = data
     with pytest.raises(DataError, match="Expected layout"):
@@ -148,6 +150,9 @@ def test_missing_or_partial_data_fails_in_seconds_with_its_layout(data, tmp_path
     if name == "winoground":
         make_winoground(partial, n=2)
         (partial / "winoground" / "images" / "ex_1_img_0.png").unlink()
+    elif name.startswith("aro_"):
+        make_aro(partial)
+        (partial / "aro" / "images" / "2300001.jpg").unlink()
     else:
         make_sugarcrepe(partial, per_task=2)
         (partial / "sugar_crepe" / "val2017" / "000000000001.jpg").unlink()
@@ -183,3 +188,69 @@ def test_each_instance_is_scored_on_its_own_block_of_the_full_matrix(name, monke
     for k in range(7):
         assert torch.allclose(i2t[k], full_i2t[inst_i[k]][:, inst_c[k]], atol=1e-5)
         assert torch.allclose(t2i[k], full_t2i[inst_i[k]][:, inst_c[k]], atol=1e-5)
+
+
+def test_aro_reads_each_image_cropped_to_its_box(data):
+    from PIL import Image
+
+    from bench.data import image_source
+
+    root, _, _ = data
+    entries = json.loads((root / "aro" / "visual_genome_relation.json").read_text())
+    ds = selection_data.load(root, "aro_vg_relation")
+    assert len(ds.instances) == 12 and ds.instances[3] == ([3], [6, 7])
+    assert ds.captions[6:8] == [entries[3]["true_caption"], entries[3]["false_caption"]]  # the true one first
+    e = entries[5]
+    with Image.open(root / "aro" / "images" / e["image_path"]) as img:  # as ARO's VG_Relation crops
+        want = img.convert("RGB").crop((e["bbox_x"], e["bbox_y"], e["bbox_x"] + e["bbox_w"], e["bbox_y"] + e["bbox_h"]))
+    got = image_source.open_image(ds.image_paths[5])
+    assert got.size == (e["bbox_w"], e["bbox_h"]) and list(got.getdata()) == list(want.getdata())
+    assert ds.in_macro == [g != "next to" for g in ds.groups]  # a symmetric relation is left out
+    va = selection_data.load(root, "aro_vg_attribution")
+    assert sum(va.in_macro) == 26 and set(va.groups) == {"red_wooden", "small_white"}  # 4 cases < 25
+
+
+def test_clip_frozen_equals_aros_own_evaluation(data, tmp_path):
+    """ARO's evaluate_scores and its notebook's macro accuracy, rewritten here from its code: argmax over
+    [false, true] of the cropped image's cosine scores, per relation (attribute pair), then the mean."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from bench.features.backbone import Backbone, BackboneSpec
+
+    root, cfg, small = data
+    assert run(root, cfg, small, tmp_path, heads="clip_frozen") == 0
+    ours = results.read(results.run_path(tmp_path, "compositionality", "clip_frozen")).metrics
+    bb = Backbone(BackboneSpec.parse(str(cfg)), layers=2, seed=0)
+    for task, group_of in (
+        ("relation", lambda e: e["relation_name"]),
+        ("attribution", lambda e: "_".join(e["attributes"])),
+    ):
+        entries = json.loads((root / "aro" / f"visual_genome_{task}.json").read_text())
+        correct = []
+        for e in entries:
+            with Image.open(root / "aro" / "images" / e["image_path"]) as img:
+                box = (e["bbox_x"], e["bbox_y"], e["bbox_x"] + e["bbox_w"], e["bbox_y"] + e["bbox_h"])
+                image = bb.preprocess(img.convert("RGB").crop(box))[None]
+            with torch.no_grad():
+                i = torch.nn.functional.normalize(bb.model.encode_image(image), dim=-1)
+                t = torch.nn.functional.normalize(
+                    bb.model.encode_text(bb.tokenize([e["false_caption"], e["true_caption"]])), dim=-1
+                )
+            correct.append(int(np.argmax((i @ t.T).numpy()[0])) == 1)
+        df = pd.DataFrame({"group": [group_of(e) for e in entries], "correct": correct})
+        per = df.groupby("group")["correct"].agg(["mean", "count"])
+        if task == "relation":
+            per = per[~per.index.isin(selection_data.ARO_SYMMETRIC_RELATIONS)]
+        else:
+            per = per[per["count"] >= 25]
+        assert ours[f"aro_vg_{task}/macro_acc"] == pytest.approx(per["mean"].mean(), abs=1e-9), task
+        assert ours[f"aro_vg_{task}/acc"] == pytest.approx(float(np.mean(correct)), abs=1e-9), task
+    assert ours["aro_vg_relation/macro_acc"] != ours["aro_vg_relation/acc"]  # the filter matters on this data
+
+
+def test_aro_has_no_hugging_face_source(data):
+    root, _, _ = data
+    with pytest.raises(DataError, match="read it from its folder"):
+        selection_data.load(root, "aro_vg_relation", "hf:some/copy")

@@ -139,3 +139,39 @@ WORDS = ("dog", "red", "under", "tree", "two", "blue", "car", "on", "man", "smal
 def _words(seed: int, n: int) -> str:
     """A caption of ``n`` words drawn by ``seed``: different captions score differently under a random model."""
     return " ".join(WORDS[(seed * 5 + 3 * k * k + k) % len(WORDS)] for k in range(n))
+
+
+def make_aro(root: Path, g: torch.Generator | None = None) -> Path:
+    """``root/aro``: ARO's visual_genome_relation.json and visual_genome_attribution.json (lists of entries
+    with a box) and images/ of 48x40 images. VG-Relation has a symmetric relation ("next to") beside two
+    others; VG-Attribution one attribute pair with 26 cases and one with 4, so both of ARO's macro filters
+    have something to leave out. Returns the folder."""
+    folder = root / "aro"
+    (folder / "images").mkdir(parents=True)
+    g = g or torch.Generator().manual_seed(7)
+    for i in range(6):
+        arr = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(folder / "images" / f"{2300000 + i}.jpg")
+
+    def entry(k: int, **extra) -> dict:
+        x, y = (7 * k) % 20, (5 * k) % 16
+        return {
+            "image_path": f"{2300000 + k % 6}.jpg",
+            "bbox_x": x,
+            "bbox_y": y,
+            "bbox_w": 20 + k % 9,
+            "bbox_h": 16 + k % 7,
+            "true_caption": _words(11 * k + 1, 5),
+            "false_caption": _words(11 * k + 6, 5),
+            **extra,
+        }
+
+    relations = ["on", "holding", "next to"]
+    (folder / "visual_genome_relation.json").write_text(
+        json.dumps([entry(k, relation_name=relations[k % 3]) for k in range(12)])
+    )
+    pairs = [["red", "wooden"]] * 26 + [["small", "white"]] * 4
+    (folder / "visual_genome_attribution.json").write_text(
+        json.dumps([entry(k, attributes=p) for k, p in enumerate(pairs)])
+    )
+    return folder
