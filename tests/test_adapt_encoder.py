@@ -368,7 +368,7 @@ def test_every_backbone_suite_runs_with_trained_blocks(tmp_path, suite):
     from test_retrieval_suite import make_coco_train, noisy_images
 
     from bench.cli import main
-    from bench.data.fixtures import make_cifar10, make_sugarcrepe, make_winoground
+    from bench.data.fixtures import make_aro, make_cifar10, make_sugarcrepe, make_winoground
     from bench.report import results
 
     root = tmp_path / "data"
@@ -378,6 +378,7 @@ def test_every_backbone_suite_runs_with_trained_blocks(tmp_path, suite):
         sugar = make_sugarcrepe(root, per_task=4)
         noisy_images(sugar / "val2017", [p.name for p in (sugar / "val2017").iterdir()], 5)
         make_winoground(root, n=6)
+        make_aro(root)
     else:
         make_cifar10(root, n_train=60, n_test=20)
         extra = ", datasets: [cifar10], epochs: 2, probe_batch_size: 32"

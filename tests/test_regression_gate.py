@@ -171,3 +171,43 @@ def test_a_baseline_head_left_out_of_the_run_does_not_stop_the_others_being_judg
     wider["scores"] = {"aaa_not_run": dict(good["scores"]["cosine"]), **good["scores"]}
     worse, unjudged = regression.compare(_records(tmp / "bad"), wider, "exact")
     assert "infonce_excess" in {r.metric for r in worse if r.head == "cosine"} and unjudged == []
+
+
+def test_update_keeps_the_heads_it_did_not_run_only_under_the_same_protocol(runs):
+    """A baseline updated from a run of some of its heads keeps the others' scores and options, refuses
+    another protocol, suite version or suite, leaves a skipped head out, and reads a baseline written
+    before head options were recorded (mutation survivors of regression.make and comparable)."""
+    import copy
+    import dataclasses
+
+    tmp, _ = runs
+    recs = _records(tmp / "good")
+    base, kept = regression.make(recs)
+    assert kept == [] and set(base["scores"]) == {"cosine"}
+    prev = copy.deepcopy(base)
+    prev["scores"]["other"] = {"infonce_excess": 0.25}
+    prev["head_options"]["other"] = {"width": 3}
+    new, kept = regression.make(recs, prev)
+    assert kept == ["other"] and new["scores"]["other"] == {"infonce_excess": 0.25}
+    assert new["head_options"]["other"] == {"width": 3} and new["generated_by"]["kept_from_previous"] == ["other"]
+    for key, value in (("protocol_hash", "0" * 16), ("suite_version", 99), ("suite", "retrieval")):
+        with pytest.raises(regression.BaselineError, match="under another protocol"):
+            regression.make(recs, {**prev, key: value})
+    old = copy.deepcopy(prev)
+    del old["head_options"]  # from before options were recorded
+    new, _ = regression.make(recs, old)
+    assert set(new["head_options"]) == {"cosine"} and new["scores"]["other"] == {"infonce_excess": 0.25}
+    regression.comparable(old, "synthetic", base["suite_version"], base["protocol_hash"], {"cosine": {"out_dim": 2}})
+    skipped = dataclasses.replace(recs[0], status="skipped", head=dataclasses.replace(recs[0].head, name="probe_only"))
+    new, _ = regression.make([*recs, skipped])
+    assert "probe_only" not in new["scores"] and "probe_only" not in new["head_options"]
+
+
+def test_a_baseline_whose_scores_are_not_per_head_tables_is_refused(runs, tmp_path):
+    tmp, _ = runs
+    base = json.loads((tmp / "good.json").read_text())
+    for scores in ({"cosine": 0.5}, [1, 2]):
+        path = tmp_path / "b.json"
+        path.write_text(json.dumps({**base, "scores": scores}))
+        with pytest.raises(regression.BaselineError, match="scores"):
+            regression.load(path)
