@@ -46,6 +46,22 @@ class TokenRep:
         return TokenRep(self.points, self.mask, group_size)
 
 
+def token_head_options(
+    name: str, init_logit_scale, max_logit_scale, out_dim, memory_budget_mb, image_dim: int, text_dim: int
+) -> int:
+    """The options FILIP, FLAIR and Smooth-Chamfer share, checked (the message names the head); returns
+    out_dim resolved (default: the wider side)."""
+    if not 0 < init_logit_scale <= max_logit_scale:
+        raise ValueError(
+            f"{name}: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}."
+        )
+    if out_dim is not None and int(out_dim) < 1:
+        raise ValueError(f"{name}: out_dim must be a positive integer or None, got {out_dim!r}.")
+    if not memory_budget_mb > 0:
+        raise ValueError(f"{name}: memory_budget_mb must be > 0, got {memory_budget_mb!r}.")
+    return max(image_dim, text_dim) if out_dim is None else int(out_dim)
+
+
 @register_head("filip")
 class FilipHead(SimilarityHead):
     version = 1
@@ -63,15 +79,9 @@ class FilipHead(SimilarityHead):
         memory_budget_mb: float = 512.0,
     ):
         super().__init__(image_dim, text_dim)
-        if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(
-                f"filip: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}."
-            )
-        if out_dim is not None and int(out_dim) < 1:
-            raise ValueError(f"filip: out_dim must be a positive integer or None, got {out_dim!r}.")
-        if not memory_budget_mb > 0:
-            raise ValueError(f"filip: memory_budget_mb must be > 0, got {memory_budget_mb!r}.")
-        out_dim = max(image_dim, text_dim) if out_dim is None else int(out_dim)
+        out_dim = token_head_options(
+            "filip", init_logit_scale, max_logit_scale, out_dim, memory_budget_mb, image_dim, text_dim
+        )
         self.image_map = aligned_linear(image_dim, out_dim)
         self.text_map = aligned_linear(text_dim, out_dim)
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(init_logit_scale)))

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from heads.base import SimilarityHead, register_head
-from heads.filip import TokenRep
+from heads.filip import TokenRep, token_head_options
 from heads.pointsets import aligned_linear, chunked_score, last_real_point
 
 
@@ -64,15 +64,9 @@ class FlairHead(SimilarityHead):
         memory_budget_mb: float = 512.0,
     ):
         super().__init__(image_dim, text_dim)
-        if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(
-                f"flair: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, {max_logit_scale}."
-            )
-        if out_dim is not None and int(out_dim) < 1:
-            raise ValueError(f"flair: out_dim must be a positive integer or None, got {out_dim!r}.")
-        if not memory_budget_mb > 0:
-            raise ValueError(f"flair: memory_budget_mb must be > 0, got {memory_budget_mb!r}.")
-        out_dim = max(image_dim, text_dim) if out_dim is None else int(out_dim)
+        out_dim = token_head_options(
+            "flair", init_logit_scale, max_logit_scale, out_dim, memory_budget_mb, image_dim, text_dim
+        )
         self.image_map = aligned_linear(image_dim, out_dim)
         self.text_map = aligned_linear(text_dim, out_dim)
         # W_q and W_k start at the identity: the first pooling weighs each token by its similarity to the text.

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from heads.base import SimilarityHead, register_head
-from heads.filip import TokenRep  # unit points, a mask, and prompt groups scored one by one
+from heads.filip import TokenRep, token_head_options  # unit points, a mask, and prompt groups scored one by one
 from heads.pointsets import aligned_linear, chunked_score, keep_last
 
 
@@ -42,16 +42,9 @@ class SmoothChamferHead(SimilarityHead):
         super().__init__(image_dim, text_dim)
         if not temperature > 0:
             raise ValueError(f"smooth_chamfer: temperature must be > 0, got {temperature!r}.")
-        if not 0 < init_logit_scale <= max_logit_scale:
-            raise ValueError(
-                f"smooth_chamfer: need 0 < init_logit_scale <= max_logit_scale, got {init_logit_scale}, "
-                f"{max_logit_scale}."
-            )
-        if out_dim is not None and int(out_dim) < 1:
-            raise ValueError(f"smooth_chamfer: out_dim must be a positive integer or None, got {out_dim!r}.")
-        if not memory_budget_mb > 0:
-            raise ValueError(f"smooth_chamfer: memory_budget_mb must be > 0, got {memory_budget_mb!r}.")
-        out_dim = max(image_dim, text_dim) if out_dim is None else int(out_dim)
+        out_dim = token_head_options(
+            "smooth_chamfer", init_logit_scale, max_logit_scale, out_dim, memory_budget_mb, image_dim, text_dim
+        )
         self.temperature = float(temperature)
         self.num_points = num_points
         self.image_map = aligned_linear(image_dim, out_dim)
