@@ -338,3 +338,24 @@ def test_a_parquet_replaced_with_the_same_mtime_is_read_anew(data, tmp_path):
     with snapshot.frozen():
         second = retrieval_data.load(root, "mscoco_captions", "test", f"hf:{target}:test")
     assert all(c.endswith("#") for c in second.captions) and second.fingerprint() != first.fingerprint()
+
+
+def test_an_empty_image_in_a_later_arrow_chunk_is_named_by_its_own_row(tmp_path):
+    """Sizes are read chunk by chunk from the Arrow column: a row's index counts the chunks before it."""
+    import io
+
+    from datasets import Dataset, Image, load_from_disk
+    from PIL import Image as PILImage
+
+    def png(i):
+        buf = io.BytesIO()
+        PILImage.new("RGB", (8, 8), (i * 30, 0, 0)).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    images = [png(i) for i in range(6)]
+    images[4] = {"bytes": b"", "path": None}  # in the second of two shards
+    ds = Dataset.from_dict({"image": images, "caption": [f"c{i}" for i in range(6)]}).cast_column("image", Image())
+    ds.save_to_disk(str(tmp_path / "two"), num_shards=2)
+    assert len(load_from_disk(str(tmp_path / "two")).data.table.column("image").chunks) >= 2
+    with pytest.raises(DataError, match=r"1 of 6 rows have no image.*\(rows \[4\]\)"):
+        retrieval_data.load(tmp_path, "x", "test", f"hf:{tmp_path / 'two'}")

@@ -437,6 +437,12 @@ def test_a_class_seen_only_in_validation_still_gets_a_row(probe_data_root, cifar
     assert _probe_run(probe_data_root, tmp_path, f"hf:{tmp_path / 'd'}", extra) == 0
     record = results.read(results.run_path(tmp_path / "o", "linear_probe", "cosine"))
     assert record.status == "ok" and record.metrics["cifar10/lp_acc1"] is not None
+    details = record.evaluation_details
+    # the named split is the validation set (the weight decay is chosen on it), and only it
+    assert details["cifar10/validation_images"] == len(nine) and details["cifar10/train_images"] == len(train) - len(
+        nine
+    )
+    assert len(details["cifar10/sweep"]) > 1
 
 
 @pytest.mark.parametrize("name", ["meru", "kme_rbf", "kme_rff", "wpse"])
@@ -453,3 +459,30 @@ def test_probe_vectors_are_unit_for_heads_whose_image_vector_is_not(name):
     assert not torch.allclose(raw, torch.ones_like(raw), atol=1e-3)  # the case the normalisation exists for
     vectors = LinearProbeSuite.vectors(None, head, points, torch.device("cpu"))
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(12), atol=1e-5)
+
+
+def test_a_two_class_probe_set_is_accepted(probe_data_root, cifar_splits, tmp_path):
+    """Two classes are the fewest a probe can separate (one is refused)."""
+    from datasets import DatasetDict
+
+    train, test = cifar_splits["train"], cifar_splits["test"]
+    two = lambda r: {"label": r["label"] % 2}  # noqa: E731
+    DatasetDict({"train": train.map(two), "test": test.map(two)}).save_to_disk(tmp_path / "d")
+    assert _probe_run(probe_data_root, tmp_path, f"hf:{tmp_path / 'd'}", "") == 0
+    record = results.read(results.run_path(tmp_path / "o", "linear_probe", "cosine"))
+    assert record.status == "ok" and record.metrics["cifar10/lp_acc5"] is None  # CLIP_benchmark: no acc5 below 6
+
+
+def test_a_test_class_the_probe_never_saw_is_never_predicted(probe_data_root, cifar_splits, tmp_path):
+    """Its logit column is -inf (the probe has no row for it): every query of that class is a miss."""
+    from datasets import DatasetDict
+
+    train, test = cifar_splits["train"], cifar_splits["test"]
+    seen = [i for i, y in enumerate(train["label"]) if y != 9]
+    DatasetDict({"train": train.select(seen), "test": test}).save_to_disk(tmp_path / "d")
+    assert _probe_run(probe_data_root, tmp_path, f"hf:{tmp_path / 'd'}", ", val_proportion: 0") == 0
+    record = results.read(results.run_path(tmp_path / "o", "linear_probe", "cosine"))
+    assert record.status == "ok", record.error
+    outcomes = results.read_outcomes(tmp_path / "o", record)
+    nine = np.asarray(test["label"]) == 9
+    assert nine.any() and (outcomes["cifar10/lp/rank"][nine] == 9).all()  # below all 9 classes it learnt
