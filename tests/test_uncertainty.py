@@ -133,3 +133,16 @@ def test_paired_over_repeats_carries_the_training_noise_between_repeats_into_the
     got = uncertainty.paired(a, b, 4000)["m"]
     assert got["low"] < 0 < got["high"] and got["p_value"] > 0.05
     assert got["difference"] == pytest.approx(0.1 / 3)
+
+
+def test_board_intervals_include_the_spread_across_repeats():
+    """verdicts.intervals hands every repeat to the bootstrap: two repeats that disagree widen the interval
+    that one repeat alone makes a point (the guide's rule: intervals include training noise)."""
+    from bench.report import verdicts
+
+    n = 40
+    hit = {"acc": Mean(np.ones(n), np.arange(n), n)}
+    miss = {"acc": Mean(np.zeros(n), np.arange(n), n)}
+    assert verdicts.intervals({"h": [hit]}, 400)["h"]["acc"] == (1.0, 1.0)
+    low, high = verdicts.intervals({"h": [hit, miss]}, 400)["h"]["acc"]
+    assert low < 0.25 and high > 0.75
